@@ -1,0 +1,1 @@
+"""trio-enclave: one nursery, one context, one emitter per WebSocket connection."""

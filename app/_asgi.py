@@ -1,0 +1,116 @@
+"""The Quart-Trio (ASGI) transport: HTTP routes and the WebSocket endpoint.
+
+Traps of this stack handled here: an exception after accept would make Quart
+close with 1000 (the session closes 1011 itself); Quart turns an empty binary
+message into ``None`` (treated as binary: 1003); Hypercorn sends no close frame
+on shutdown (the session drains and closes 1001 first); Hypercorn never checks
+pongs (``serve()`` sets a read timeout of ping interval + pong timeout).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from quart import Response, websocket
+from quart.wrappers import Websocket
+from quart_trio import QuartTrio
+
+from ._context import UserContext
+from ._handshake import Reject, evaluate_handshake, unavailable
+from ._services import ServerLifecycle, Services
+from ._session import run_session
+from ._transport import HandshakeInfo, TransportClosed, UnsupportedFrame
+
+__all__ = ["QuartTransport", "create_app"]
+
+
+class QuartTransport:
+    """:class:`Transport` over a Quart websocket. Keepalive is Hypercorn's (``pings`` false)."""
+
+    pings = False
+
+    def __init__(self, ws: Websocket) -> None:
+        self._ws = ws
+        self._closed = False
+
+    async def receive(self) -> str:
+        data = await self._ws.receive()
+        if isinstance(data, str):
+            return data
+        raise UnsupportedFrame  # bytes, or None for an empty binary frame
+
+    async def send(self, text: str) -> None:
+        if self._closed:
+            raise TransportClosed
+        await self._ws.send(text)
+
+    async def ping(self) -> None:  # pragma: no cover - pings is False
+        raise NotImplementedError
+
+    async def close(self, code: int, reason: str) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._ws.close(code, reason)
+
+
+def _reject(rejection: Reject) -> Response:
+    return Response(
+        rejection.body(), status=rejection.status, headers=list(rejection.all_headers())
+    )
+
+
+def _json(body: dict[str, Any], status: int) -> Response:
+    return Response(json.dumps(body), status=status, content_type="application/json")
+
+
+def handshake_info(ws: Websocket) -> HandshakeInfo:
+    return HandshakeInfo(
+        path=ws.path,
+        headers=tuple((k.lower(), v) for k, v in ws.headers.items()),
+        subprotocols=tuple(ws.requested_subprotocols),
+        query_string=ws.query_string.decode("latin-1"),
+        remote=ws.remote_addr,
+    )
+
+
+def create_app(services: Services, lifecycle: ServerLifecycle) -> QuartTrio:
+    """The ASGI app. Builds no context, session or emitter; each connection builds its own."""
+    settings = services.settings
+    app = QuartTrio("trio_enclave")
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+
+    @app.get("/health")
+    async def health() -> Response:
+        return _json({"status": "ok"}, 200)
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        if lifecycle.draining.is_set():
+            return _json({"status": "draining"}, 503)
+        return _json({"status": "ready"}, 200)
+
+    @app.websocket(settings.path)
+    async def chat() -> Response | None:
+        ws = websocket._get_current_object()
+        # Admission first: a full or draining server spends nothing on crypto.
+        if not lifecycle.try_admit():
+            detail = "server is draining" if lifecycle.draining.is_set() else "server is full"
+            return _reject(unavailable(detail, settings.retry_after_s))
+        try:
+            decision = evaluate_handshake(
+                handshake_info(ws),
+                settings=settings,
+                verifier=services.verifier,
+                now=services.wall_clock(),
+            )
+            if isinstance(decision, Reject):
+                return _reject(decision)
+            await ws.accept(subprotocol=decision.subprotocol)
+            context = UserContext.from_claims(decision.claims, carrier=decision.carrier)
+            await run_session(QuartTransport(ws), context, services, lifecycle)
+        finally:
+            lifecycle.release()
+        return None
+
+    return app

@@ -1,0 +1,48 @@
+"""Wire-level codes of chat.v1: error-event codes and WebSocket close codes/reasons."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["PROTOCOL", "CloseCode", "CloseReason", "ErrorCode"]
+
+PROTOCOL = "chat.v1"
+
+
+class ErrorCode(enum.StrEnum):
+    """``code`` of an ``error`` event: a client mistake; the connection stays open."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_MESSAGE = "invalid_message"
+    UNKNOWN_TYPE = "unknown_type"
+    RUN_NOT_FOUND = "run_not_found"
+    TOO_MANY_RUNS = "too_many_runs"
+    RATE_LIMITED = "rate_limited"
+    INVALID_TOKEN = "invalid_token"
+    SHUTTING_DOWN = "shutting_down"
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes the server sends (RFC 6455 section 7.4.1)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    UNSUPPORTED_DATA = 1003
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+
+
+class CloseReason(enum.StrEnum):
+    """The reason string sent with a close code."""
+
+    IDLE_TIMEOUT = "idle_timeout"
+    PONG_TIMEOUT = "pong_timeout"
+    SERVER_SHUTDOWN = "server_shutdown"
+    BINARY_NOT_SUPPORTED = "binary_not_supported"
+    TOKEN_EXPIRED = "token_expired"
+    SUBJECT_MISMATCH = "subject_mismatch"
+    RATE_LIMITED = "rate_limited"
+    SLOW_CONSUMER = "slow_consumer"
+    MESSAGE_TOO_BIG = "message_too_big"
+    INTERNAL_ERROR = "internal_error"

@@ -1,0 +1,76 @@
+"""The opening-handshake decision: Origin, subprotocol, token. No I/O.
+
+Every rejection happens before the upgrade, as an HTTP response with a JSON body.
+"""
+
+from __future__ import annotations
+
+import json
+
+import attrs
+
+from ._auth import AuthError, TokenVerifier, VerifiedClaims, extract_token
+from ._codes import PROTOCOL
+from ._settings import Settings
+from ._transport import HandshakeInfo
+
+__all__ = ["Accept", "Reject", "evaluate_handshake", "unavailable"]
+
+
+@attrs.frozen
+class Accept:
+    claims: VerifiedClaims
+    carrier: str
+    subprotocol: str | None
+
+
+@attrs.frozen
+class Reject:
+    """An HTTP response refusing the upgrade."""
+
+    status: int
+    error: str
+    detail: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def body(self) -> bytes:
+        return json.dumps({"error": self.error, "detail": self.detail}).encode()
+
+    def all_headers(self) -> tuple[tuple[str, str], ...]:
+        return (("content-type", "application/json"), *self.headers)
+
+
+def unavailable(detail: str, retry_after_s: int) -> Reject:
+    """503 for a draining or full server."""
+    return Reject(503, "unavailable", detail, (("retry-after", str(retry_after_s)),))
+
+
+def evaluate_handshake(
+    info: HandshakeInfo, *, settings: Settings, verifier: TokenVerifier, now: float
+) -> Accept | Reject:
+    """Decide one handshake; ``now`` is wall-clock epoch seconds."""
+    origin = info.header("origin")
+    # Browsers always send Origin; non-browser clients (no CSWSH risk) may omit it.
+    if settings.allowed_origins and origin is not None:
+        if origin.lower() not in {o.lower() for o in settings.allowed_origins}:
+            return Reject(403, "forbidden_origin", "Origin is not allowed")
+    offered = [p for p in info.subprotocols if not p.startswith("bearer.")]
+    subprotocol: str | None = None
+    if info.subprotocols:
+        if PROTOCOL not in offered:
+            return Reject(
+                400, "unsupported_subprotocol", f"offer the {PROTOCOL} subprotocol or none"
+            )
+        subprotocol = PROTOCOL
+    try:
+        source = extract_token(
+            headers=info.headers,
+            subprotocols=info.subprotocols,
+            query_string=info.query_string,
+            allow_query=settings.allow_query_token,
+        )
+        claims = verifier.verify(source.token, now=now)
+    except AuthError as exc:
+        challenge = f'Bearer error="{exc.error}"'
+        return Reject(exc.status, exc.error, exc.detail, (("www-authenticate", challenge),))
+    return Accept(claims, source.carrier, subprotocol)

@@ -1,0 +1,150 @@
+"""``serve()``: build the process's services, run Hypercorn (trio worker), drain on signals."""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+from functools import partial
+from pathlib import Path
+
+import attrs
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+
+from ._agent import AgentLoadError, AgentOptions, load_agent
+from ._asgi import create_app
+from ._auth import AuthConfig, TokenVerifier, load_jwks
+from ._services import ServerLifecycle, Services
+from ._session import CLOSE_TIMEOUT_S
+from ._settings import ConfigError, Settings
+
+__all__ = ["RunningServer", "build_services", "build_verifier", "serve"]
+
+LOGGER_NAME = "trio_enclave"
+
+
+def build_verifier(settings: Settings) -> TokenVerifier:
+    """The token verifier for the configured key; raises ConfigError if the key is unusable."""
+    config = AuthConfig(
+        algorithms=settings.effective_algorithms(),
+        audience=settings.audience,
+        issuer=settings.issuer,
+        leeway_s=settings.leeway_s,
+    )
+    try:
+        if settings.jwks:
+            return TokenVerifier.from_jwks(load_jwks(settings.jwks), config)
+        return TokenVerifier.from_secret(read_secret(settings), config)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load the token key: {exc}") from None
+
+
+def read_secret(settings: Settings) -> bytes:
+    """The HS secret, from the setting or its file (trailing newline stripped)."""
+    if settings.jwt_secret is not None:
+        return settings.jwt_secret
+    if settings.jwt_secret_file is None:
+        raise ConfigError("no JWT secret configured")
+    try:
+        secret = Path(settings.jwt_secret_file).read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"--jwt-secret-file: {exc.strerror}: {exc.filename}") from None
+    if len(secret) < 32:
+        raise ConfigError("--jwt-secret-file: the secret must be at least 32 bytes")
+    return secret
+
+
+def build_services(settings: Settings, log: logging.Logger | None = None) -> Services:
+    """Everything connections share, all immutable. Raises ConfigError."""
+    log = log or logging.getLogger(LOGGER_NAME)
+    try:
+        agent = load_agent(settings.agent, AgentOptions(delay_s=settings.agent_delay_ms / 1000))
+    except AgentLoadError as exc:
+        raise ConfigError(str(exc)) from None
+    return Services(settings=settings, verifier=build_verifier(settings), agent=agent, log=log)
+
+
+def hypercorn_config(settings: Settings, log: logging.Logger) -> Config:
+    config = Config()
+    config.bind = [f"{settings.host}:{settings.port}"]
+    config.accesslog = None
+    config.errorlog = log.getChild("hypercorn")
+    config.websocket_max_message_size = settings.max_message_bytes
+    config.websocket_ping_interval = settings.ping_interval_s
+    # Hypercorn pings but ignores pongs; a peer that sends nothing, not even a
+    # pong, for this long is dropped by the read timeout.
+    config.read_timeout = math.ceil(settings.ping_interval_s + settings.pong_timeout_s)
+    config.graceful_timeout = CLOSE_TIMEOUT_S
+    return config
+
+
+@attrs.frozen
+class RunningServer:
+    """Handed to ``task_status`` once the server listens."""
+
+    url: str
+    port: int
+    lifecycle: ServerLifecycle
+
+    @property
+    def ws_url(self) -> str:
+        return "ws" + self.url.removeprefix("http")
+
+    def shutdown(self, grace_s: float) -> None:
+        """Begin the graceful shutdown a SIGTERM would."""
+        self.lifecycle.begin_drain(grace_s)
+
+
+async def serve(
+    settings: Settings,
+    *,
+    services: Services | None = None,
+    handle_signals: bool = False,
+    task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until shut down, then return.
+
+    With ``handle_signals``, SIGTERM/SIGINT begin a graceful shutdown: ``/ready``
+    turns 503, new handshakes get 503, runs get ``shutdown_grace_s`` to finish,
+    then every connection is closed 1001; a second signal skips the grace.
+    Cancellation: the server stops at once; connections are dropped without a
+    close frame.
+    """
+    services = services or build_services(settings)
+    lifecycle = ServerLifecycle(max_connections=settings.max_connections)
+    app = create_app(services, lifecycle)
+    config = hypercorn_config(settings, services.log)
+
+    async def shutdown_trigger() -> None:
+        await lifecycle.draining.wait()
+        # Sessions close themselves 1001 after the grace; this bounds the wait.
+        limit = lifecycle.grace_deadline + settings.send_timeout_s + CLOSE_TIMEOUT_S
+        with trio.move_on_at(limit):
+            await lifecycle.wait_all_closed()
+
+    async with trio.open_nursery() as outer:
+        if handle_signals:
+            outer.start_soon(_watch_signals, lifecycle, settings.shutdown_grace_s, outer)
+        async with trio.open_nursery() as inner:
+            binds: list[str] = await inner.start(
+                partial(hypercorn_serve, app, config, shutdown_trigger=shutdown_trigger)
+            )
+            url = binds[0]
+            port = int(url.rsplit(":", 1)[1])
+            services.log.info("listening on %s (websocket path %s)", url, settings.path)
+            task_status.started(RunningServer(url=url, port=port, lifecycle=lifecycle))
+        outer.cancel_scope.cancel()
+
+
+async def _watch_signals(
+    lifecycle: ServerLifecycle, grace_s: float, server: trio.Nursery
+) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            if lifecycle.draining.is_set():
+                # A second signal: stop now, without waiting for the grace period.
+                server.cancel_scope.cancel()
+                return
+            lifecycle.begin_drain(grace_s)

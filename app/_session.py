@@ -1,0 +1,324 @@
+"""One connection's session: its nursery owns its context, state, emitter and runs.
+
+This is the thin Trio layer around :class:`ConnectionState`: it reads frames,
+carries out the actions the state machine returns, runs agents as child tasks,
+and enforces the connection's clocks (idle, token expiry, keepalive, drain).
+When :func:`run_session` returns, nothing of the connection remains.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import trio
+
+from isolation import request_scoped
+
+from ._agent import RunContext
+from ._auth import AuthError
+from ._codes import CloseCode, CloseReason, ErrorCode
+from ._context import UserContext
+from ._emitter import EventEmitter, Flush, InvalidEvent, Outbound
+from ._events import (
+    AGENT_PAYLOADS,
+    AgentCompleted,
+    AgentError,
+    AgentStarted,
+    AuthOk,
+    ConnectionReady,
+    ErrorEvent,
+    RunCancelled,
+    RunPayload,
+)
+from ._services import ServerLifecycle, Services
+from ._state import (
+    Action,
+    Close,
+    ConnectionState,
+    EventRefused,
+    Reauthenticate,
+    Reply,
+    RunLimits,
+    StartRun,
+    StopRun,
+)
+from ._transport import Transport, TransportClosed, UnsupportedFrame
+
+__all__ = ["CLOSE_TIMEOUT_S", "run_session"]
+
+#: How long the closing handshake may take before the session gives up on it.
+CLOSE_TIMEOUT_S = 5.0
+
+
+async def run_session(
+    transport: Transport,
+    context: UserContext,
+    services: Services,
+    lifecycle: ServerLifecycle,
+) -> None:
+    """Serve one accepted, authenticated connection until it ends.
+
+    Returns when the peer leaves or the server closes the connection (idle,
+    token expiry, limits, drain). Cancellation: every task of the connection is
+    cancelled and no close frame is sent (the caller cancels when the peer is
+    already gone). Unexpected errors are logged and close the connection 1011.
+    """
+    await _Session(transport, context, services, lifecycle).run()
+
+
+@request_scoped
+class _Session:
+    def __init__(
+        self,
+        transport: Transport,
+        context: UserContext,
+        services: Services,
+        lifecycle: ServerLifecycle,
+    ) -> None:
+        s = services.settings
+        self._transport = transport
+        self._context = context
+        self._services = services
+        self._lifecycle = lifecycle
+        self._log = services.log
+        self._state = ConnectionState(
+            RunLimits(
+                max_runs=s.max_runs,
+                max_message_bytes=s.max_message_bytes,
+                rate_per_s=s.rate_per_s,
+                rate_burst=s.rate_burst,
+                rate_abuse_limit=s.rate_abuse_limit,
+            )
+        )
+        send, self._outbox = trio.open_memory_channel[Outbound | Flush](s.send_queue)
+        self._emitter = EventEmitter(context.connection_id, self._state, send, self._log)
+        self._runs: dict[str, tuple[trio.CancelScope, list[str]]] = {}
+        self._runs_idle = trio.Event()
+        self._runs_idle.set()
+        self._close: Close | None = None
+        self._peer_left = False
+        self._cancel_scope = trio.CancelScope()
+        self._idle = trio.CancelScope(deadline=trio.current_time() + s.idle_timeout_s)
+        self._expiry = trio.CancelScope(deadline=self._deadline_for(context.expires_at))
+
+    def _deadline_for(self, expires_at: float) -> float:
+        remaining = expires_at + self._services.settings.leeway_s - self._services.wall_clock()
+        return trio.current_time() + remaining if math.isfinite(remaining) else math.inf
+
+    async def run(self) -> None:
+        try:
+            with self._cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._guard, self._sender)
+                    await self._emitter.send_event(
+                        ConnectionReady(
+                            connection_id=self._context.connection_id,
+                            user_id=self._context.user_id,
+                            limits=self._services.settings.limits(),
+                        )
+                    )
+                    nursery.start_soon(self._guard, self._reader, nursery)
+                    nursery.start_soon(self._guard, self._watch_idle)
+                    nursery.start_soon(self._guard, self._watch_expiry)
+                    nursery.start_soon(self._guard, self._watch_drain)
+                    if self._transport.pings:
+                        nursery.start_soon(self._guard, self._keepalive)
+        except Exception:
+            self._log.exception("internal error on connection %s", self._context.connection_id)
+            self._request_close(CloseCode.INTERNAL_ERROR, CloseReason.INTERNAL_ERROR)
+        finally:
+            self._outbox.close()
+            await self._close_transport()
+
+    async def _guard(self, task: Any, *args: Any) -> None:
+        # A bug in one task closes this connection 1011; it never reaches other users.
+        try:
+            await task(*args)
+        except Exception:
+            self._log.exception("internal error on connection %s", self._context.connection_id)
+            self._request_close(CloseCode.INTERNAL_ERROR, CloseReason.INTERNAL_ERROR)
+
+    def _request_close(self, code: CloseCode, reason: CloseReason) -> None:
+        if self._close is None:
+            self._close = Close(code, reason)
+        self._cancel_scope.cancel()
+
+    def _peer_gone(self) -> None:
+        self._peer_left = True
+        self._cancel_scope.cancel()
+
+    async def _close_transport(self) -> None:
+        if self._close is None or self._peer_left:
+            return
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + CLOSE_TIMEOUT_S
+            try:
+                await self._transport.close(int(self._close.code), str(self._close.reason))
+            except TransportClosed:
+                pass
+
+    # -- tasks ---------------------------------------------------------------
+
+    async def _sender(self) -> None:
+        timeout = self._services.settings.send_timeout_s
+        async for item in self._outbox:
+            if isinstance(item, Flush):
+                item.done.set()
+                continue
+            if item.connection_id != self._context.connection_id:
+                self._log.error(
+                    "isolation violation: frame for connection %s refused on %s",
+                    item.connection_id,
+                    self._context.connection_id,
+                )
+                continue
+            with trio.move_on_after(timeout) as scope:
+                try:
+                    await self._transport.send(item.text)
+                except TransportClosed:
+                    self._peer_gone()
+                    return
+            if scope.cancelled_caught:
+                self._request_close(CloseCode.POLICY_VIOLATION, CloseReason.SLOW_CONSUMER)
+                return
+
+    async def _reader(self, nursery: trio.Nursery) -> None:
+        idle_s = self._services.settings.idle_timeout_s
+        while True:
+            try:
+                text = await self._transport.receive()
+            except TransportClosed:
+                self._peer_gone()
+                return
+            except UnsupportedFrame:
+                self._request_close(CloseCode.UNSUPPORTED_DATA, CloseReason.BINARY_NOT_SUPPORTED)
+                return
+            now = trio.current_time()
+            self._idle.deadline = now + idle_s
+            for action in self._state.receive_text(text, now):
+                await self._apply(action, nursery)
+
+    async def _apply(self, action: Action, nursery: trio.Nursery) -> None:
+        if isinstance(action, Reply):
+            await self._emitter.send_event(action.event)
+        elif isinstance(action, StartRun):
+            await self._start_run(action, nursery)
+        elif isinstance(action, StopRun):
+            self._cancel_run(action.run_id, "cancelled_by_client")
+        elif isinstance(action, Reauthenticate):
+            await self._reauthenticate(action.token)
+        else:
+            self._request_close(action.code, action.reason)
+
+    async def _reauthenticate(self, token: str) -> None:
+        try:
+            claims = self._services.verifier.verify(token, now=self._services.wall_clock())
+        except AuthError as exc:
+            await self._emitter.send_event(ErrorEvent(ErrorCode.INVALID_TOKEN, exc.detail))
+            return
+        if claims.subject != self._context.user_id:
+            self._request_close(CloseCode.POLICY_VIOLATION, CloseReason.SUBJECT_MISMATCH)
+            return
+        self._context = self._context.renewed(claims)
+        self._expiry.deadline = self._deadline_for(claims.expires_at)
+        await self._emitter.send_event(AuthOk(expires_at=claims.expires_at))
+
+    async def _watch_idle(self) -> None:
+        with self._idle:
+            await trio.sleep_forever()
+        self._request_close(CloseCode.NORMAL, CloseReason.IDLE_TIMEOUT)
+
+    async def _watch_expiry(self) -> None:
+        with self._expiry:
+            await trio.sleep_forever()
+        self._request_close(CloseCode.POLICY_VIOLATION, CloseReason.TOKEN_EXPIRED)
+
+    async def _keepalive(self) -> None:
+        s = self._services.settings
+        while True:
+            await trio.sleep(s.ping_interval_s)
+            with trio.move_on_after(s.pong_timeout_s) as scope:
+                try:
+                    await self._transport.ping()
+                except TransportClosed:
+                    self._peer_gone()
+                    return
+            if scope.cancelled_caught:
+                self._request_close(CloseCode.GOING_AWAY, CloseReason.PONG_TIMEOUT)
+                return
+
+    async def _watch_drain(self) -> None:
+        await self._lifecycle.draining.wait()
+        self._state.draining = True
+        with trio.move_on_at(self._lifecycle.grace_deadline):
+            await self._runs_idle.wait()
+        for run_id in list(self._runs):
+            self._cancel_run(run_id, "server_shutdown")
+        with trio.move_on_after(self._services.settings.send_timeout_s):
+            await self._runs_idle.wait()
+            await self._emitter.flush()
+        self._request_close(CloseCode.GOING_AWAY, CloseReason.SERVER_SHUTDOWN)
+
+    # -- runs ----------------------------------------------------------------
+
+    async def _start_run(self, start: StartRun, nursery: trio.Nursery) -> None:
+        scope = trio.CancelScope()
+        self._runs[start.run_id] = (scope, [])
+        if self._runs_idle.is_set():
+            self._runs_idle = trio.Event()
+        agent = self._services.agent
+        await self._emitter.emit_run(
+            start.run_id, AgentStarted(agent=agent.name, client_id=start.message.client_id)
+        )
+        nursery.start_soon(self._guard, self._run, start, scope)
+
+    def _cancel_run(self, run_id: str, reason: str) -> None:
+        entry = self._runs.get(run_id)
+        if entry is not None:
+            entry[1].append(reason)
+            entry[0].cancel()
+
+    async def _run(self, start: StartRun, scope: trio.CancelScope) -> None:
+        run_id = start.run_id
+        settings = self._services.settings
+        lock = trio.StrictFIFOLock()
+
+        async def emit(payload: Any, /) -> None:
+            if not isinstance(payload, AGENT_PAYLOADS):
+                raise InvalidEvent(f"an agent cannot emit {type(payload).__name__}")
+            async with lock:  # one run's events keep their order and their seq
+                await self._emitter.emit_run(run_id, payload)
+
+        run = RunContext(
+            run_id=run_id,
+            thread_id=start.thread_id,
+            user_id=self._context.user_id,
+            text=start.message.text,
+            client_id=start.message.client_id,
+        )
+        terminal: RunPayload | None = None
+        try:
+            with scope:
+                try:
+                    with trio.fail_after(settings.run_timeout_s):
+                        result = await self._services.agent.run(run, emit)
+                    terminal = AgentCompleted(result=result)
+                except trio.TooSlowError:
+                    terminal = AgentError("run_timeout", "the run took too long")
+                except (InvalidEvent, EventRefused) as exc:
+                    terminal = AgentError("invalid_event", str(exc))
+                except Exception:
+                    self._log.exception("agent failed in run %s", run_id)
+                    terminal = AgentError("agent_failed", "the agent failed")
+            if scope.cancelled_caught or terminal is None:
+                reasons = self._runs[run_id][1]
+                terminal = RunCancelled(reason=reasons[0] if reasons else "cancelled")
+            try:
+                await self._emitter.emit_run(run_id, terminal)
+            except InvalidEvent as exc:
+                await self._emitter.emit_run(run_id, AgentError("invalid_result", str(exc)))
+        finally:
+            del self._runs[run_id]
+            if not self._runs:
+                self._runs_idle.set()

@@ -1,0 +1,237 @@
+"""The per-connection state machine of chat.v1: plain Python, no I/O, no clock of its own.
+
+The Trio layer feeds it client frames (with the current time) and carries out the
+actions it returns; everything that decides what happens on a connection lives here.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+
+import attrs
+
+from isolation import request_scoped
+
+from ._codes import CloseCode, CloseReason, ErrorCode
+from ._events import (
+    ErrorEvent,
+    Pong,
+    RunEvent,
+    RunPayload,
+)
+from ._messages import (
+    Authenticate,
+    CancelRun,
+    Ping,
+    ProtocolError,
+    UserMessage,
+    parse_client_message,
+)
+
+__all__ = [
+    "Action",
+    "Close",
+    "ConnectionState",
+    "EventRefused",
+    "Reauthenticate",
+    "Reply",
+    "RunLimits",
+    "StartRun",
+    "StopRun",
+    "TokenBucket",
+]
+
+
+@attrs.frozen
+class Reply:
+    """Send this connection-level event."""
+
+    event: ErrorEvent | Pong
+
+
+@attrs.frozen
+class StartRun:
+    """Start the agent for this (already registered) run."""
+
+    run_id: str
+    thread_id: str
+    message: UserMessage
+
+
+@attrs.frozen
+class StopRun:
+    """Cancel this run's task; it ends with ``run_cancelled``."""
+
+    run_id: str
+
+
+@attrs.frozen
+class Reauthenticate:
+    """Verify this token; same subject moves the deadline, another closes 1008."""
+
+    token: str = attrs.field(repr=False)
+
+
+@attrs.frozen
+class Close:
+    """Close the connection with this code and reason."""
+
+    code: CloseCode
+    reason: CloseReason
+
+
+Action = Reply | StartRun | StopRun | Reauthenticate | Close
+
+
+class EventRefused(Exception):
+    """An event that does not belong to this connection's runs; an isolation violation."""
+
+
+@attrs.frozen
+class RunLimits:
+    max_runs: int = 4
+    max_message_bytes: int = 65_536
+    rate_per_s: float = 20.0
+    rate_burst: int = 40
+    rate_abuse_limit: int = 40
+
+
+@attrs.define
+class TokenBucket:
+    """Classic token bucket; ``now`` is passed in so tests control time."""
+
+    rate: float
+    burst: float
+    tokens: float = attrs.field(default=-1.0)
+    updated: float | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.tokens < 0:
+            self.tokens = self.burst
+
+    def take(self, now: float) -> bool:
+        if self.updated is not None and now > self.updated:
+            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now if self.updated is None else max(now, self.updated)
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@attrs.define
+class _Run:
+    thread_id: str
+    seq: int = 0
+    cancel_requested: bool = False
+
+
+def _new_run_id() -> str:
+    return "run_" + secrets.token_urlsafe(12)
+
+
+def _new_thread_id() -> str:
+    return "thr_" + secrets.token_urlsafe(12)
+
+
+_RUN_NOT_FOUND = "no such run"
+
+
+@request_scoped
+@attrs.define
+class ConnectionState:
+    """What one connection knows: its runs and their sequence numbers, its rate budget.
+
+    Owned by one connection's session; never shared. A run_id of another
+    connection is simply unknown here, so it gets the same ``run_not_found`` as
+    an id that never existed.
+    """
+
+    limits: RunLimits
+    new_run_id: Callable[[], str] = _new_run_id
+    new_thread_id: Callable[[], str] = _new_thread_id
+    draining: bool = False
+    _runs: dict[str, _Run] = attrs.field(factory=dict, init=False)
+    _bucket: TokenBucket = attrs.field(init=False)
+    _limited_in_a_row: int = attrs.field(default=0, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._bucket = TokenBucket(self.limits.rate_per_s, self.limits.rate_burst)
+
+    @property
+    def active_runs(self) -> frozenset[str]:
+        return frozenset(self._runs)
+
+    def receive_text(self, text: str, now: float) -> list[Action]:
+        """Handle one client text frame received at ``now`` (seconds, any monotonic clock)."""
+        limit = self.limits.max_message_bytes
+        if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
+            return [Close(CloseCode.MESSAGE_TOO_BIG, CloseReason.MESSAGE_TOO_BIG)]
+        if not self._bucket.take(now):
+            self._limited_in_a_row += 1
+            if self._limited_in_a_row >= self.limits.rate_abuse_limit:
+                return [Close(CloseCode.POLICY_VIOLATION, CloseReason.RATE_LIMITED)]
+            return [_error(ErrorCode.RATE_LIMITED, "too many messages; slow down")]
+        self._limited_in_a_row = 0
+        message = parse_client_message(text)
+        if isinstance(message, ProtocolError):
+            return [Reply(ErrorEvent(message.code, message.message, message.ref, message.field))]
+        if isinstance(message, UserMessage):
+            return [self._start(message)]
+        if isinstance(message, CancelRun):
+            return [self._cancel(message.run_id)]
+        if isinstance(message, Ping):
+            return [Reply(Pong())]
+        assert isinstance(message, Authenticate)
+        return [Reauthenticate(message.token)]
+
+    def _start(self, message: UserMessage) -> Action:
+        ref = message.client_id
+        if self.draining:
+            return _error(ErrorCode.SHUTTING_DOWN, "server is shutting down", ref)
+        if len(self._runs) >= self.limits.max_runs:
+            return _error(
+                ErrorCode.TOO_MANY_RUNS,
+                f"at most {self.limits.max_runs} runs at once on a connection",
+                ref,
+            )
+        run_id = self.new_run_id()
+        while run_id in self._runs:  # pragma: no cover - 96 random bits
+            run_id = self.new_run_id()
+        thread_id = message.thread_id or self.new_thread_id()
+        self._runs[run_id] = _Run(thread_id=thread_id)
+        return StartRun(run_id, thread_id, message)
+
+    def _cancel(self, run_id: str) -> Action:
+        run = self._runs.get(run_id)
+        if run is None or run.cancel_requested:
+            return _error(ErrorCode.RUN_NOT_FOUND, _RUN_NOT_FOUND, run_id)
+        run.cancel_requested = True
+        return StopRun(run_id)
+
+    def prepare(self, run_id: str, payload: RunPayload) -> RunEvent:
+        """The next event of ``run_id`` carrying ``payload``; nothing changes until :meth:`commit`.
+
+        Raises :class:`EventRefused` for a run this connection does not have
+        (unknown, another connection's, or already ended).
+        """
+        run = self._runs.get(run_id)
+        if run is None:
+            raise EventRefused(f"event {payload.TYPE!r} for a run this connection does not own")
+        return RunEvent(run_id, run.thread_id, run.seq + 1, payload)
+
+    def commit(self, event: RunEvent) -> None:
+        """Record that ``event`` was queued; a terminal event ends its run."""
+        run = self._runs.get(event.run_id)
+        if run is None or event.seq != run.seq + 1:
+            raise EventRefused(f"event {event.payload.TYPE!r} is out of sequence")
+        run.seq = event.seq
+        if event.terminal:
+            del self._runs[event.run_id]
+
+
+def _error(code: ErrorCode, message: str, ref: str | None = None) -> Reply:
+    return Reply(ErrorEvent(code, message, ref))
+
+

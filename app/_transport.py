@@ -1,0 +1,62 @@
+"""The small interface between a session and whatever carries its frames."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import attrs
+
+__all__ = ["HandshakeInfo", "Transport", "TransportClosed", "UnsupportedFrame"]
+
+
+@attrs.frozen
+class HandshakeInfo:
+    """Facts of the opening handshake, as the transport saw them."""
+
+    path: str
+    headers: tuple[tuple[str, str], ...]  # names lower-case, in order received
+    subprotocols: tuple[str, ...]
+    query_string: str
+    remote: str | None = None
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (lower-case), if any."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+class TransportClosed(Exception):
+    """The peer went away or the connection is already closed."""
+
+
+class UnsupportedFrame(Exception):
+    """The peer sent a binary frame; chat.v1 is text only."""
+
+
+class Transport(Protocol):
+    """One accepted WebSocket connection.
+
+    ``pings`` tells whether :meth:`ping` works; when it is false the transport
+    detects dead peers itself (for Hypercorn: its ping interval plus a read timeout).
+    """
+
+    @property
+    def pings(self) -> bool: ...
+
+    async def receive(self) -> str:
+        """The next text message. Raises TransportClosed or UnsupportedFrame."""
+        ...
+
+    async def send(self, text: str) -> None:
+        """Send one text message; blocks while the peer does not read. Raises TransportClosed."""
+        ...
+
+    async def ping(self) -> None:
+        """Send a ping and return when its pong arrives."""
+        ...
+
+    async def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake with ``code`` and ``reason``; idempotent."""
+        ...

@@ -311,7 +311,7 @@ class _Session:
                 except Exception:
                     self._log.exception("agent failed in run %s", run_id)
                     terminal = AgentError("agent_failed", "the agent failed")
-            if scope.cancelled_caught or terminal is None:
+            if scope.cancel_called or terminal is None:
                 reasons = self._runs[run_id][1]
                 terminal = RunCancelled(reason=reasons[0] if reasons else "cancelled")
             try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import attrs
@@ -200,7 +200,3 @@ def load_settings(
     settings.validate()
     return settings
 
-
-def setting_names() -> Sequence[str]:
-    """Names of every setting, in declaration order."""
-    return tuple(field.name for field in attrs.fields(Settings))

@@ -1,0 +1,63 @@
+import pytest
+import trio
+
+from app import PeerClosed, TransportClosed, UnsupportedFrame, memory_transport_pair
+
+
+async def test_frames_both_ways() -> None:
+    transport, client = memory_transport_pair()
+    await client.send_json({"type": "ping"})
+    assert await transport.receive() == '{"type": "ping"}'
+    await transport.send('{"type":"pong"}')
+    assert await client.receive_json() == {"type": "pong"}
+
+
+async def test_binary_is_unsupported() -> None:
+    transport, client = memory_transport_pair()
+    await client.send_binary(b"x")
+    with pytest.raises(UnsupportedFrame):
+        await transport.receive()
+
+
+async def test_close_reaches_client_after_queued_frames() -> None:
+    transport, client = memory_transport_pair()
+    await transport.send("a")
+    await transport.close(1000, "bye")
+    await transport.close(1011, "ignored")  # idempotent
+    assert await client.receive() == "a"
+    with pytest.raises(PeerClosed) as info:
+        await client.receive()
+    assert (info.value.code, info.value.reason) == (1000, "bye")
+    with pytest.raises(PeerClosed):
+        await client.receive()
+    with pytest.raises(TransportClosed):
+        await transport.send("late")
+
+
+async def test_close_when_client_buffer_full() -> None:
+    transport, client = memory_transport_pair(client_buffer=0)
+    await transport.close(1008, "slow_consumer")
+    with pytest.raises(PeerClosed) as info:
+        await client.receive()
+    assert info.value.code == 1008
+
+
+async def test_disconnect_is_seen_by_server() -> None:
+    transport, client = memory_transport_pair()
+    await client.disconnect()
+    with pytest.raises(TransportClosed):
+        await transport.receive()
+    with pytest.raises(TransportClosed):
+        await transport.send("x")
+    with pytest.raises(TransportClosed):
+        await transport.ping()
+
+
+async def test_unresponsive_client_never_pongs() -> None:
+    transport, client = memory_transport_pair()
+    await transport.ping()
+    client.responsive = False
+    assert not client.responsive
+    with trio.move_on_after(0.05) as scope:
+        await transport.ping()
+    assert scope.cancelled_caught

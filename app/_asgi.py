@@ -56,7 +56,7 @@ class QuartTransport:
 
 def _reject(rejection: Reject) -> Response:
     return Response(
-        rejection.body(), status=rejection.status, headers=list(rejection.all_headers())
+        rejection.body(), status=rejection.status, headers=dict(rejection.all_headers())
     )
 
 
@@ -92,7 +92,8 @@ def create_app(services: Services, lifecycle: ServerLifecycle) -> QuartTrio:
 
     @app.websocket(settings.path)
     async def chat() -> Response | None:
-        ws = websocket._get_current_object()
+        # The real object, not the context-local proxy: the session's tasks use it.
+        ws: Websocket = websocket._get_current_object()  # type: ignore[attr-defined]
         # Admission first: a full or draining server spends nothing on crypto.
         if not lifecycle.try_admit():
             detail = "server is draining" if lifecycle.draining.is_set() else "server is full"

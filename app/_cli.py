@@ -15,7 +15,8 @@ from pathlib import Path
 import trio
 
 from ._auth import load_jwks, mint_token
-from ._server import RunningServer, read_secret, serve
+from ._server import RunningServer, build_services, read_secret, serve
+from ._services import Services
 from ._settings import ConfigError, Settings, add_setting_arguments, load_settings
 
 __all__ = ["DEV_SECRET_FILE", "ensure_dev_secret", "main"]
@@ -102,10 +103,10 @@ def _dev_banner(server: RunningServer, settings: Settings) -> str:
     )
 
 
-async def _serve_main(settings: Settings, dev: bool) -> None:
+async def _serve_main(settings: Settings, services: Services, dev: bool) -> None:
     async with trio.open_nursery() as nursery:
         server: RunningServer = await nursery.start(
-            partial(serve, settings, handle_signals=True)
+            partial(serve, settings, services=services, handle_signals=True)
         )
         if dev:
             print(_dev_banner(server, settings), flush=True)
@@ -117,12 +118,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     args = _parser().parse_args(argv)
     try:
         if args.command == "chat":
-            from ._chat import run_chat
-
             token = args.token or environ.get("ENCLAVE_TOKEN")
             if not token:
                 print("enclave chat: --token or ENCLAVE_TOKEN is required", file=sys.stderr)
                 return EXIT_CONFIG
+            from ._chat import run_chat
+
             return trio.run(
                 partial(run_chat, args.url, token, json_mode=args.json, thread_id=args.thread)
             )
@@ -131,9 +132,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             print(_mint(settings, args.sub, args.ttl))
             return 0
         logging.basicConfig(
-            level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
-        trio.run(_serve_main, settings, args.dev)
+        services = build_services(settings)  # every key/agent problem surfaces before serving
+        trio.run(_serve_main, settings, services, args.dev)
     except ConfigError as exc:
         print(f"enclave: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -9,8 +9,8 @@ import trio
 
 from isolation import request_scoped
 
-from ._events import ServerEvent, serialize
-from ._state import ConnectionState, EventRefused, RunPayload
+from ._events import RunPayload, ServerEvent, serialize
+from ._state import ConnectionState, EventRefused
 
 __all__ = ["EventEmitter", "Flush", "InvalidEvent", "Outbound"]
 

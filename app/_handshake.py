@@ -51,9 +51,9 @@ def evaluate_handshake(
     """Decide one handshake; ``now`` is wall-clock epoch seconds."""
     origin = info.header("origin")
     # Browsers always send Origin; non-browser clients (no CSWSH risk) may omit it.
-    if settings.allowed_origins and origin is not None:
-        if origin.lower() not in {o.lower() for o in settings.allowed_origins}:
-            return Reject(403, "forbidden_origin", "Origin is not allowed")
+    allowed = {o.lower() for o in settings.allowed_origins}
+    if allowed and origin is not None and origin.lower() not in allowed:
+        return Reject(403, "forbidden_origin", "Origin is not allowed")
     offered = [p for p in info.subprotocols if not p.startswith("bearer.")]
     subprotocol: str | None = None
     if info.subprotocols:

@@ -5,6 +5,7 @@ For tests of sessions and agents, and for the isolation package's stateful test.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from typing import Any
@@ -83,10 +84,10 @@ class MemoryTransport:
             return
         self._link.server_close = _Close(code, reason)
         # The close frame goes after everything already queued, as on a socket.
-        try:
+        with contextlib.suppress(
+            trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError
+        ):
             self._outbound.send_nowait(_Close(code, reason))
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
         self._outbound.close()
 
 

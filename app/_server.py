@@ -138,9 +138,7 @@ async def serve(
         outer.cancel_scope.cancel()
 
 
-async def _watch_signals(
-    lifecycle: ServerLifecycle, grace_s: float, server: trio.Nursery
-) -> None:
+async def _watch_signals(lifecycle: ServerLifecycle, grace_s: float, server: trio.Nursery) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for _ in signals:
             if lifecycle.draining.is_set():

@@ -8,6 +8,7 @@ When :func:`run_session` returns, nothing of the connection remains.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -153,10 +154,8 @@ class _Session:
             return
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + CLOSE_TIMEOUT_S
-            try:
+            with contextlib.suppress(TransportClosed):
                 await self._transport.close(int(self._close.code), str(self._close.reason))
-            except TransportClosed:
-                pass
 
     # -- tasks ---------------------------------------------------------------
 

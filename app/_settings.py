@@ -1,4 +1,7 @@
-"""Immutable server settings: one table of fields drives flags, ``ENCLAVE_*`` env vars and validation."""
+"""Immutable server settings.
+
+One table of fields drives the flags, the ``ENCLAVE_*`` env vars and validation.
+"""
 
 from __future__ import annotations
 
@@ -114,14 +117,24 @@ def _names(name: str) -> str:
 def _problems(s: Settings) -> list[str]:
     out: list[str] = []
     positive = (
-        "max_connections max_message_bytes max_runs rate_burst rate_abuse_limit send_queue"
-    ).split()
+        "max_connections",
+        "max_message_bytes",
+        "max_runs",
+        "rate_burst",
+        "rate_abuse_limit",
+        "send_queue",
+    )
     for name in positive:
         if getattr(s, name) < 1:
             out.append(f"{_names(name)} must be >= 1")
     timed = (
-        "rate_per_s send_timeout_s ping_interval_s pong_timeout_s idle_timeout_s run_timeout_s"
-    ).split()
+        "rate_per_s",
+        "send_timeout_s",
+        "ping_interval_s",
+        "pong_timeout_s",
+        "idle_timeout_s",
+        "run_timeout_s",
+    )
     for name in timed:
         value = getattr(s, name)
         if not (math.isfinite(value) and value > 0):
@@ -199,4 +212,3 @@ def load_settings(
     settings = Settings(**kwargs)
     settings.validate()
     return settings
-

@@ -233,5 +233,3 @@ class ConnectionState:
 
 def _error(code: ErrorCode, message: str, ref: str | None = None) -> Reply:
     return Reply(ErrorEvent(code, message, ref))
-
-

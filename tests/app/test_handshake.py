@@ -61,13 +61,17 @@ def test_missing_token_is_401_with_challenge() -> None:
 
 def test_two_carriers_is_400() -> None:
     tok = token()
-    result = decide(info(headers=(("authorization", f"Bearer {tok}"),), query=f"access_token={tok}"))
+    result = decide(
+        info(headers=(("authorization", f"Bearer {tok}"),), query=f"access_token={tok}")
+    )
     assert isinstance(result, Reject)
     assert (result.status, result.error) == (400, "invalid_request")
 
 
 def test_subprotocol_without_chat_v1_is_400() -> None:
-    result = decide(info(subprotocols=("other.v2",), headers=(("authorization", f"Bearer {token()}"),)))
+    result = decide(
+        info(subprotocols=("other.v2",), headers=(("authorization", f"Bearer {token()}"),))
+    )
     assert isinstance(result, Reject)
     assert (result.status, result.error) == (400, "unsupported_subprotocol")
 

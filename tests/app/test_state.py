@@ -103,7 +103,10 @@ def test_foreign_and_missing_run_ids_get_identical_answers() -> None:
     assert isinstance(missing, Reply)
     assert isinstance(foreign.event, ErrorEvent)
     assert isinstance(missing.event, ErrorEvent)
-    assert (foreign.event.code, foreign.event.message) == (missing.event.code, missing.event.message)
+    assert (foreign.event.code, foreign.event.message) == (
+        missing.event.code,
+        missing.event.message,
+    )
     assert alice.active_runs == {alice_run.run_id}
 
 

@@ -126,7 +126,9 @@ async def serve(
 
     async with trio.open_nursery() as outer:
         if handle_signals:
-            outer.start_soon(_watch_signals, lifecycle, settings.shutdown_grace_s, outer)
+            outer.start_soon(
+                _watch_signals, lifecycle, settings.shutdown_grace_s, outer, services.log
+            )
         async with trio.open_nursery() as inner:
             binds: list[str] = await inner.start(
                 partial(hypercorn_serve, app, config, shutdown_trigger=shutdown_trigger)
@@ -135,14 +137,24 @@ async def serve(
             port = int(url.rsplit(":", 1)[1])
             services.log.info("listening on %s (websocket path %s)", url, settings.path)
             task_status.started(RunningServer(url=url, port=port, lifecycle=lifecycle))
+        services.log.info("stopped")
         outer.cancel_scope.cancel()
 
 
-async def _watch_signals(lifecycle: ServerLifecycle, grace_s: float, server: trio.Nursery) -> None:
+async def _watch_signals(
+    lifecycle: ServerLifecycle, grace_s: float, server: trio.Nursery, log: logging.Logger
+) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for _ in signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
             if lifecycle.draining.is_set():
-                # A second signal: stop now, without waiting for the grace period.
+                log.warning("%s again: stopping now without waiting for the grace period", name)
                 server.cancel_scope.cancel()
                 return
+            log.info(
+                "%s: draining %d connection(s), grace %.1f s",
+                name,
+                lifecycle.open_connections,
+                grace_s,
+            )
             lifecycle.begin_drain(grace_s)

@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import attrs
 
+from ._auth import MAX_TOKEN_CHARS
 from ._codes import ErrorCode
 
 __all__ = [
@@ -32,7 +33,6 @@ __all__ = [
 #: run_id, thread_id and client_id: 1-128 characters of a log-safe alphabet.
 ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 MAX_TEXT_CHARS: Final = 32_768
-MAX_TOKEN_CHARS: Final = 8_192
 
 
 @attrs.frozen

@@ -172,7 +172,7 @@ class ConnectionState:
             self._limited_in_a_row += 1
             if self._limited_in_a_row >= self.limits.rate_abuse_limit:
                 return [Close(CloseCode.POLICY_VIOLATION, CloseReason.RATE_LIMITED)]
-            return [_error(ErrorCode.RATE_LIMITED, "too many messages; slow down")]
+            return [_error(ErrorCode.RATE_LIMITED, "too many messages; slow down", _ref(text))]
         self._limited_in_a_row = 0
         message = parse_client_message(text)
         if isinstance(message, ProtocolError):
@@ -229,6 +229,18 @@ class ConnectionState:
         run.seq = event.seq
         if event.terminal:
             del self._runs[event.run_id]
+
+
+def _ref(text: str) -> str | None:
+    # A dropped message is still named, so a client knows which one to resend.
+    message = parse_client_message(text)
+    if isinstance(message, UserMessage):
+        return message.client_id
+    if isinstance(message, CancelRun):
+        return message.run_id
+    if isinstance(message, ProtocolError):
+        return message.ref
+    return None
 
 
 def _error(code: ErrorCode, message: str, ref: str | None = None) -> Reply:

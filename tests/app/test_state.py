@@ -182,3 +182,20 @@ def test_token_bucket_refills_up_to_burst() -> None:
     assert [bucket.take(100.0) for _ in range(4)] == [True, True, True, False]
     # A clock that goes backwards never mints tokens.
     assert not bucket.take(50.0)
+
+
+def test_rate_limited_error_names_the_dropped_message() -> None:
+    state = make_state(rate_per_s=1, rate_burst=1)
+    start(state)
+
+    def ref_of(obj: object) -> str | None:
+        [action] = send(state, obj)
+        assert isinstance(action, Reply)
+        assert isinstance(action.event, ErrorEvent)
+        assert action.event.code == "rate_limited"
+        return action.event.ref
+
+    assert ref_of({"type": "user_message", "text": "x", "client_id": "c2"}) == "c2"
+    assert ref_of({"type": "cancel", "run_id": "run_9"}) == "run_9"
+    assert ref_of({"type": "ping"}) is None
+    assert ref_of({"type": "nope", "client_id": "c3"}) == "c3"

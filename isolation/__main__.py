@@ -1,0 +1,8 @@
+"""``python -m isolation COMMAND ...``: see :mod:`isolation._cli`."""
+
+import sys
+
+from ._cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["PROTOCOL", "CloseCode", "CloseReason", "ErrorCode"]
+__all__ = ["PROTOCOL", "CancelReason", "CloseCode", "CloseReason", "ErrorCode", "RunErrorCode"]
 
 PROTOCOL = "chat.v1"
 
@@ -46,3 +46,19 @@ class CloseReason(enum.StrEnum):
     SLOW_CONSUMER = "slow_consumer"
     MESSAGE_TOO_BIG = "message_too_big"
     INTERNAL_ERROR = "internal_error"
+
+
+class RunErrorCode(enum.StrEnum):
+    """``error.code`` of an ``agent_error`` event: why a run failed."""
+
+    AGENT_FAILED = "agent_failed"
+    RUN_TIMEOUT = "run_timeout"
+    INVALID_EVENT = "invalid_event"
+    INVALID_RESULT = "invalid_result"
+
+
+class CancelReason(enum.StrEnum):
+    """``reason`` of a ``run_cancelled`` event."""
+
+    CANCELLED_BY_CLIENT = "cancelled_by_client"
+    SERVER_SHUTDOWN = "server_shutdown"

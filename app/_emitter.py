@@ -76,6 +76,7 @@ class EventEmitter:
             raise
         try:
             text = serialize(event)
+            text.encode()  # a lone surrogate from an agent cannot go out as UTF-8
         except (TypeError, ValueError) as exc:
             raise InvalidEvent(f"{payload.TYPE} payload is not JSON: {exc}") from None
         await self.channel.send(Outbound(self.connection_id, text))

@@ -157,6 +157,20 @@ _PARSERS: Final[Mapping[str, tuple[frozenset[str], _Parser]]] = {
 CLIENT_TYPES: Final = tuple(_PARSERS)
 
 
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
+
+
 def _ref_of(obj: Mapping[str, Any]) -> str | None:
     for key in ("client_id", "run_id"):
         value = obj.get(key)
@@ -175,6 +189,10 @@ def parse_client_message(text: str) -> ClientMessage | ProtocolError:
         # RecursionError: deeply nested arrays; ValueError covers huge ints too.
         detail = str(exc) if isinstance(exc, ValueError) else "nesting too deep"
         return ProtocolError(ErrorCode.INVALID_JSON, f"invalid JSON: {detail}"[:200])
+    # Lone surrogates (raw, from an in-process transport, or spelled as JSON
+    # escapes) could never be carried back in a UTF-8 frame.
+    if ("\\u" in text or not text.isascii()) and _has_lone_surrogate(obj):
+        return ProtocolError(ErrorCode.INVALID_JSON, "invalid JSON: lone surrogate in a string")
     if not isinstance(obj, dict):
         return ProtocolError(ErrorCode.INVALID_MESSAGE, "message must be a JSON object", None, "")
     kind = obj.get("type")

@@ -71,7 +71,10 @@ def hypercorn_config(settings: Settings, log: logging.Logger) -> Config:
     config.bind = [f"{settings.host}:{settings.port}"]
     config.accesslog = None
     config.errorlog = log.getChild("hypercorn")
-    config.websocket_max_message_size = settings.max_message_bytes
+    # Hypercorn counts characters and closes 1009 without a reason; the session
+    # counts UTF-8 bytes and says ``message_too_big``. Hypercorn's cap stays as a
+    # backstop at the most bytes a message within the limit can have in characters.
+    config.websocket_max_message_size = settings.max_message_bytes * 4
     config.websocket_ping_interval = settings.ping_interval_s
     # Hypercorn pings but ignores pongs; a peer that sends nothing, not even a
     # pong, for this long is dropped by the read timeout.

@@ -18,7 +18,7 @@ from isolation import request_scoped
 
 from ._agent import RunContext
 from ._auth import AuthError
-from ._codes import CloseCode, CloseReason, ErrorCode
+from ._codes import CancelReason, CloseCode, CloseReason, ErrorCode, RunErrorCode
 from ._context import UserContext
 from ._emitter import EventEmitter, Flush, InvalidEvent, Outbound
 from ._events import (
@@ -94,7 +94,7 @@ class _Session:
         )
         send, self._outbox = trio.open_memory_channel[Outbound | Flush](s.send_queue)
         self._emitter = EventEmitter(context.connection_id, self._state, send, self._log)
-        self._runs: dict[str, tuple[trio.CancelScope, list[str]]] = {}
+        self._runs: dict[str, tuple[trio.CancelScope, list[CancelReason]]] = {}
         self._runs_idle = trio.Event()
         self._runs_idle.set()
         self._close: Close | None = None
@@ -195,6 +195,8 @@ class _Session:
                 return
             now = trio.current_time()
             self._idle.deadline = now + idle_s
+            # Read the drain flag here too, so no run starts after shutdown began.
+            self._state.draining = self._lifecycle.draining.is_set()
             for action in self._state.receive_text(text, now):
                 await self._apply(action, nursery)
 
@@ -204,7 +206,7 @@ class _Session:
         elif isinstance(action, StartRun):
             await self._start_run(action, nursery)
         elif isinstance(action, StopRun):
-            self._cancel_run(action.run_id, "cancelled_by_client")
+            self._cancel_run(action.run_id, CancelReason.CANCELLED_BY_CLIENT)
         elif isinstance(action, Reauthenticate):
             await self._reauthenticate(action.token)
         else:
@@ -253,7 +255,7 @@ class _Session:
         with trio.move_on_at(self._lifecycle.grace_deadline):
             await self._runs_idle.wait()
         for run_id in list(self._runs):
-            self._cancel_run(run_id, "server_shutdown")
+            self._cancel_run(run_id, CancelReason.SERVER_SHUTDOWN)
         with trio.move_on_after(self._services.settings.send_timeout_s):
             await self._runs_idle.wait()
             await self._emitter.flush()
@@ -272,7 +274,7 @@ class _Session:
         )
         nursery.start_soon(self._guard, self._run, start, scope)
 
-    def _cancel_run(self, run_id: str, reason: str) -> None:
+    def _cancel_run(self, run_id: str, reason: CancelReason) -> None:
         entry = self._runs.get(run_id)
         if entry is not None:
             entry[1].append(reason)
@@ -304,19 +306,21 @@ class _Session:
                         result = await self._services.agent.run(run, emit)
                     terminal = AgentCompleted(result=result)
                 except trio.TooSlowError:
-                    terminal = AgentError("run_timeout", "the run took too long")
+                    terminal = AgentError(RunErrorCode.RUN_TIMEOUT, "the run took too long")
                 except (InvalidEvent, EventRefused) as exc:
-                    terminal = AgentError("invalid_event", str(exc))
+                    terminal = AgentError(RunErrorCode.INVALID_EVENT, str(exc))
                 except Exception:
                     self._log.exception("agent failed in run %s", run_id)
-                    terminal = AgentError("agent_failed", "the agent failed")
+                    terminal = AgentError(RunErrorCode.AGENT_FAILED, "the agent failed")
             if scope.cancel_called or terminal is None:
-                reasons = self._runs[run_id][1]
-                terminal = RunCancelled(reason=reasons[0] if reasons else "cancelled")
+                # A cancel always records its reason before cancelling the scope.
+                terminal = RunCancelled(reason=self._runs[run_id][1][0])
             try:
                 await self._emitter.emit_run(run_id, terminal)
             except InvalidEvent as exc:
-                await self._emitter.emit_run(run_id, AgentError("invalid_result", str(exc)))
+                await self._emitter.emit_run(
+                    run_id, AgentError(RunErrorCode.INVALID_RESULT, str(exc))
+                )
         finally:
             del self._runs[run_id]
             if not self._runs:

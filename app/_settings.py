@@ -12,11 +12,12 @@ from typing import Any, Final
 
 import attrs
 
+from ._auth import ASYMMETRIC_ALGORITHMS
+from ._auth import HMAC_ALGORITHMS as HS_ALGORITHMS
+
 __all__ = ["ENV_PREFIX", "ConfigError", "Settings", "add_setting_arguments", "load_settings"]
 
 ENV_PREFIX: Final = "ENCLAVE_"
-HS_ALGORITHMS: Final = frozenset({"HS256", "HS384", "HS512"})
-ASYMMETRIC_ALGORITHMS: Final = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "PS256"})
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
 

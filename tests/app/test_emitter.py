@@ -79,3 +79,10 @@ async def test_flush_waits_for_the_sender() -> None:
         assert not done.is_set()
         marker.done.set()
     assert done.is_set()
+
+
+async def test_unencodable_text_is_invalid() -> None:
+    emitter, state, _ = make()
+    run_id = start(state)
+    with pytest.raises(InvalidEvent):
+        await emitter.emit_run(run_id, AgentThinking("\ud800"))

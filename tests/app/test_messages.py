@@ -155,3 +155,20 @@ def test_any_object_gives_message_or_error(obj: dict[str, object]) -> None:
         assert result.message
     else:
         assert obj["type"] in {"user_message", "cancel", "ping", "auth"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"type":"ping","\\ud800":1}', '{"type":"user_message","text":"a\\udfff"}'],
+)
+def test_lone_surrogates_are_invalid_json(text: str) -> None:
+    err = error_of(text)
+    assert err.code is ErrorCode.INVALID_JSON
+    assert "surrogate" in err.message
+
+
+def test_escaped_pairs_and_nested_values_are_fine() -> None:
+    msg = parse_client_message('{"type":"user_message","text":"\\ud83d\\ude00 \\u00e9"}')
+    assert msg == UserMessage("\U0001f600 é")
+    err = error_of('{"type":"ping","x":[{"\\u00e9":"\\ud800"}]}')
+    assert "surrogate" in err.message

@@ -6,7 +6,9 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck isolation-check pytest clean
+BENCH_STAMP := $(VENV)/.bench-installed
+
+.PHONY: serve test lint typecheck isolation-check pytest bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "trio-enclave needs Python >= 3.11 (set PYTHON=...)")'
@@ -32,6 +34,13 @@ pytest: $(STAMP)
 	$(PY) -m pytest --cov --cov-report=term --cov-fail-under=90
 
 test: lint typecheck isolation-check pytest
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	@touch $@
+
+bench: $(BENCH_STAMP)
+	$(PY) -m bench run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

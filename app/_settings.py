@@ -19,6 +19,7 @@ __all__ = ["ENV_PREFIX", "ConfigError", "Settings", "add_setting_arguments", "lo
 
 ENV_PREFIX: Final = "ENCLAVE_"
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+TRANSPORTS: Final = ("asgi", "lean")
 
 
 class ConfigError(ValueError):
@@ -53,6 +54,7 @@ class Settings:
     host: str = _field("127.0.0.1", str, "interface to listen on")
     port: int = _field(8000, int, "TCP port (0 picks a free one)")
     path: str = _field("/ws", str, "WebSocket endpoint path")
+    transport: str = _field("asgi", str, "'asgi' (Quart-Trio on Hypercorn) or 'lean' (Trio streams)")
     jwt_secret: bytes | None = _field(
         None, str.encode, "HS256 shared secret (>= 32 bytes)", repr=False
     )
@@ -150,6 +152,8 @@ def _problems(s: Settings) -> list[str]:
         out.append(f"{_names('retry_after_s')} must be >= 0")
     if not s.path.startswith("/"):
         out.append(f"{_names('path')} must start with '/'")
+    if s.transport not in TRANSPORTS:
+        out.append(f"{_names('transport')} must be one of {', '.join(TRANSPORTS)}")
     if s.log_level not in LOG_LEVELS:
         out.append(f"{_names('log_level')} must be one of {', '.join(LOG_LEVELS)}")
     keys = [n for n in ("jwt_secret", "jwt_secret_file", "jwks") if getattr(s, n)]

@@ -69,6 +69,8 @@ def build_services(settings: Settings, log: logging.Logger | None = None) -> Ser
 def hypercorn_config(settings: Settings, log: logging.Logger) -> Config:
     config = Config()
     config.bind = [f"{settings.host}:{settings.port}"]
+    # Hypercorn's default of 100 overflows when hundreds of users connect at once.
+    config.backlog = settings.backlog
     config.accesslog = None
     config.errorlog = log.getChild("hypercorn")
     # Hypercorn counts characters and closes 1009 without a reason; the session

@@ -54,7 +54,7 @@ class Settings:
     host: str = _field("127.0.0.1", str, "interface to listen on")
     port: int = _field(8000, int, "TCP port (0 picks a free one)")
     path: str = _field("/ws", str, "WebSocket endpoint path")
-    transport: str = _field("asgi", str, "'asgi' (Quart-Trio on Hypercorn) or 'lean' (Trio streams)")
+    transport: str = _field("asgi", str, "'asgi' (Quart-Trio, Hypercorn) or 'lean' (Trio)")
     jwt_secret: bytes | None = _field(
         None, str.encode, "HS256 shared secret (>= 32 bytes)", repr=False
     )
@@ -71,6 +71,7 @@ class Settings:
         (), _csv, "comma-separated Origin allow-list (empty: any origin)"
     )
     max_connections: int = _field(10_000, int, "open WebSocket connections before 503")
+    backlog: int = _field(1024, int, "listen backlog (pending TCP connections)")
     retry_after_s: int = _field(5, int, "Retry-After seconds on 503")
     max_message_bytes: int = _field(65_536, int, "largest client message (close 1009 above)")
     max_runs: int = _field(4, int, "concurrent runs per connection")
@@ -84,6 +85,9 @@ class Settings:
     ping_interval_s: float = _field(20.0, float, "seconds between keepalive pings")
     pong_timeout_s: float = _field(20.0, float, "seconds to wait for a pong before closing")
     idle_timeout_s: float = _field(300.0, float, "seconds without a client frame (close 1000)")
+    open_timeout_s: float = _field(
+        10.0, float, "seconds a client has to send its opening request (lean transport)"
+    )
     shutdown_grace_s: float = _field(10.0, float, "seconds in-flight runs get on shutdown")
     run_timeout_s: float = _field(300.0, float, "longest a single run may take")
     agent: str = _field("echo", str, "agent: 'echo' or 'module:attr' of an agent factory")
@@ -121,6 +125,7 @@ def _problems(s: Settings) -> list[str]:
     out: list[str] = []
     positive = (
         "max_connections",
+        "backlog",
         "max_message_bytes",
         "max_runs",
         "rate_burst",
@@ -136,6 +141,7 @@ def _problems(s: Settings) -> list[str]:
         "ping_interval_s",
         "pong_timeout_s",
         "idle_timeout_s",
+        "open_timeout_s",
         "run_timeout_s",
     )
     for name in timed:

@@ -20,6 +20,7 @@ from ._context import UserContext as UserContext
 from ._events import AgentThinking as AgentThinking
 from ._events import ToolCompleted as ToolCompleted
 from ._events import ToolExecuting as ToolExecuting
+from ._lean_ws import LeanTransport as LeanTransport
 from ._memory import MemoryClient as MemoryClient
 from ._memory import MemoryTransport as MemoryTransport
 from ._memory import PeerClosed as PeerClosed
@@ -33,6 +34,7 @@ from ._session import run_session as run_session
 from ._settings import ConfigError as ConfigError
 from ._settings import Settings as Settings
 from ._settings import load_settings as load_settings
+from ._transport import BatchTransport as BatchTransport
 from ._transport import HandshakeInfo as HandshakeInfo
 from ._transport import Transport as Transport
 from ._transport import TransportClosed as TransportClosed
@@ -45,6 +47,7 @@ __all__ = [
     "AgentThinking",
     "AuthConfig",
     "AuthError",
+    "BatchTransport",
     "CloseCode",
     "CloseReason",
     "ConfigError",
@@ -52,6 +55,7 @@ __all__ = [
     "Emit",
     "ErrorCode",
     "HandshakeInfo",
+    "LeanTransport",
     "MemoryClient",
     "MemoryTransport",
     "PeerClosed",

@@ -9,15 +9,13 @@ pongs (``serve()`` sets a read timeout of ping interval + pong timeout).
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from quart import Response, websocket
 from quart.wrappers import Websocket
 from quart_trio import QuartTrio
 
 from ._context import UserContext
-from ._handshake import Reject, evaluate_handshake, unavailable
+from ._handshake import Reject
+from ._routes import HttpReply, admit, decide, health_reply, ready_reply, rejection_reply
 from ._services import ServerLifecycle, Services
 from ._session import run_session
 from ._transport import HandshakeInfo, TransportClosed, UnsupportedFrame
@@ -54,14 +52,8 @@ class QuartTransport:
             await self._ws.close(code, reason)
 
 
-def _reject(rejection: Reject) -> Response:
-    return Response(
-        rejection.body(), status=rejection.status, headers=dict(rejection.all_headers())
-    )
-
-
-def _json(body: dict[str, Any], status: int) -> Response:
-    return Response(json.dumps(body), status=status, content_type="application/json")
+def _response(reply: HttpReply) -> Response:
+    return Response(reply.body, status=reply.status, headers=dict(reply.headers))
 
 
 def handshake_info(ws: Websocket) -> HandshakeInfo:
@@ -82,31 +74,24 @@ def create_app(services: Services, lifecycle: ServerLifecycle) -> QuartTrio:
 
     @app.get("/health")
     async def health() -> Response:
-        return _json({"status": "ok"}, 200)
+        return _response(health_reply())
 
     @app.get("/ready")
     async def ready() -> Response:
-        if lifecycle.draining.is_set():
-            return _json({"status": "draining"}, 503)
-        return _json({"status": "ready"}, 200)
+        return _response(ready_reply(lifecycle))
 
     @app.websocket(settings.path)
     async def chat() -> Response | None:
         # The real object, not the context-local proxy: the session's tasks use it.
         ws: Websocket = websocket._get_current_object()  # type: ignore[attr-defined]
         # Admission first: a full or draining server spends nothing on crypto.
-        if not lifecycle.try_admit():
-            detail = "server is draining" if lifecycle.draining.is_set() else "server is full"
-            return _reject(unavailable(detail, settings.retry_after_s))
+        refused = admit(lifecycle, settings.retry_after_s)
+        if refused is not None:
+            return _response(rejection_reply(refused))
         try:
-            decision = evaluate_handshake(
-                handshake_info(ws),
-                settings=settings,
-                verifier=services.verifier,
-                now=services.wall_clock(),
-            )
+            decision = decide(handshake_info(ws), services)
             if isinstance(decision, Reject):
-                return _reject(decision)
+                return _response(rejection_reply(decision))
             await ws.accept(subprotocol=decision.subprotocol)
             context = UserContext.from_claims(decision.claims, carrier=decision.carrier)
             await run_session(QuartTransport(ws), context, services, lifecycle)

@@ -1,4 +1,8 @@
-"""``serve()``: build the process's services, run Hypercorn (trio worker), drain on signals."""
+"""``serve()``: build the process's services, run a transport, drain on signals.
+
+``settings.transport`` picks Hypercorn's trio worker serving the Quart-Trio app
+(``asgi``) or Trio sockets with websockets' sans-IO protocol (``lean``).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from ._agent import AgentLoadError, AgentOptions, load_agent
 from ._asgi import create_app
 from ._auth import AuthConfig, TokenVerifier, load_jwks
+from ._lean import serve_lean
 from ._services import ServerLifecycle, Services
 from ._session import CLOSE_TIMEOUT_S
 from ._settings import ConfigError, Settings
@@ -119,6 +124,33 @@ async def serve(
     """
     services = services or build_services(settings)
     lifecycle = ServerLifecycle(max_connections=settings.max_connections)
+    transport = serve_lean if settings.transport == "lean" else _serve_asgi
+
+    async with trio.open_nursery() as outer:
+        if handle_signals:
+            outer.start_soon(
+                _watch_signals, lifecycle, settings.shutdown_grace_s, outer, services.log
+            )
+        async with trio.open_nursery() as inner:
+            url: str = await inner.start(transport, services, lifecycle)
+            port = int(url.rsplit(":", 1)[1])
+            services.log.info("listening on %s (websocket path %s)", url, settings.path)
+            task_status.started(RunningServer(url=url, port=port, lifecycle=lifecycle))
+        services.log.info("stopped")
+        outer.cancel_scope.cancel()
+
+
+async def _serve_asgi(
+    services: Services,
+    lifecycle: ServerLifecycle,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Hypercorn serving the Quart-Trio app; hands ``task_status`` the URL; returns after a drain.
+
+    Cancellation: stops at once; connections are dropped without a close frame.
+    """
+    settings = services.settings
     app = create_app(services, lifecycle)
     config = hypercorn_config(settings, services.log)
 
@@ -129,21 +161,11 @@ async def serve(
         with trio.move_on_at(limit):
             await lifecycle.wait_all_closed()
 
-    async with trio.open_nursery() as outer:
-        if handle_signals:
-            outer.start_soon(
-                _watch_signals, lifecycle, settings.shutdown_grace_s, outer, services.log
-            )
-        async with trio.open_nursery() as inner:
-            binds: list[str] = await inner.start(
-                partial(hypercorn_serve, app, config, shutdown_trigger=shutdown_trigger)
-            )
-            url = binds[0]
-            port = int(url.rsplit(":", 1)[1])
-            services.log.info("listening on %s (websocket path %s)", url, settings.path)
-            task_status.started(RunningServer(url=url, port=port, lifecycle=lifecycle))
-        services.log.info("stopped")
-        outer.cancel_scope.cancel()
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(
+            partial(hypercorn_serve, app, config, shutdown_trigger=shutdown_trigger)
+        )
+        task_status.started(binds[0])
 
 
 async def _watch_signals(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any
+from typing import Any, Final
 
 import trio
 
@@ -44,12 +44,15 @@ from ._state import (
     StartRun,
     StopRun,
 )
-from ._transport import Transport, TransportClosed, UnsupportedFrame
+from ._transport import BatchTransport, Transport, TransportClosed, UnsupportedFrame
 
-__all__ = ["CLOSE_TIMEOUT_S", "run_session"]
+__all__ = ["BATCH_CHARS", "BATCH_FRAMES", "CLOSE_TIMEOUT_S", "run_session"]
 
 #: How long the closing handshake may take before the session gives up on it.
 CLOSE_TIMEOUT_S = 5.0
+#: Bounds of one batch the sender writes at once: frames, and characters (about bytes).
+BATCH_FRAMES: Final = 64
+BATCH_CHARS: Final = 256 * 1024
 
 
 async def run_session(
@@ -79,6 +82,7 @@ class _Session:
     ) -> None:
         s = services.settings
         self._transport = transport
+        self._send_many = transport.send_many if isinstance(transport, BatchTransport) else None
         self._context = context
         self._services = services
         self._lifecycle = lifecycle
@@ -160,27 +164,54 @@ class _Session:
     # -- tasks ---------------------------------------------------------------
 
     async def _sender(self) -> None:
-        timeout = self._services.settings.send_timeout_s
-        async for item in self._outbox:
-            if isinstance(item, Flush):
-                item.done.set()
-                continue
-            if item.connection_id != self._context.connection_id:
-                self._log.error(
-                    "isolation violation: frame for connection %s refused on %s",
-                    item.connection_id,
-                    self._context.connection_id,
-                )
-                continue
-            with trio.move_on_after(timeout) as scope:
+        # One blocking receive, then whatever else is already queued (bounded), written
+        # with one call: frames queued while the peer was busy leave in one write.
+        outbox = self._outbox
+        async for first in outbox:
+            items = [first]
+            size = len(first.text) if isinstance(first, Outbound) else 0
+            while len(items) < BATCH_FRAMES and size < BATCH_CHARS:
                 try:
-                    await self._transport.send(item.text)
-                except TransportClosed:
-                    self._peer_gone()
-                    return
-            if scope.cancelled_caught:
-                self._request_close(CloseCode.POLICY_VIOLATION, CloseReason.SLOW_CONSUMER)
+                    item = outbox.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                items.append(item)
+                size += len(item.text) if isinstance(item, Outbound) else 0
+            batch: list[str] = []
+            for item in items:
+                if isinstance(item, Flush):
+                    # Everything queued before the marker is written before it is set.
+                    if batch and not await self._write(batch):
+                        return
+                    batch = []
+                    item.done.set()
+                elif item.connection_id != self._context.connection_id:
+                    self._log.error(
+                        "isolation violation: frame for connection %s refused on %s",
+                        item.connection_id,
+                        self._context.connection_id,
+                    )
+                else:
+                    batch.append(item.text)
+            if batch and not await self._write(batch):
                 return
+
+    async def _write(self, texts: list[str]) -> bool:
+        """Write one batch within ``send_timeout_s``; False once the connection is over."""
+        with trio.move_on_after(self._services.settings.send_timeout_s) as scope:
+            try:
+                if self._send_many is not None:
+                    await self._send_many(texts)
+                else:
+                    for text in texts:
+                        await self._transport.send(text)
+            except TransportClosed:
+                self._peer_gone()
+                return False
+        if scope.cancelled_caught:
+            self._request_close(CloseCode.POLICY_VIOLATION, CloseReason.SLOW_CONSUMER)
+            return False
+        return True
 
     async def _reader(self, nursery: trio.Nursery) -> None:
         idle_s = self._services.settings.idle_timeout_s

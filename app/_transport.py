@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import attrs
 
-__all__ = ["HandshakeInfo", "Transport", "TransportClosed", "UnsupportedFrame"]
+__all__ = ["BatchTransport", "HandshakeInfo", "Transport", "TransportClosed", "UnsupportedFrame"]
 
 
 @attrs.frozen
@@ -59,4 +60,21 @@ class Transport(Protocol):
 
     async def close(self, code: int, reason: str) -> None:
         """Start the closing handshake with ``code`` and ``reason``; idempotent."""
+        ...
+
+
+@runtime_checkable
+class BatchTransport(Transport, Protocol):
+    """A :class:`Transport` that can also write several messages at once.
+
+    ``send_many`` is optional: the session uses it when the transport has it and
+    calls :meth:`Transport.send` once per message otherwise.
+    """
+
+    async def send_many(self, texts: Sequence[str]) -> None:
+        """Send ``texts`` in order, in as few writes as possible. Raises TransportClosed.
+
+        Cancellation: some of the messages may have been written (a transport may then
+        refuse to send more, as a socket cut mid-frame must).
+        """
         ...

@@ -166,6 +166,10 @@ async def _serve_asgi(
             partial(hypercorn_serve, app, config, shutdown_trigger=shutdown_trigger)
         )
         task_status.started(binds[0])
+        await shutdown_trigger()
+        # Every session has closed (or the bound passed). Hypercorn would still
+        # wait up to graceful_timeout for its per-WebSocket ping tasks to wake.
+        nursery.cancel_scope.cancel()
 
 
 async def _watch_signals(

@@ -198,7 +198,9 @@ class _Session:
 
     async def _write(self, texts: list[str]) -> bool:
         """Write one batch within ``send_timeout_s``; False once the connection is over."""
-        with trio.move_on_after(self._services.settings.send_timeout_s) as scope:
+        timeout = self._services.settings.send_timeout_s
+        deadline = trio.current_time() + timeout
+        with trio.move_on_at(deadline) as scope:
             try:
                 if self._send_many is not None:
                     await self._send_many(texts)
@@ -208,7 +210,9 @@ class _Session:
             except TransportClosed:
                 self._peer_gone()
                 return False
-        if scope.cancelled_caught:
+        # A transport may shield its writes from cancellation (Hypercorn does); a
+        # write that only finished past the deadline is a slow consumer all the same.
+        if scope.cancelled_caught or trio.current_time() > deadline:
             self._request_close(CloseCode.POLICY_VIOLATION, CloseReason.SLOW_CONSUMER)
             return False
         return True

@@ -54,7 +54,7 @@ class Settings:
     host: str = _field("127.0.0.1", str, "interface to listen on")
     port: int = _field(8000, int, "TCP port (0 picks a free one)")
     path: str = _field("/ws", str, "WebSocket endpoint path")
-    transport: str = _field("asgi", str, "'asgi' (Quart-Trio, Hypercorn) or 'lean' (Trio)")
+    transport: str = _field("lean", str, "'asgi' (Quart-Trio, Hypercorn) or 'lean' (Trio)")
     jwt_secret: bytes | None = _field(
         None, str.encode, "HS256 shared secret (>= 32 bytes)", repr=False
     )

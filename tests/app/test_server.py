@@ -134,15 +134,6 @@ async def test_shutdown_closes_an_idle_connection_at_once(e2e: E2E) -> None:
         await live.wait_stopped()
 
 
-@pytest.mark.xfail(
-    reason=(
-        "BUG: after a drain has closed every connection, serve() still waits "
-        "min(ping_interval_s, 5 s): Hypercorn's per-WebSocket ping task sleeps out its "
-        "interval after the close, and serve() lets Hypercorn wait up to graceful_timeout "
-        "(CLOSE_TIMEOUT_S) for it"
-    ),
-    strict=True,
-)
 async def test_serve_returns_promptly_once_the_drain_closed_every_connection(e2e: E2E) -> None:
     async with e2e.server() as live:  # the default 20 s ping interval
         async with live.chat() as chat:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from ._audit_cli import add_audit_parser
+from ._mutants_cli import add_mutants_parser
 from ._static import CODES, check_paths, python_files
 
 __all__ = ["EXIT_CLEAN", "EXIT_FINDINGS", "EXIT_USAGE", "build_parser", "main"]
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_check_command(commands)
     add_audit_parser(commands)
+    add_mutants_parser(commands)
     return parser
 
 

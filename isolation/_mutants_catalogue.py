@@ -1,0 +1,543 @@
+"""The mutants: small, plausible changes to ``app/`` that each open one cross-user leak.
+
+Every mutant is a few exact text replacements (old -> new) in files of ``app/``, the
+kind of change a developer could make in a hurry, each from a real incident class.
+``python -m isolation mutants`` applies them one at a time to a copy of ``app`` and
+checks that the static checker and the runtime audit find what they should.
+``CONTROL`` changes nothing: both checks must find the unmodified server clean.
+
+An anchor (``old``) must occur exactly once in its file; when ``app/`` changes so that
+one no longer does, the mutant fails loudly instead of silently testing nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ._mutants_model import Mutant, Replacement
+
+__all__ = ["CATALOGUE", "CONTROL", "by_name"]
+
+_FOREIGN_DATA: Final = frozenset({"foreign-canary"})
+
+# -- singleton_manager: a process-wide event dispatcher that holds "the current user" ----------
+
+_SINGLETON_MANAGER: Final = Mutant(
+    name="singleton_manager",
+    story=(
+        "a process-wide EventDispatcher built with the services: connections register "
+        "their socket under their user, a run sets the dispatcher's current user when it "
+        "starts, and every run event goes to the current user's socket (request state on "
+        "a shared manager object)"
+    ),
+    replacements=(
+        Replacement(
+            "_services.py",
+            "from collections.abc import Callable\n",
+            "from collections.abc import Callable\nfrom typing import Any\n",
+        ),
+        Replacement(
+            "_services.py",
+            "@attrs.frozen\nclass Services:\n",
+            '''\
+class EventDispatcher:
+    """Delivers run events to users' sockets; one per process, built at startup.
+
+    Each connection registers its socket under its user; ``use()`` sets the user
+    the events are for, and must be called before a run starts.
+    """
+
+    def __init__(self) -> None:
+        self.user_id: str | None = None
+        self._sockets: dict[str, tuple[str, Any]] = {}
+
+    def connect(self, user_id: str, connection_id: str, channel: Any) -> None:
+        self._sockets[user_id] = (connection_id, channel)
+
+    def use(self, user_id: str) -> None:
+        self.user_id = user_id
+
+    def route(self) -> tuple[str, Any]:
+        if self.user_id is None:
+            raise RuntimeError("EventDispatcher.route() without a user: call use() first")
+        return self._sockets[self.user_id]
+
+
+@attrs.frozen
+class Services:
+''',
+        ),
+        Replacement(
+            "_services.py",
+            "    wall_clock: Callable[[], float] = time.time\n",
+            "    wall_clock: Callable[[], float] = time.time\n"
+            "    dispatcher: EventDispatcher = attrs.field(factory=EventDispatcher)\n",
+        ),
+        Replacement("_emitter.py", "import logging\n", "import logging\nfrom typing import Any\n"),
+        Replacement(
+            "_emitter.py",
+            "    log: logging.Logger\n",
+            "    log: logging.Logger\n    dispatcher: Any = None\n",
+        ),
+        Replacement(
+            "_emitter.py",
+            "        await self.channel.send(Outbound(self.connection_id, text))\n"
+            "        self.state.commit(event)\n",
+            "        connection_id, channel = self.dispatcher.route()\n"
+            "        await channel.send(Outbound(connection_id, text))\n"
+            "        self.state.commit(event)\n",
+        ),
+        Replacement(
+            "_session.py",
+            """\
+        self._emitter = EventEmitter(context.connection_id, self._state, send, self._log)
+""",
+            """\
+        self._emitter = EventEmitter(
+            context.connection_id, self._state, send, self._log, services.dispatcher
+        )
+        services.dispatcher.connect(context.user_id, context.connection_id, send)
+""",
+        ),
+        Replacement(
+            "_session.py",
+            "        agent = self._services.agent\n",
+            "        self._services.dispatcher.use(self._context.user_id)\n"
+            "        agent = self._services.agent\n",
+        ),
+    ),
+    expected_static=frozenset(),
+    expected_runtime=True,
+    signature=frozenset({"foreign-run", "foreign-canary"}),
+)
+
+# -- registry_by_client_id: run events follow the client_id to its latest connection --------
+
+_REGISTRY_BY_CLIENT_ID: Final = Mutant(
+    name="registry_by_client_id",
+    story=(
+        "'resume after reconnect': a module-level registry routes each run's events to the "
+        "connection that last used its client_id, which is not unique across users (Django "
+        "Channels 3.0, CVE-2020-35681: the last socket received everyone's messages)"
+    ),
+    replacements=(
+        Replacement(
+            "_emitter.py",
+            "from ._events import RunPayload, ServerEvent, serialize\n",
+            "from ._events import AgentStarted, RunPayload, ServerEvent, serialize\n",
+        ),
+        Replacement(
+            "_emitter.py",
+            "class InvalidEvent(Exception):\n",
+            """\
+#: client_id -> the connection that last used it: a client that reconnects with the
+#: same client_id gets the rest of its run's events there.
+_ROUTES: dict[str, tuple[str, trio.MemorySendChannel[Outbound | Flush]]] = {}
+
+
+class InvalidEvent(Exception):
+""",
+        ),
+        Replacement(
+            "_emitter.py",
+            "    log: logging.Logger\n",
+            "    log: logging.Logger\n    routes: dict[str, str] = attrs.field(factory=dict)\n",
+        ),
+        Replacement(
+            "_emitter.py",
+            "        await self.channel.send(Outbound(self.connection_id, text))\n"
+            "        self.state.commit(event)\n",
+            """\
+        if isinstance(payload, AgentStarted) and payload.client_id is not None:
+            _ROUTES[payload.client_id] = (self.connection_id, self.channel)
+            self.routes[run_id] = payload.client_id
+        home = (self.connection_id, self.channel)
+        connection_id, channel = _ROUTES.get(self.routes.get(run_id, ""), home)
+        await channel.send(Outbound(connection_id, text))
+        self.state.commit(event)
+""",
+        ),
+    ),
+    expected_static=frozenset({"ISO101"}),
+    expected_runtime=True,
+    signature=frozenset({"foreign-run", "foreign-canary"}),
+)
+
+# -- pooled_desync: a pooled backend connection returned to the pool mid-request ----------
+
+_POOLED_DESYNC: Final = Mutant(
+    name="pooled_desync",
+    story=(
+        "the agent asks a 'model' over a module-level connection pool; a run cancelled "
+        "mid-request returns its connection with the response unread, so the next run reads "
+        "the previous user's answer (ChatGPT, 20 March 2023: redis-py #2624)"
+    ),
+    replacements=(
+        Replacement(
+            "_agent.py", "import importlib\n", "import importlib\nfrom collections import deque\n"
+        ),
+        Replacement(
+            "_agent.py",
+            "@attrs.frozen\nclass EchoAgent:\n",
+            '''\
+class _ModelConnection:
+    """One connection to the model backend: responses arrive in request order."""
+
+    def __init__(self) -> None:
+        self._responses: deque[str] = deque()
+
+    async def ask(self, prompt: str, latency_s: float) -> str:
+        self._responses.append(f"(model) {prompt}")  # the backend's answer, on its way
+        await trio.sleep(latency_s)
+        return self._responses.popleft()
+
+
+class _ModelPool:
+    """Connections to the model, reused across runs like any client's pool (oldest first)."""
+
+    def __init__(self) -> None:
+        self._idle: deque[_ModelConnection] = deque()
+
+    async def ask(self, prompt: str, *, latency_s: float) -> str:
+        connection = self._idle.popleft() if self._idle else _ModelConnection()
+        try:
+            return await connection.ask(prompt, latency_s)
+        finally:
+            self._idle.append(connection)  # back to the pool, even after a cancel
+
+
+_MODEL = _ModelPool()
+
+
+@attrs.frozen
+class EchoAgent:
+''',
+        ),
+        Replacement(
+            "_agent.py",
+            """\
+    async def run(self, run: RunContext, emit: Emit) -> Any:
+        await self._step()
+        await emit(AgentThinking(thought="I will count the words of your message."))
+""",
+            """\
+    async def run(self, run: RunContext, emit: Emit) -> Any:
+        # The plan and the answer come from the model (the slow part), over the pool.
+        thought = await _MODEL.ask(f"plan an answer to: {run.text}", latency_s=4 * self.delay_s)
+        await emit(AgentThinking(thought=thought))
+""",
+        ),
+        Replacement(
+            "_agent.py",
+            """\
+        return {"text": run.text, "words": words}
+""",
+            """\
+        answer = await _MODEL.ask(f"answer: {run.text}", latency_s=4 * self.delay_s)
+        return {"text": answer, "words": words}
+""",
+        ),
+    ),
+    expected_static=frozenset({"ISO101"}),
+    expected_runtime=True,
+    signature=_FOREIGN_DATA,
+)
+
+# -- lru_cache_user_data: conversation memory memoised by thread_id -----------------------
+
+_LRU_CACHE_USER_DATA: Final = Mutant(
+    name="lru_cache_user_data",
+    story=(
+        "conversation memory through functools.lru_cache keyed by thread_id, which clients "
+        "choose and do not own: a user sees earlier messages of another user's thread "
+        "(per-user data cached under a shared key, e.g. Steam store, 25 Dec 2015)"
+    ),
+    replacements=(
+        Replacement("_agent.py", "import importlib\n", "import functools\nimport importlib\n"),
+        Replacement(
+            "_agent.py",
+            "@attrs.frozen\nclass EchoAgent:\n",
+            '''\
+@functools.lru_cache(maxsize=1024)
+def _thread_history(thread_id: str) -> list[str]:
+    """The messages of a thread so far, so that the agent can refer back to them."""
+    return []
+
+
+@attrs.frozen
+class EchoAgent:
+''',
+        ),
+        Replacement(
+            "_agent.py",
+            """\
+    async def run(self, run: RunContext, emit: Emit) -> Any:
+        await self._step()
+        await emit(AgentThinking(thought="I will count the words of your message."))
+""",
+            """\
+    async def run(self, run: RunContext, emit: Emit) -> Any:
+        history = _thread_history(run.thread_id)
+        earlier = " / ".join(history[-2:]) or "nothing"
+        history.append(run.text)
+        await self._step()
+        thought = f"I will count the words of your message. Earlier on this thread: {earlier}"
+        await emit(AgentThinking(thought=thought))
+""",
+        ),
+    ),
+    expected_static=frozenset({"ISO104"}),
+    expected_runtime=True,
+    signature=_FOREIGN_DATA,
+)
+
+# -- contextvar_shared_mutable: ContextVar("...", default={}) filled in by the session -----
+
+_CONTEXTVAR_SHARED_MUTABLE: Final = Mutant(
+    name="contextvar_shared_mutable",
+    story=(
+        "the session puts the run's text in ContextVar('current_run', default={}) for the "
+        "agent's helpers; nobody calls set(), so every task's copied context shares the one "
+        "dict and the agent reads whichever run wrote last"
+    ),
+    replacements=(
+        Replacement(
+            "_agent.py",
+            "import importlib\n",
+            "import importlib\nfrom contextvars import ContextVar\n",
+        ),
+        Replacement(
+            "_agent.py",
+            "AgentPayload = AgentThinking | ToolExecuting | ToolCompleted\n",
+            """\
+AgentPayload = AgentThinking | ToolExecuting | ToolCompleted
+#: The run being served, for helpers that are not handed ``run``; the session fills it in.
+CURRENT_RUN: ContextVar[dict[str, str]] = ContextVar("current_run", default={})
+""",
+        ),
+        Replacement(
+            "_agent.py",
+            """\
+        await emit(ToolExecuting(tool_name="word_count", tool_input={"text": run.text}))
+        words = len(run.text.split())
+""",
+            """\
+        text = CURRENT_RUN.get()["text"]
+        await emit(ToolExecuting(tool_name="word_count", tool_input={"text": text}))
+        words = len(text.split())
+""",
+        ),
+        Replacement(
+            "_session.py",
+            "from ._agent import RunContext\n",
+            "from ._agent import CURRENT_RUN, RunContext\n",
+        ),
+        Replacement(
+            "_session.py",
+            "        terminal: RunPayload | None = None\n",
+            '        CURRENT_RUN.get()["text"] = run.text\n'
+            "        terminal: RunPayload | None = None\n",
+        ),
+    ),
+    expected_static=frozenset({"ISO106"}),
+    expected_runtime=True,
+    signature=_FOREIGN_DATA,
+)
+
+# -- idor_cancel: run ids resolved through a process-wide table, without an owner check ----
+
+_IDOR_CANCEL: Final = Mutant(
+    name="idor_cancel",
+    story=(
+        "'cancel from another tab': run ids are resolved through a process-wide run_id -> "
+        "cancel scope table with no owner check, so any user can cancel any run (IDOR; "
+        "OWASP API1:2023 broken object level authorization)"
+    ),
+    replacements=(
+        Replacement(
+            "_state.py",
+            """\
+        run = self._runs.get(run_id)
+        if run is None or run.cancel_requested:
+            return _error(ErrorCode.RUN_NOT_FOUND, _RUN_NOT_FOUND, run_id)
+        run.cancel_requested = True
+        return StopRun(run_id)
+""",
+            """\
+        run = self._runs.get(run_id)
+        if run is not None and run.cancel_requested:
+            return _error(ErrorCode.RUN_NOT_FOUND, _RUN_NOT_FOUND, run_id)
+        if run is not None:
+            run.cancel_requested = True
+        return StopRun(run_id)  # the session finds the run, on this connection or another
+""",
+        ),
+        Replacement(
+            "_session.py",
+            "\n\nasync def run_session(\n",
+            """
+
+#: Every live run of the process, so that a cancel sent from another tab reaches it.
+_RUN_SCOPES: dict[str, tuple[trio.CancelScope, list[CancelReason]]] = {}
+
+
+async def run_session(
+""",
+        ),
+        Replacement(
+            "_session.py",
+            "            self._cancel_run(action.run_id, CancelReason.CANCELLED_BY_CLIENT)\n",
+            """\
+            if not self._cancel_run(action.run_id, CancelReason.CANCELLED_BY_CLIENT):
+                await self._emitter.send_event(
+                    ErrorEvent(ErrorCode.RUN_NOT_FOUND, "no such run", action.run_id)
+                )
+""",
+        ),
+        Replacement(
+            "_session.py",
+            "        self._runs[start.run_id] = (scope, [])\n",
+            "        self._runs[start.run_id] = _RUN_SCOPES[start.run_id] = (scope, [])\n",
+        ),
+        Replacement(
+            "_session.py",
+            """\
+    def _cancel_run(self, run_id: str, reason: CancelReason) -> None:
+        entry = self._runs.get(run_id)
+        if entry is not None:
+            entry[1].append(reason)
+            entry[0].cancel()
+""",
+            """\
+    def _cancel_run(self, run_id: str, reason: CancelReason) -> bool:
+        entry = self._runs.get(run_id) or _RUN_SCOPES.get(run_id)
+        if entry is None:
+            return False
+        entry[1].append(reason)
+        entry[0].cancel()
+        return True
+""",
+        ),
+        Replacement(
+            "_session.py",
+            "            del self._runs[run_id]\n",
+            "            del self._runs[run_id]\n            _RUN_SCOPES.pop(run_id, None)\n",
+        ),
+    ),
+    expected_static=frozenset({"ISO101"}),
+    expected_runtime=True,
+    signature=frozenset({"idor-distinguishable", "idor-cancelled", "unrequested-cancel"}),
+)
+
+# -- global_last_context: a `global` caching the last run the agent served -----------------
+
+_GLOBAL_LAST_CONTEXT: Final = Mutant(
+    name="global_last_context",
+    story=(
+        "the agent keeps the last RunContext (user_id, text) in a module global 'for the "
+        "crash report', and its tool step reads it back after an await (module-global "
+        "'current user')"
+    ),
+    replacements=(
+        Replacement(
+            "_agent.py",
+            "@attrs.frozen\nclass EchoAgent:\n",
+            """\
+#: The last run the agent served, for the crash report.
+_last_run: RunContext | None = None
+
+
+@attrs.frozen
+class EchoAgent:
+""",
+        ),
+        Replacement(
+            "_agent.py",
+            """\
+    async def run(self, run: RunContext, emit: Emit) -> Any:
+        await self._step()
+        await emit(AgentThinking(thought="I will count the words of your message."))
+        await self._step()
+        await emit(ToolExecuting(tool_name="word_count", tool_input={"text": run.text}))
+        words = len(run.text.split())
+""",
+            """\
+    async def run(self, run: RunContext, emit: Emit) -> Any:
+        global _last_run
+        _last_run = run
+        await self._step()
+        await emit(AgentThinking(thought="I will count the words of your message."))
+        await self._step()
+        await emit(ToolExecuting(tool_name="word_count", tool_input={"text": _last_run.text}))
+        words = len(_last_run.text.split())
+""",
+        ),
+    ),
+    expected_static=frozenset({"ISO102"}),
+    expected_runtime=True,
+    signature=_FOREIGN_DATA,
+)
+
+# -- debug_session_registry: open sessions kept in a process-wide registry -----------------
+
+_DEBUG_SESSION_REGISTRY: Final = Mutant(
+    name="debug_session_registry",
+    story=(
+        "open sessions kept in a module-level WeakValueDictionary for a debug endpoint; "
+        "nothing reads it yet, so no frame goes astray, but every user's session is now "
+        "reachable from any code (the precondition of the delivery bugs above)"
+    ),
+    replacements=(
+        Replacement("_session.py", "import math\n", "import math\nimport weakref\n"),
+        Replacement(
+            "_session.py",
+            "\n\nasync def run_session(\n",
+            """
+
+#: Open sessions by connection id, for the debug endpoint (weak: never keeps one alive).
+_OPEN_SESSIONS: weakref.WeakValueDictionary[str, _Session] = weakref.WeakValueDictionary()
+
+
+async def run_session(
+""",
+        ),
+        Replacement(
+            "_session.py",
+            "        self._cancel_scope = trio.CancelScope()\n",
+            "        _OPEN_SESSIONS[context.connection_id] = self\n"
+            "        self._cancel_scope = trio.CancelScope()\n",
+        ),
+    ),
+    expected_static=frozenset({"ISO101"}),
+    expected_runtime=False,
+)
+
+#: The unmodified app: both checks must find it clean.
+CONTROL: Final = Mutant(
+    name="control",
+    story="the unmodified app",
+    replacements=(),
+    expected_static=frozenset(),
+    expected_runtime=False,
+)
+
+#: Every mutant, in the order of the report.
+CATALOGUE: Final = (
+    _SINGLETON_MANAGER,
+    _REGISTRY_BY_CLIENT_ID,
+    _POOLED_DESYNC,
+    _LRU_CACHE_USER_DATA,
+    _CONTEXTVAR_SHARED_MUTABLE,
+    _IDOR_CANCEL,
+    _GLOBAL_LAST_CONTEXT,
+    _DEBUG_SESSION_REGISTRY,
+)
+
+
+def by_name(names: tuple[str, ...] | list[str]) -> tuple[Mutant, ...]:
+    """The mutants named, in catalogue order; raises KeyError naming an unknown one."""
+    known = {mutant.name for mutant in CATALOGUE}
+    for name in names:
+        if name not in known:
+            raise KeyError(name)
+    return tuple(mutant for mutant in CATALOGUE if mutant.name in names)

@@ -1,0 +1,164 @@
+"""``python -m bench``: ``run``, ``capacity`` (and ``worker``, used by the harness)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ._capacity import CapacityPlan, run_capacity
+from ._procs import sigterm_as_interrupt
+from ._progress import Progress
+from ._runner import Plan, run_benchmark
+from ._servers import ORDER, parse_servers
+
+__all__ = ["main"]
+
+FULL_USERS = (100, 1000, 5000)
+QUICK_USERS = (20, 200)
+RESULTS = Path("bench/results")
+
+
+def _csv(values: tuple[int, ...]) -> str:
+    return ",".join(map(str, values))
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part.replace("_", "")) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError("user counts must be >= 1")
+    return values
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="concurrent-user load, every server side by side")
+    run.add_argument("--quick", action="store_true", help="small user counts, short, one round")
+    run.add_argument(
+        "--users",
+        type=_ints,
+        help=f"user counts (default {_csv(FULL_USERS)}; quick {_csv(QUICK_USERS)})",
+    )
+    run.add_argument(
+        "--servers", default="all", help=f"comma-separated, or 'all': {','.join(ORDER)}"
+    )
+    run.add_argument(
+        "--think-ms", type=float, default=100.0, help="mean think time between turns (default 100)"
+    )
+    run.add_argument(
+        "--agent-delay-ms",
+        type=float,
+        default=2.0,
+        help="agent delay per step, 4 steps a turn (default 2)",
+    )
+    run.add_argument(
+        "--duration-s",
+        type=float,
+        help="measured window per server and user count (default 6; quick 3)",
+    )
+    run.add_argument(
+        "--warmup-s",
+        type=float,
+        help="unmeasured turns before each window (default 2; quick 1)",
+    )
+    run.add_argument(
+        "--rounds", type=int, help="interleaved rounds; medians over them (default 2; quick 1)"
+    )
+    run.add_argument(
+        "--client-procs", type=int, default=1, help="load-generator processes (default 1)"
+    )
+    run.add_argument(
+        "--connect-concurrency", type=int, default=64, help="handshakes in flight per process"
+    )
+    run.add_argument(
+        "--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="client event loop"
+    )
+    run.add_argument("--no-pin", action="store_true", help="do not pin server and clients to cores")
+    run.add_argument("--seed", default="bench", help="seed of the users' canaries")
+    run.add_argument("--out", type=Path, help="output directory (default bench/results/<time>)")
+
+    cap = sub.add_parser("capacity", help="N idle authenticated connections with keepalive")
+    cap.add_argument("--connections", type=int, default=10_000)
+    cap.add_argument("--servers", default="enclave-asgi,enclave-lean,bare-trio")
+    cap.add_argument("--hold-s", type=float, default=10.0, help="idle time measured (default 10)")
+    cap.add_argument(
+        "--ping-interval-s",
+        type=float,
+        default=None,
+        help="enclave's keepalive ping interval (default: the server's, 20 s)",
+    )
+    cap.add_argument("--client-procs", type=int, default=1)
+    cap.add_argument("--connect-concurrency", type=int, default=64)
+    cap.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
+    cap.add_argument("--no-pin", action="store_true")
+    cap.add_argument("--out", type=Path)
+
+    sub.add_parser("worker", help=argparse.SUPPRESS)
+    return parser
+
+
+def _out(path: Path | None, kind: str) -> Path:
+    return path or RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    shown = ["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)]
+    if args.command == "worker":
+        from ._worker import main as worker_main
+
+        return worker_main()
+    sigterm_as_interrupt()
+    try:
+        specs = tuple(parse_servers(args.servers))
+    except ValueError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    progress = Progress()
+    try:
+        if args.command == "capacity":
+            out = _out(args.out, "capacity")
+            cap_plan = CapacityPlan(
+                connections=args.connections,
+                servers=specs,
+                hold_s=args.hold_s,
+                ping_interval_s=args.ping_interval_s,
+                client_procs=args.client_procs,
+                connect_concurrency=args.connect_concurrency,
+                loop=args.loop,
+                server_core=None if args.no_pin else 0,
+            )
+            results = run_capacity(cap_plan, out, progress=progress, argv=shown)
+        else:
+            out = _out(args.out, "quick" if args.quick else "full")
+            plan = Plan(
+                users=args.users or (QUICK_USERS if args.quick else FULL_USERS),
+                servers=specs,
+                think_ms=args.think_ms,
+                agent_delay_ms=args.agent_delay_ms,
+                duration_s=args.duration_s or (3.0 if args.quick else 6.0),
+                warmup_s=(1.0 if args.quick else 2.0) if args.warmup_s is None else args.warmup_s,
+                rounds=args.rounds or (1 if args.quick else 2),
+                client_procs=args.client_procs,
+                connect_concurrency=args.connect_concurrency,
+                loop=args.loop,
+                server_core=None if args.no_pin else 0,
+                seed=args.seed,
+                quick=args.quick,
+            )
+            results = run_benchmark(plan, out, progress=progress, argv=shown)
+    except KeyboardInterrupt:
+        progress.log("bench: interrupted; every server and client process was stopped")
+        return 130
+    print(results["markdown"])
+    print(f"results: {out}/", file=sys.stderr)
+    return 0

@@ -9,7 +9,7 @@ import trio
 
 from isolation import request_scoped
 
-from ._events import RunPayload, ServerEvent, serialize
+from ._events import RunEvent, RunPayload, ServerEvent, serialize
 from ._state import ConnectionState, EventRefused
 
 __all__ = ["EventEmitter", "Flush", "InvalidEvent", "Outbound"]
@@ -64,6 +64,25 @@ class EventEmitter:
         not JSON. Cancellation: if cancelled, the event was not queued and its
         sequence number was not used.
         """
+        event, item = self._stamp(run_id, payload)
+        await self.channel.send(item)
+        self.state.commit(event)
+
+    def emit_run_nowait(self, run_id: str, payload: RunPayload) -> bool:
+        """Queue the next event of ``run_id`` if the queue has room, without yielding.
+
+        Returns False, having used nothing (no sequence number, no slot), when the
+        queue is full. Raises like :meth:`emit_run`.
+        """
+        event, item = self._stamp(run_id, payload)
+        try:
+            self.channel.send_nowait(item)
+        except trio.WouldBlock:
+            return False
+        self.state.commit(event)
+        return True
+
+    def _stamp(self, run_id: str, payload: RunPayload) -> tuple[RunEvent, Outbound]:
         try:
             event = self.state.prepare(run_id, payload)
         except EventRefused:
@@ -79,8 +98,7 @@ class EventEmitter:
             text.encode()  # a lone surrogate from an agent cannot go out as UTF-8
         except (TypeError, ValueError) as exc:
             raise InvalidEvent(f"{payload.TYPE} payload is not JSON: {exc}") from None
-        await self.channel.send(Outbound(self.connection_id, text))
-        self.state.commit(event)
+        return event, Outbound(self.connection_id, text)
 
     async def flush(self) -> None:
         """Return once everything queued before this call has been written.

@@ -304,9 +304,9 @@ class _Session:
         if self._runs_idle.is_set():
             self._runs_idle = trio.Event()
         agent = self._services.agent
-        await self._emitter.emit_run(
-            start.run_id, AgentStarted(agent=agent.name, client_id=start.message.client_id)
-        )
+        started = AgentStarted(agent=agent.name, client_id=start.message.client_id)
+        if not self._emitter.emit_run_nowait(start.run_id, started):
+            await self._emitter.emit_run(start.run_id, started)
         nursery.start_soon(self._guard, self._run, start, scope)
 
     def _cancel_run(self, run_id: str, reason: CancelReason) -> None:
@@ -323,6 +323,11 @@ class _Session:
         async def emit(payload: Any, /) -> None:
             if not isinstance(payload, AGENT_PAYLOADS):
                 raise InvalidEvent(f"an agent cannot emit {type(payload).__name__}")
+            await trio.lowlevel.checkpoint_if_cancelled()
+            # With nothing of this run waiting for room, queueing at once keeps the order
+            # and saves two trips through the scheduler per event.
+            if not lock.locked() and self._emitter.emit_run_nowait(run_id, payload):
+                return
             async with lock:  # one run's events keep their order and their seq
                 await self._emitter.emit_run(run_id, payload)
 
@@ -335,23 +340,25 @@ class _Session:
         )
         terminal: RunPayload | None = None
         try:
+            # The run's own scope carries its time limit too: one cancel scope per run.
+            scope.deadline = trio.current_time() + settings.run_timeout_s
             with scope:
                 try:
-                    with trio.fail_after(settings.run_timeout_s):
-                        result = await self._services.agent.run(run, emit)
+                    result = await self._services.agent.run(run, emit)
                     terminal = AgentCompleted(result=result)
-                except trio.TooSlowError:
-                    terminal = AgentError(RunErrorCode.RUN_TIMEOUT, "the run took too long")
                 except (InvalidEvent, EventRefused) as exc:
                     terminal = AgentError(RunErrorCode.INVALID_EVENT, str(exc))
                 except Exception:
                     self._log.exception("agent failed in run %s", run_id)
                     terminal = AgentError(RunErrorCode.AGENT_FAILED, "the agent failed")
-            if scope.cancel_called or terminal is None:
-                # A cancel always records its reason before cancelling the scope.
-                terminal = RunCancelled(reason=self._runs[run_id][1][0])
+            reasons = self._runs[run_id][1]
+            if reasons:  # a cancel always records its reason before cancelling the scope
+                terminal = RunCancelled(reason=reasons[0])
+            elif terminal is None:  # the deadline expired
+                terminal = AgentError(RunErrorCode.RUN_TIMEOUT, "the run took too long")
             try:
-                await self._emitter.emit_run(run_id, terminal)
+                if not self._emitter.emit_run_nowait(run_id, terminal):
+                    await self._emitter.emit_run(run_id, terminal)
             except InvalidEvent as exc:
                 await self._emitter.emit_run(
                     run_id, AgentError(RunErrorCode.INVALID_RESULT, str(exc))

@@ -86,3 +86,39 @@ async def test_unencodable_text_is_invalid() -> None:
     run_id = start(state)
     with pytest.raises(InvalidEvent):
         await emitter.emit_run(run_id, AgentThinking("\ud800"))
+
+
+async def test_emit_nowait_queues_at_once_and_numbers_in_order() -> None:
+    emitter, state, receive = make()
+    run_id = start(state)
+    assert emitter.emit_run_nowait(run_id, AgentThinking("one"))
+    await emitter.emit_run(run_id, AgentThinking("two"))
+    texts = [item.text for item in (receive.receive_nowait(), receive.receive_nowait())]
+    assert isinstance(texts[0], str)
+    assert '"seq":1' in texts[0]
+    assert '"seq":2' in texts[1]
+
+
+async def test_emit_nowait_on_a_full_queue_uses_nothing() -> None:
+    state = ConnectionState(RunLimits(), new_run_id=lambda: "run_1")
+    send, receive = trio.open_memory_channel[Outbound | Flush](1)
+    emitter = EventEmitter("conn_a", state, send, logging.getLogger("test.emitter"))
+    run_id = start(state)
+    assert emitter.emit_run_nowait(run_id, AgentThinking("fits"))
+    assert not emitter.emit_run_nowait(run_id, AgentThinking("no room"))
+    assert state.prepare(run_id, AgentThinking("next")).seq == 2
+    receive.receive_nowait()
+    assert emitter.emit_run_nowait(run_id, AgentThinking("room again"))
+    item = receive.receive_nowait()
+    assert isinstance(item, Outbound)
+    assert '"seq":2' in item.text
+
+
+async def test_emit_nowait_refuses_like_emit(caplog: pytest.LogCaptureFixture) -> None:
+    emitter, state, _ = make()
+    with pytest.raises(EventRefused):
+        emitter.emit_run_nowait("run_of_another_user", AgentThinking("leak"))
+    assert "isolation violation" in caplog.text
+    run_id = start(state)
+    with pytest.raises(InvalidEvent):
+        emitter.emit_run_nowait(run_id, AgentCompleted({1, 2}))

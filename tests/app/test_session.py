@@ -369,3 +369,36 @@ async def test_nothing_survives_the_session(autojump_clock: trio.testing.MockClo
         await conn.ended.wait()
         await trio.testing.wait_all_tasks_blocked()
         assert count_tasks() == baseline
+
+
+@attrs.frozen
+class FanOutAgent:
+    """Emits from several tasks at once, more events than the outbound queue holds."""
+
+    tasks: int = 4
+    each: int = 20
+    name: str = "fan_out"
+
+    async def run(self, run: RunContext, emit: Emit) -> Any:
+        async def burst(n: int) -> None:
+            for i in range(self.each):
+                await emit(AgentThinking(thought=f"{n}.{i}"))
+
+        async with trio.open_nursery() as nursery:
+            for n in range(self.tasks):
+                nursery.start_soon(burst, n)
+        return {"ok": True}
+
+
+async def test_concurrent_emits_keep_seq_and_each_task_order() -> None:
+    # A small queue and a slow reader mix the queue-at-once path with the blocking one.
+    async with connect(agent=FanOutAgent(), send_queue=2) as conn:
+        await conn.client.send_json({"type": "user_message", "text": "x"})
+        events: list[dict[str, Any]] = []
+        while not events or events[-1]["type"] != "agent_completed":
+            events.append(await conn.client.receive_json())
+            await trio.lowlevel.checkpoint()
+    assert [e["seq"] for e in events] == list(range(1, 2 + 4 * 20 + 1))
+    for n in range(4):
+        mine = [e["thought"] for e in events if e.get("thought", "").startswith(f"{n}.")]
+        assert mine == [f"{n}.{i}" for i in range(20)]

@@ -81,11 +81,15 @@ class Services:
         ),
         Replacement(
             "_emitter.py",
-            "        await self.channel.send(Outbound(self.connection_id, text))\n"
-            "        self.state.commit(event)\n",
+            "        await self.channel.send(item)\n",
             "        connection_id, channel = self.dispatcher.route()\n"
-            "        await channel.send(Outbound(connection_id, text))\n"
-            "        self.state.commit(event)\n",
+            "        await channel.send(Outbound(connection_id, item.text))\n",
+        ),
+        Replacement(
+            "_emitter.py",
+            "            self.channel.send_nowait(item)\n",
+            "            connection_id, channel = self.dispatcher.route()\n"
+            "            channel.send_nowait(Outbound(connection_id, item.text))\n",
         ),
         Replacement(
             "_session.py",
@@ -123,8 +127,8 @@ _REGISTRY_BY_CLIENT_ID: Final = Mutant(
     replacements=(
         Replacement(
             "_emitter.py",
-            "from ._events import RunPayload, ServerEvent, serialize\n",
-            "from ._events import AgentStarted, RunPayload, ServerEvent, serialize\n",
+            "from ._events import RunEvent, RunPayload, ServerEvent, serialize\n",
+            "from ._events import AgentStarted, RunEvent, RunPayload, ServerEvent, serialize\n",
         ),
         Replacement(
             "_emitter.py",
@@ -145,17 +149,30 @@ class InvalidEvent(Exception):
         ),
         Replacement(
             "_emitter.py",
-            "        await self.channel.send(Outbound(self.connection_id, text))\n"
-            "        self.state.commit(event)\n",
+            "        await self.channel.send(item)\n",
+            "        connection_id, channel = self._route(run_id, payload)\n"
+            "        await channel.send(Outbound(connection_id, item.text))\n",
+        ),
+        Replacement(
+            "_emitter.py",
+            "            self.channel.send_nowait(item)\n",
+            "            connection_id, channel = self._route(run_id, payload)\n"
+            "            channel.send_nowait(Outbound(connection_id, item.text))\n",
+        ),
+        Replacement(
+            "_emitter.py",
+            "    def _stamp(self, ",
             """\
+    def _route(
+        self, run_id: str, payload: RunPayload
+    ) -> tuple[str, trio.MemorySendChannel[Outbound | Flush]]:
         if isinstance(payload, AgentStarted) and payload.client_id is not None:
             _ROUTES[payload.client_id] = (self.connection_id, self.channel)
             self.routes[run_id] = payload.client_id
         home = (self.connection_id, self.channel)
-        connection_id, channel = _ROUTES.get(self.routes.get(run_id, ""), home)
-        await channel.send(Outbound(connection_id, text))
-        self.state.commit(event)
-""",
+        return _ROUTES.get(self.routes.get(run_id, ""), home)
+
+    def _stamp(self, """,
         ),
     ),
     expected_static=frozenset({"ISO101"}),

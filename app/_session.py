@@ -124,9 +124,7 @@ class _Session:
                         )
                     )
                     nursery.start_soon(self._guard, self._reader, nursery)
-                    nursery.start_soon(self._guard, self._watch_idle)
-                    nursery.start_soon(self._guard, self._watch_expiry)
-                    nursery.start_soon(self._guard, self._watch_drain)
+                    nursery.start_soon(self._guard, self._watch)
                     if self._transport.pings:
                         nursery.start_soon(self._guard, self._keepalive)
         except Exception:
@@ -260,15 +258,17 @@ class _Session:
         self._expiry.deadline = self._deadline_for(claims.expires_at)
         await self._emitter.send_event(AuthOk(expires_at=claims.expires_at))
 
-    async def _watch_idle(self) -> None:
+    async def _watch(self) -> None:
+        # One task watches the idle clock, the token's expiry and the server's drain: a
+        # task per watcher costs every idle connection a few KiB and a scheduler entry.
         with self._idle:
-            await trio.sleep_forever()
+            with self._expiry:
+                await self._lifecycle.draining.wait()
+                await self._drain()
+                return
+            self._request_close(CloseCode.POLICY_VIOLATION, CloseReason.TOKEN_EXPIRED)
+            return
         self._request_close(CloseCode.NORMAL, CloseReason.IDLE_TIMEOUT)
-
-    async def _watch_expiry(self) -> None:
-        with self._expiry:
-            await trio.sleep_forever()
-        self._request_close(CloseCode.POLICY_VIOLATION, CloseReason.TOKEN_EXPIRED)
 
     async def _keepalive(self) -> None:
         s = self._services.settings
@@ -284,8 +284,7 @@ class _Session:
                 self._request_close(CloseCode.GOING_AWAY, CloseReason.PONG_TIMEOUT)
                 return
 
-    async def _watch_drain(self) -> None:
-        await self._lifecycle.draining.wait()
+    async def _drain(self) -> None:
         self._state.draining = True
         with trio.move_on_at(self._lifecycle.grace_deadline):
             await self._runs_idle.wait()

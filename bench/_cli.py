@@ -1,4 +1,5 @@
-"""``python -m bench``: ``run``, ``capacity`` (and ``worker``, used by the harness)."""
+"""``python -m bench``: ``run``, ``capacity``, ``soak``, ``attacks`` (and ``worker``, ``child``,
+used by the harness)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ._attacks import add_parser as add_attacks_parser
+from ._attacks import main as attacks_main
 from ._capacity import CapacityPlan, run_capacity
 from ._procs import sigterm_as_interrupt
 from ._progress import Progress
 from ._runner import Plan, run_benchmark
 from ._servers import ORDER, parse_servers
+from ._soak import add_parser as add_soak_parser
+from ._soak import main as soak_main
 
 __all__ = ["main"]
 
@@ -102,7 +107,10 @@ def _parser() -> argparse.ArgumentParser:
     cap.add_argument("--no-pin", action="store_true")
     cap.add_argument("--out", type=Path)
 
+    add_soak_parser(sub)
+    add_attacks_parser(sub)
     sub.add_parser("worker", help=argparse.SUPPRESS)
+    sub.add_parser("child", help=argparse.SUPPRESS)
     return parser
 
 
@@ -117,6 +125,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._worker import main as worker_main
 
         return worker_main()
+    if args.command == "child":
+        from ._child import main as child_main
+
+        return child_main()
+    if args.command == "soak":
+        return soak_main(args, shown)
+    if args.command == "attacks":
+        return attacks_main(args, shown)
     sigterm_as_interrupt()
     try:
         specs = tuple(parse_servers(args.servers))

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: serve test lint typecheck isolation-check pytest bench clean
+.PHONY: serve test lint typecheck isolation-check pytest bench soak attacks conformance clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "trio-enclave needs Python >= 3.11 (set PYTHON=...)")'
@@ -41,6 +41,20 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(PY) -m bench run $(BENCH_ARGS)
+
+# Bounded soak (10 min): churn, turns, cancels, drops; fails on RSS growth or fd leaks.
+soak: $(BENCH_STAMP)
+	$(PY) -m bench soak $(SOAK_ARGS)
+
+# Each attack in turn while 1,000 well-behaved users chat; fails when p99 > 2x baseline.
+attacks: $(BENCH_STAMP)
+	$(PY) -m bench attacks $(ATTACK_ARGS)
+
+# Autobahn|Testsuite (fuzzing client, cases 1-10; 12-13 where permessage-deflate is
+# negotiated) against both transports' echo route; needs Python 2.7 (found via PATH or
+# pyenv) and builds .venv-autobahn from tests/conformance/requirements-py27.txt.
+conformance: $(STAMP)
+	$(PY) -m tests.conformance $(CONFORMANCE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -13,6 +13,7 @@ from quart import Response, websocket
 from quart.wrappers import Websocket
 from quart_trio import QuartTrio
 
+from ._conformance import ECHO_PATH, log_startup_warning, serve_quart_echo
 from ._context import UserContext
 from ._handshake import Reject
 from ._routes import HttpReply, admit, decide, health_reply, ready_reply, rejection_reply
@@ -79,6 +80,21 @@ def create_app(services: Services, lifecycle: ServerLifecycle) -> QuartTrio:
     @app.get("/ready")
     async def ready() -> Response:
         return _response(ready_reply(lifecycle))
+
+    if settings.conformance_echo:  # testing only: no token, no session (app/_conformance.py)
+        log_startup_warning(settings, services.log)
+
+        @app.websocket(ECHO_PATH)
+        async def conformance_echo() -> Response | None:
+            refused = admit(lifecycle, settings.retry_after_s)
+            if refused is not None:
+                return _response(rejection_reply(refused))
+            try:
+                ws: Websocket = websocket._get_current_object()  # type: ignore[attr-defined]
+                await serve_quart_echo(ws, settings)
+            finally:
+                lifecycle.release()
+            return None
 
     @app.websocket(settings.path)
     async def chat() -> Response | None:

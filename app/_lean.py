@@ -25,6 +25,7 @@ from typing import Final
 import attrs
 import trio
 
+from ._conformance import echo_path, log_startup_warning, serve_lean_echo
 from ._context import UserContext
 from ._handshake import Reject
 from ._lean_ws import LeanTransport, QuietInfoLogger
@@ -189,7 +190,7 @@ class _LeanServer:
             await self._answer(stream, opened)
             return
         request, rest = opened
-        if request.path == settings.path:
+        if request.path in (settings.path, echo_path(settings)):
             if request.method != "GET":
                 await self._answer(stream, _error(405, "use GET", ("allow", "GET")))
             elif "websocket" not in (t.lower() for t in request.tokens("upgrade")):
@@ -229,6 +230,14 @@ class _LeanServer:
         refused = admit(lifecycle, services.settings.retry_after_s)
         if refused is not None:
             await self._answer(stream, rejection_reply(refused))
+            return
+        if request.path != services.settings.path:  # the conformance echo: no token, no session
+            try:
+                await serve_lean_echo(
+                    stream, _accept(key, None), rest, settings=services.settings, logger=self.ws_log
+                )
+            finally:
+                lifecycle.release()
             return
         info = HandshakeInfo(
             path=request.path,
@@ -296,6 +305,7 @@ async def serve_lean(
     Cancellation: stops at once; connections are dropped without a close frame.
     """
     settings = services.settings
+    log_startup_warning(settings, services.log)
     listeners = await trio.open_tcp_listeners(
         settings.port, host=settings.host, backlog=settings.backlog
     )

@@ -26,7 +26,8 @@ Who does what, with no task of its own and no lock:
 - writes from any task append to one queue; the first task to find no write in
   progress becomes the writer and writes the whole queue with one write per round.
   ``send_many`` waits until its frames are on the wire (backpressure); control frames
-  from the reader just join the queue when a write is in progress.
+  from the reader just join the queue when a write is in progress, up to
+  :data:`MAX_BACKLOG_BYTES`: past it the reader waits too (a ping flood stays bounded).
 - a cancelled write (slow consumer) keeps its unsent bytes at the head of the queue,
   so no frame is ever cut and the close frame can still follow if the peer reads
   again. A failed write (reset) ends all sending.
@@ -56,6 +57,12 @@ __all__ = ["LeanTransport", "QuietInfoLogger"]
 READ_BYTES: Final = 65_536
 #: While closing: how long the peer may stay silent before the stream is closed anyway.
 LINGER_QUIET_S: Final = 1.0
+#: Control frames (pongs) queued behind a blocked write past which reading waits for it.
+MAX_BACKLOG_BYTES: Final = 65_536
+#: While closing: how many bytes the peer may still send before the stream is closed
+#: anyway. A client that floods past the close frame costs a bounded parse, not
+#: ``wait_s`` of CPU (measured by ``python -m bench attacks``).
+LINGER_BYTES: Final = 4 * READ_BYTES
 
 
 class QuietInfoLogger(logging.LoggerAdapter[logging.Logger]):
@@ -70,12 +77,23 @@ class QuietInfoLogger(logging.LoggerAdapter[logging.Logger]):
 
 
 class _ServerProtocol(Protocol):
-    """The server side of websockets' protocol, saying ``message_too_big`` as the session does."""
+    """The server side of websockets' protocol, with two departures.
+
+    It says ``message_too_big`` as the session does. And a close frame in the middle
+    of a fragmented message is a normal close, answered with the peer's code: RFC 6455
+    (5.4) lets control frames come between fragments, and the unfinished message is
+    dropped. websockets fails the connection 1002 there (Autobahn case 7.1.5).
+    """
 
     def fail(self, code: CloseCode | int, reason: str = "") -> None:
         if code == CloseCode.MESSAGE_TOO_BIG:
             reason = str(CloseReason.MESSAGE_TOO_BIG)
         super().fail(code, reason)
+
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.CLOSE:
+            self.current_size = None  # websockets' "a fragmented message is unfinished"
+        super().recv_frame(frame)
 
 
 @request_scoped
@@ -104,6 +122,7 @@ class LeanTransport:
         )
         self._events: collections.deque[Frame] = collections.deque()
         self._fragments: list[bytes] | None = None
+        self._fragmented = Opcode.TEXT  # the opcode of the message in _fragments
         self._out: list[bytes] = []
         self._eof_wanted = False
         self._eof_sent = False
@@ -131,22 +150,35 @@ class LeanTransport:
         once the peer closed, left, or broke the protocol (the protocol has then sent
         its close frame). Cancellation: nothing read is lost; the next call goes on.
         """
+        return cast("str", await self._receive(binary=False))
+
+    async def receive_message(self) -> str | bytes:
+        """The next message, text (``str``) or binary (``bytes``), fragments joined.
+
+        For the conformance echo route (``app/_conformance.py``). Raises
+        :class:`TransportClosed` as :meth:`receive`. Cancellation: as :meth:`receive`.
+        """
+        return await self._receive(binary=True)
+
+    async def _receive(self, *, binary: bool) -> str | bytes:
+        """The next message; without ``binary``, a binary one raises UnsupportedFrame."""
         events = self._events
         while True:
             while events:
                 frame = events.popleft()
                 opcode = frame.opcode
-                if opcode is Opcode.TEXT:
+                if opcode is Opcode.TEXT or (binary and opcode is Opcode.BINARY):
                     if frame.fin:
-                        return await self._text(frame.data)
+                        return await self._message(opcode, frame.data)
                     self._fragments = [bytes(frame.data)]
+                    self._fragmented = opcode
                 elif opcode is Opcode.CONT:
                     if self._fragments is None:  # the rest of a binary message
                         raise UnsupportedFrame
                     self._fragments.append(bytes(frame.data))
                     if frame.fin:
                         data, self._fragments = b"".join(self._fragments), None
-                        return await self._text(data)
+                        return await self._message(self._fragmented, data)
                 elif opcode is Opcode.BINARY:
                     raise UnsupportedFrame
                 elif opcode is Opcode.PONG:
@@ -157,6 +189,9 @@ class LeanTransport:
             if self._read_eof or self._protocol.state is not OPEN:
                 raise TransportClosed
             await self._read()
+
+    async def _message(self, opcode: Opcode, data: bytes | bytearray | memoryview) -> str | bytes:
+        return await self._text(data) if opcode is Opcode.TEXT else bytes(data)
 
     async def _text(self, data: bytes | bytearray | memoryview) -> str:
         try:
@@ -180,16 +215,21 @@ class LeanTransport:
         self._events.extend(cast("list[Frame]", self._protocol.events_received()))
         self._take_output()
 
-    async def _read(self) -> None:
+    async def _read(self) -> int:
+        """Read and parse once; the number of bytes read (0: the peer's EOF)."""
         try:
             data = await self._stream.receive_some(READ_BYTES)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             data = b""
         self._feed(data)
         if self._pending():
-            # Pongs, a close echo, the protocol's own close frame: no waiting for them.
+            # Pongs, a close echo, the protocol's own close frame: no waiting for a write
+            # in progress, unless they pile up behind it (a ping flood while the peer does
+            # not read): then reading waits too, so the queue stays bounded.
+            backlog = sum(map(len, self._out)) > MAX_BACKLOG_BYTES
             with contextlib.suppress(TransportClosed):
-                await self._flush(wait=False)
+                await self._flush(wait=backlog)
+        return len(data)
 
     def _got_pong(self, data: bytes) -> None:
         if self._pong is not None and data == self._pong[0]:
@@ -314,6 +354,22 @@ class LeanTransport:
         self._take_output()
         await self._flush(wait=True)
 
+    async def send_message(self, message: str | bytes) -> None:
+        """Send one text (``str``) or binary (``bytes``) message; returns once it is written.
+
+        For the conformance echo route. Raises :class:`TransportClosed`. Cancellation:
+        as :meth:`send_many`.
+        """
+        protocol = self._protocol
+        if self._broken or protocol.state is not OPEN:
+            raise TransportClosed
+        if isinstance(message, str):
+            protocol.send_text(message.encode())
+        else:
+            protocol.send_binary(message)
+        self._take_output()
+        await self._flush(wait=True)
+
     async def ping(self) -> None:
         """Send a ping and return when its pong arrives (read by :meth:`receive`).
 
@@ -353,9 +409,10 @@ class LeanTransport:
 
         Writes what is queued, then reads (discarding) until the closing handshake is
         complete or the peer's EOF arrived, so that no TCP reset eats the close frame:
-        for at most ``wait_s`` seconds, and no longer than :data:`LINGER_QUIET_S` once
-        the peer takes or sends nothing. A connection still open (the session was
-        cancelled), whose writes failed or whose peer stalled is closed at once.
+        for at most ``wait_s`` seconds, no longer than :data:`LINGER_QUIET_S` once
+        the peer takes or sends nothing, and no further than :data:`LINGER_BYTES` read.
+        A connection still open (the session was cancelled), whose writes failed or
+        whose peer stalled is closed at once.
         Cancellation: the stream is closed at once.
         """
         protocol = self._protocol
@@ -366,6 +423,7 @@ class LeanTransport:
                 with contextlib.suppress(TransportClosed):
                     if not await self._flush_while_taken():
                         return
+                budget = LINGER_BYTES
                 while not (
                     self._broken
                     or self._read_eof
@@ -373,9 +431,9 @@ class LeanTransport:
                     or (protocol.close_rcvd is not None and protocol.close_sent is not None)
                 ):
                     with trio.move_on_after(LINGER_QUIET_S) as quiet:
-                        await self._read()
+                        budget -= await self._read()
                     self._events.clear()
-                    if quiet.cancelled_caught:
+                    if quiet.cancelled_caught or budget <= 0:
                         break
         finally:
             await self._stream.aclose()

@@ -17,9 +17,11 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
+from ._accept_log import throttle_accept_errors
 from ._agent import AgentLoadError, AgentOptions, load_agent
 from ._asgi import create_app
 from ._auth import AuthConfig, TokenVerifier, load_jwks
+from ._conformance import ECHO_MAX_MESSAGE_BYTES
 from ._lean import serve_lean
 from ._services import ServerLifecycle, Services
 from ._session import CLOSE_TIMEOUT_S
@@ -82,10 +84,17 @@ def hypercorn_config(settings: Settings, log: logging.Logger) -> Config:
     # counts UTF-8 bytes and says ``message_too_big``. Hypercorn's cap stays as a
     # backstop at the most bytes a message within the limit can have in characters.
     config.websocket_max_message_size = settings.max_message_bytes * 4
-    config.websocket_ping_interval = settings.ping_interval_s
-    # Hypercorn pings but ignores pongs; a peer that sends nothing, not even a
-    # pong, for this long is dropped by the read timeout.
-    config.read_timeout = math.ceil(settings.ping_interval_s + settings.pong_timeout_s)
+    if settings.conformance_echo:  # the echo route's messages (app/_conformance.py)
+        config.websocket_max_message_size = max(
+            config.websocket_max_message_size, ECHO_MAX_MESSAGE_BYTES
+        )
+    # No Hypercorn pings: its trio worker half-closes a failed connection without its
+    # send lock, and a ping written at that moment raises BusyResourceError out of
+    # Hypercorn's serve(), stopping the whole server (one bad frame right after the
+    # upgrade did it within 15 tries). Hypercorn ignores pongs anyway; the session's
+    # idle timeout closes a silent peer, and the read timeout drops it after that.
+    config.websocket_ping_interval = None
+    config.read_timeout = math.ceil(settings.idle_timeout_s + settings.pong_timeout_s)
     config.graceful_timeout = CLOSE_TIMEOUT_S
     return config
 
@@ -131,11 +140,13 @@ async def serve(
             outer.start_soon(
                 _watch_signals, lifecycle, settings.shutdown_grace_s, outer, services.log
             )
-        async with trio.open_nursery() as inner:
-            url: str = await inner.start(transport, services, lifecycle)
-            port = int(url.rsplit(":", 1)[1])
-            services.log.info("listening on %s (websocket path %s)", url, settings.path)
-            task_status.started(RunningServer(url=url, port=port, lifecycle=lifecycle))
+        # Out of file descriptors, accept() fails and is retried every 0.1 s: log it rarely.
+        with throttle_accept_errors():
+            async with trio.open_nursery() as inner:
+                url: str = await inner.start(transport, services, lifecycle)
+                port = int(url.rsplit(":", 1)[1])
+                services.log.info("listening on %s (websocket path %s)", url, settings.path)
+                task_status.started(RunningServer(url=url, port=port, lifecycle=lifecycle))
         services.log.info("stopped")
         outer.cancel_scope.cancel()
 

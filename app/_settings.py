@@ -20,6 +20,8 @@ __all__ = ["ENV_PREFIX", "ConfigError", "Settings", "add_setting_arguments", "lo
 ENV_PREFIX: Final = "ENCLAVE_"
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 TRANSPORTS: Final = ("asgi", "lean")
+#: The conformance echo route (``app/_conformance.py``); reserved while it is on.
+CONFORMANCE_ECHO_PATH: Final = "/conformance/echo"
 
 
 class ConfigError(ValueError):
@@ -93,6 +95,11 @@ class Settings:
     agent: str = _field("echo", str, "agent: 'echo' or 'module:attr' of an agent factory")
     agent_delay_ms: float = _field(0.0, float, "simulated model latency per agent step, ms")
     log_level: str = _field("info", str, "debug, info, warning or error")
+    conformance_echo: bool = _field(
+        False,
+        _bool,
+        f"TESTING ONLY: serve an echo WebSocket at {CONFORMANCE_ECHO_PATH}, no token needed",
+    )
 
     def effective_algorithms(self) -> tuple[str, ...]:
         """The JWT algorithm allow-list, defaulted from the kind of key."""
@@ -158,6 +165,8 @@ def _problems(s: Settings) -> list[str]:
         out.append(f"{_names('retry_after_s')} must be >= 0")
     if not s.path.startswith("/"):
         out.append(f"{_names('path')} must start with '/'")
+    if s.conformance_echo and s.path == CONFORMANCE_ECHO_PATH:
+        out.append(f"{_names('path')} cannot be {CONFORMANCE_ECHO_PATH} with --conformance-echo")
     if s.transport not in TRANSPORTS:
         out.append(f"{_names('transport')} must be one of {', '.join(TRANSPORTS)}")
     if s.log_level not in LOG_LEVELS:

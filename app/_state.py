@@ -173,7 +173,11 @@ class ConnectionState:
             if self._limited_in_a_row >= self.limits.rate_abuse_limit:
                 return [Close(CloseCode.POLICY_VIOLATION, CloseReason.RATE_LIMITED)]
             return [_error(ErrorCode.RATE_LIMITED, "too many messages; slow down", _ref(text))]
-        self._limited_in_a_row = 0
+        if self._bucket.tokens >= 1.0:
+            # Only a frame with tokens to spare ends the streak: a flood that lets one frame
+            # through per refill keeps the bucket empty and is still closed, however slowly
+            # this server gets to its frames.
+            self._limited_in_a_row = 0
         message = parse_client_message(text)
         if isinstance(message, ProtocolError):
             return [Reply(ErrorEvent(message.code, message.message, message.ref, message.field))]

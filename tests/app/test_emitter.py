@@ -93,10 +93,11 @@ async def test_emit_nowait_queues_at_once_and_numbers_in_order() -> None:
     run_id = start(state)
     assert emitter.emit_run_nowait(run_id, AgentThinking("one"))
     await emitter.emit_run(run_id, AgentThinking("two"))
-    texts = [item.text for item in (receive.receive_nowait(), receive.receive_nowait())]
-    assert isinstance(texts[0], str)
-    assert '"seq":1' in texts[0]
-    assert '"seq":2' in texts[1]
+    first, second = receive.receive_nowait(), receive.receive_nowait()
+    assert isinstance(first, Outbound)
+    assert isinstance(second, Outbound)
+    assert '"seq":1' in first.text
+    assert '"seq":2' in second.text
 
 
 async def test_emit_nowait_on_a_full_queue_uses_nothing() -> None:

@@ -166,12 +166,29 @@ def test_rate_limit_then_abuse_close() -> None:
 
 
 def test_rate_limit_recovers_with_time_and_resets_abuse_count() -> None:
-    state = make_state(rate_per_s=1, rate_burst=1, rate_abuse_limit=2)
+    state = make_state(rate_per_s=1, rate_burst=2, rate_abuse_limit=2)
     ping = {"type": "ping"}
     assert send(state, ping, now=0.0) == [Reply(Pong())]
+    assert send(state, ping, now=0.0) == [Reply(Pong())]
     assert error_code(send(state, ping, now=0.1)) == "rate_limited"
-    assert send(state, ping, now=1.2) == [Reply(Pong())]
-    assert error_code(send(state, ping, now=1.3)) == "rate_limited"
+    # The bucket refilled: a frame with a token to spare ends the streak.
+    assert send(state, ping, now=2.5) == [Reply(Pong())]
+    assert send(state, ping, now=2.5) == [Reply(Pong())]
+    assert error_code(send(state, ping, now=2.6)) == "rate_limited"
+
+
+def test_a_flood_let_through_once_per_refill_is_still_closed() -> None:
+    # However slowly the server reads a flood, one frame per refill gets through; those
+    # frames leave the bucket empty and do not reset the count.
+    state = make_state(rate_per_s=10, rate_burst=1, rate_abuse_limit=3)
+    ping = {"type": "ping"}
+    assert send(state, ping, now=0.0) == [Reply(Pong())]
+    assert error_code(send(state, ping, now=0.01)) == "rate_limited"
+    assert send(state, ping, now=0.1) == [Reply(Pong())]
+    assert error_code(send(state, ping, now=0.11)) == "rate_limited"
+    assert send(state, ping, now=0.2) == [Reply(Pong())]
+    closed = send(state, ping, now=0.21)
+    assert closed == [Close(CloseCode.POLICY_VIOLATION, CloseReason.RATE_LIMITED)]
 
 
 def test_token_bucket_refills_up_to_burst() -> None:

@@ -22,6 +22,7 @@ from ._agent import AgentLoadError, AgentOptions, load_agent
 from ._asgi import create_app
 from ._auth import AuthConfig, TokenVerifier, load_jwks
 from ._conformance import ECHO_MAX_MESSAGE_BYTES
+from ._hypercorn import contain_connection_errors
 from ._lean import serve_lean
 from ._services import ServerLifecycle, Services
 from ._session import CLOSE_TIMEOUT_S
@@ -164,6 +165,7 @@ async def _serve_asgi(
     settings = services.settings
     app = create_app(services, lifecycle)
     config = hypercorn_config(settings, services.log)
+    contain_connection_errors()
 
     async def shutdown_trigger() -> None:
         await lifecycle.draining.wait()

@@ -167,7 +167,7 @@ def machine_info(root: Path = PROC) -> dict[str, Any]:
     uname = os.uname()
     return {
         "cpu_model": parse_cpuinfo_model(_read(root / "cpuinfo")),
-        "nproc": len(os.sched_getaffinity(0)),
+        "nproc": os.cpu_count() or len(os.sched_getaffinity(0)),  # the machine's, not our pinning's
         "cpu_count": os.cpu_count(),
         "mem_total_gib": round(mem_kib / 1024 / 1024, 1) if mem_kib else None,
         "kernel": f"{uname.sysname} {uname.release}",

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["CLIENT_SATURATION", "NOISE", "OK", "client_saturated", "verdict"]
+__all__ = [
+    "CLIENT_SATURATION",
+    "NOISE",
+    "OK",
+    "OVERLOAD_USERS_PER_TURN",
+    "client_saturated",
+    "verdict",
+]
 
 #: Client CPU, as a fraction of the cores the clients are pinned to, from which the
 #: load generator itself may be what limits the numbers.
@@ -11,6 +18,8 @@ OK = "ok"
 #: Busy time on the server's core that is not the server's (other processes, steal),
 #: as a fraction of the core, from which its numbers are not the server's alone.
 NOISE = 0.15
+#: Fewer turns in the window than one per this many users: the server is overloaded.
+OVERLOAD_USERS_PER_TURN = 10
 
 
 def client_saturated(client_cpu: float, threshold: float = CLIENT_SATURATION) -> bool:
@@ -41,4 +50,7 @@ def verdict(
         reasons.append(f"only {connected}/{users} users connected")
     if run_turns and turns == 0:
         reasons.append("no turn completed in the window (overloaded)")
+    elif run_turns and turns * OVERLOAD_USERS_PER_TURN < users:
+        # A turn takes longer than the window: the few that finish say nothing of the rate.
+        reasons.append(f"only {turns} turns for {users} users in the window (overloaded)")
     return OK if not reasons else "INVALID: " + "; ".join(reasons)

@@ -29,3 +29,10 @@ def test_every_reason_is_listed() -> None:
 
 def test_hold_runs_need_no_turns() -> None:
     assert verdict(client_cpu=0.1, users=5, connected=5, turns=0, run_turns=False) == OK
+
+
+def test_a_handful_of_turns_for_many_users_is_overloaded() -> None:
+    # One turn per ten users is the floor; below it the window measures nothing but latency.
+    assert verdict(client_cpu=0.1, users=5000, connected=5000, turns=500) == OK
+    text = verdict(client_cpu=0.1, users=5000, connected=5000, turns=3)
+    assert text == "INVALID: only 3 turns for 5000 users in the window (overloaded)"

@@ -550,5 +550,11 @@ class E2E:
 
 
 @pytest.fixture
-def e2e() -> E2E:
-    return E2E()
+def transport() -> str:
+    """The transport ``e2e`` serves with; a module parametrizes it to cover both."""
+    return "asgi"
+
+
+@pytest.fixture
+def e2e(transport: str) -> E2E:
+    return E2E(transport=transport)

@@ -1,8 +1,11 @@
-"""End to end over real sockets: the Quart-Trio transport, the handshake and chat.v1 on the wire.
+"""End to end over real sockets: both transports, the handshake and chat.v1 on the wire.
 
 Every test starts ``serve()`` on 127.0.0.1 with an ephemeral port (``e2e.server``) and
 talks to it with trio-websocket, a raw wsproto client, plain HTTP or the independent
-``websockets`` library. Shutdown, drain and signals are in ``test_server.py``.
+``websockets`` library. The suite runs against the Quart-Trio transport (``asgi``, what
+this module's source serves) and the lean transport: the same behaviour, the same tests;
+a test pinned to one transport says why. Shutdown, drain and signals are in
+``test_server.py``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,13 @@ from app._session import CLOSE_TIMEOUT_S
 
 if TYPE_CHECKING:
     from tests.app.conftest import E2E, Chat, LiveServer
+
+
+@pytest.fixture(params=["asgi", "lean"])
+def transport(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
 
 RUN_TYPES: Final = (
     "agent_started",
@@ -566,13 +576,23 @@ class FloodAgent:
         return None
 
 
-@pytest.mark.xfail(
-    reason=(
-        "KNOWN LIMITATION of the ASGI transport (docs/operations.md): Hypercorn shields its "
-        "socket writes from cancellation, so a write blocked on a client that never reads "
-        "cannot be abandoned at send_timeout_s; the lean transport (the default) enforces it"
-    ),
-    strict=True,
+@pytest.mark.parametrize(
+    "transport",
+    [
+        pytest.param(
+            "asgi",
+            marks=pytest.mark.xfail(
+                reason=(
+                    "KNOWN LIMITATION of the ASGI transport (docs/operations.md): Hypercorn "
+                    "shields its socket writes from cancellation, so a write blocked on a client "
+                    "that never reads cannot be abandoned at send_timeout_s; the lean transport "
+                    "(the default) enforces it"
+                ),
+                strict=True,
+            ),
+        ),
+        "lean",
+    ],
 )
 async def test_slow_consumer_is_closed_1008(e2e: E2E) -> None:
     settings = e2e.settings(send_queue=2, send_timeout_s=0.5)

@@ -9,6 +9,11 @@ pongs (``serve()`` sets a read timeout of ping interval + pong timeout).
 
 from __future__ import annotations
 
+# werkzeug binds every request's host with the "idna" codec, which Python imports from
+# disk on first use; a process out of file descriptors then failed that import and Quart
+# answered 500 to each handshake. Importing it with the app keeps that path fd-free.
+import encodings.idna  # noqa: F401
+
 from quart import Response, websocket
 from quart.wrappers import Websocket
 from quart_trio import QuartTrio

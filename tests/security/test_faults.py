@@ -172,9 +172,8 @@ async def test_fd_exhaustion_neither_crashes_nor_spins(transport: str, tmp_path:
             try:
                 clients.append(await connect(server.port, f"user-{i}"))
             except Rejected as exc:
-                # Seen once on the ASGI transport in a full, loaded run: a handshake answered
-                # 500 while the process was out of descriptors (cause not pinned down; the
-                # server went on serving). An answer, not a crash; counted and bounded below.
+                # The ASGI transport once answered 500 here: Python imported the idna codec
+                # lazily, from disk, on the first request (now imported with the app).
                 refused.append(exc.status)
 
         async with trio.open_nursery() as nursery:
@@ -202,9 +201,7 @@ async def test_fd_exhaustion_neither_crashes_nor_spins(transport: str, tmp_path:
         assert server.process.poll() is None
 
     assert saturated == NOFILE
-    assert transport == "asgi" or not refused, refused
-    assert set(refused) <= {500, 503}, refused
-    assert len(refused) <= CLIENTS // 10, refused
+    assert not refused, refused
     assert cpu_share < CPU_BOUND, cpu_share
     # trio.serve_listeners retries accept() every 0.1 s; the log gets one line per 10 s.
     reports = log.count("accept returned EMFILE")

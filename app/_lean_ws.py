@@ -62,7 +62,7 @@ MAX_BACKLOG_BYTES: Final = 65_536
 #: While closing: how many bytes the peer may still send before the stream is closed
 #: anyway. A client that floods past the close frame costs a bounded parse, not
 #: ``wait_s`` of CPU (measured by ``python -m bench attacks``).
-LINGER_BYTES: Final = 4 * READ_BYTES
+LINGER_BYTES: Final = READ_BYTES
 
 
 class QuietInfoLogger(logging.LoggerAdapter[logging.Logger]):

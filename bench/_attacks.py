@@ -25,9 +25,10 @@ import attrs
 from ._attackers import ATTACKS, AttackConfig
 from ._attacks_report import Window, expectation, judge_transport, render_markdown, window_stats
 from ._child import Child, ChildError
+from ._command import override, results_dir, run_checked
 from ._load import LoadConfig
 from ._proc import machine_info, read_sample
-from ._procs import ProcessSet, raise_nofile, sigterm_as_interrupt
+from ._procs import ProcessSet, raise_nofile
 from ._progress import Progress
 from ._runner import Topology, topology
 from ._servers import SERVERS, ServerOptions, ServerUnavailable, start_server
@@ -334,15 +335,5 @@ def main(args: Any, argv: Sequence[str]) -> int:
         "scale": args.scale,
         "server_core": None if args.no_pin else plan.server_core,
     }
-    plan = attrs.evolve(plan, **{k: v for k, v in changes.items() if v is not None})
-    out = args.out or Path("bench/results") / f"{time.strftime('%Y%m%d-%H%M%S')}-attacks"
-    progress = Progress()
-    sigterm_as_interrupt()
-    try:
-        results = run_attacks(plan, out, progress=progress, argv=argv)
-    except KeyboardInterrupt:
-        progress.log("bench attacks: interrupted; every server and client process was stopped")
-        return 130
-    print(results["markdown"])
-    print(f"results: {out}/", file=sys.stderr)
-    return 0 if results["ok"] else 1
+    plan = override(plan, changes)
+    return run_checked("attacks", run_attacks, plan, results_dir(args.out, "attacks"), argv)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from ._attacks import add_parser as add_attacks_parser
 from ._attacks import main as attacks_main
 from ._capacity import CapacityPlan, run_capacity
+from ._command import results_dir
 from ._procs import sigterm_as_interrupt
 from ._progress import Progress
 from ._runner import Plan, run_benchmark
@@ -23,7 +23,6 @@ __all__ = ["main"]
 
 FULL_USERS = (100, 1000, 5000)
 QUICK_USERS = (20, 200)
-RESULTS = Path("bench/results")
 
 
 def _csv(values: tuple[int, ...]) -> str:
@@ -114,10 +113,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _out(path: Path | None, kind: str) -> Path:
-    return path or RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     shown = ["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)]
@@ -142,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress = Progress()
     try:
         if args.command == "capacity":
-            out = _out(args.out, "capacity")
+            out = results_dir(args.out, "capacity")
             cap_plan = CapacityPlan(
                 connections=args.connections,
                 servers=specs,
@@ -155,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             results = run_capacity(cap_plan, out, progress=progress, argv=shown)
         else:
-            out = _out(args.out, "quick" if args.quick else "full")
+            out = results_dir(args.out, "quick" if args.quick else "full")
             plan = Plan(
                 users=args.users or (QUICK_USERS if args.quick else FULL_USERS),
                 servers=specs,

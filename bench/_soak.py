@@ -24,8 +24,9 @@ from typing import Any
 import attrs
 
 from ._child import Child, ChildError
+from ._command import override, results_dir, run_checked
 from ._proc import machine_info, parse_status_kib
-from ._procs import ProcessSet, raise_nofile, sigterm_as_interrupt
+from ._procs import ProcessSet, raise_nofile
 from ._progress import Progress
 from ._runner import topology
 from ._servers import SERVERS, ServerOptions, ServerUnavailable, start_server
@@ -261,15 +262,5 @@ def main(args: Any, argv: Sequence[str]) -> int:
         "agent_delay_ms": args.agent_delay_ms,
         "server_core": None if args.no_pin else plan.server_core,
     }
-    plan = attrs.evolve(plan, **{k: v for k, v in changes.items() if v is not None})
-    out = args.out or Path("bench/results") / f"{time.strftime('%Y%m%d-%H%M%S')}-soak"
-    progress = Progress()
-    sigterm_as_interrupt()
-    try:
-        results = run_soak(plan, out, progress=progress, argv=argv)
-    except KeyboardInterrupt:
-        progress.log("bench soak: interrupted; every server and client process was stopped")
-        return 130
-    print(results["markdown"])
-    print(f"results: {out}/", file=sys.stderr)
-    return 0 if results["ok"] else 1
+    plan = override(plan, changes)
+    return run_checked("soak", run_soak, plan, results_dir(args.out, "soak"), argv)

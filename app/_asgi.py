@@ -14,6 +14,7 @@ from __future__ import annotations
 # answered 500 to each handshake. Importing it with the app keeps that path fd-free.
 import encodings.idna  # noqa: F401
 
+import trio
 from quart import Response, websocket
 from quart.wrappers import Websocket
 from quart_trio import QuartTrio
@@ -110,7 +111,7 @@ def create_app(services: Services, lifecycle: ServerLifecycle) -> QuartTrio:
         if refused is not None:
             return _response(rejection_reply(refused))
         try:
-            decision = decide(handshake_info(ws), services)
+            decision = decide(handshake_info(ws), services, lifecycle, trio.current_time())
             if isinstance(decision, Reject):
                 return _response(rejection_reply(decision))
             await ws.accept(subprotocol=decision.subprotocol)

@@ -6,15 +6,17 @@ Every rejection happens before the upgrade, as an HTTP response with a JSON body
 from __future__ import annotations
 
 import json
+import math
 
 import attrs
 
+from ._admission import Refused
 from ._auth import AuthError, TokenVerifier, VerifiedClaims, extract_token
 from ._codes import PROTOCOL
 from ._settings import Settings
 from ._transport import HandshakeInfo
 
-__all__ = ["Accept", "Reject", "evaluate_handshake", "unavailable"]
+__all__ = ["Accept", "Reject", "evaluate_handshake", "refused_for_user", "unavailable"]
 
 
 @attrs.frozen
@@ -43,6 +45,22 @@ class Reject:
 def unavailable(detail: str, retry_after_s: int) -> Reject:
     """503 for a draining or full server."""
     return Reject(503, "unavailable", detail, (("retry-after", str(retry_after_s)),))
+
+
+def refused_for_user(refused: Refused, settings: Settings) -> Reject:
+    """429 for a user who opens connections too fast or was just closed for flooding."""
+    retry = (("retry-after", str(max(1, math.ceil(refused.retry_after_s)))),)
+    if refused.cooling_down:
+        detail = (
+            f"closed 1008 rate_limited less than {settings.abuse_cooldown_s:g} s ago; "
+            "wait before reconnecting"
+        )
+        return Reject(429, "cooling_down", detail, retry)
+    detail = (
+        f"at most {settings.connect_rate_per_s:g} new connections per second per user "
+        f"(burst {settings.connect_burst})"
+    )
+    return Reject(429, "too_many_connections", detail, retry)
 
 
 def evaluate_handshake(

@@ -247,7 +247,7 @@ class _LeanServer:
             remote=_peer_host(stream),
         )
         try:
-            decision = decide(info, services)
+            decision = decide(info, services, lifecycle, trio.current_time())
         except BaseException:
             lifecycle.release()
             raise

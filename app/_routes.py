@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import attrs
 
-from ._handshake import Accept, Reject, evaluate_handshake, unavailable
+from ._handshake import Accept, Reject, evaluate_handshake, refused_for_user, unavailable
 from ._services import ServerLifecycle, Services
 from ._transport import HandshakeInfo
 
@@ -73,8 +73,18 @@ def admit(lifecycle: ServerLifecycle, retry_after_s: int) -> Reject | None:
     return unavailable(detail, retry_after_s)
 
 
-def decide(info: HandshakeInfo, services: Services) -> Accept | Reject:
-    """The handshake decision (Origin, subprotocol, token) at the services' wall clock."""
-    return evaluate_handshake(
+def decide(
+    info: HandshakeInfo, services: Services, lifecycle: ServerLifecycle, now: float
+) -> Accept | Reject:
+    """The handshake decision: Origin, subprotocol, token, then the user's own budget.
+
+    The token is checked at the services' wall clock; the user's connect budget and
+    abuse cool-down (429) at ``now``, a monotonic clock in seconds.
+    """
+    decision = evaluate_handshake(
         info, settings=services.settings, verifier=services.verifier, now=services.wall_clock()
     )
+    if isinstance(decision, Reject):
+        return decision
+    refused = lifecycle.subjects.admit(decision.claims.subject, now)
+    return decision if refused is None else refused_for_user(refused, services.settings)

@@ -18,6 +18,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from ._accept_log import throttle_accept_errors
+from ._admission import SubjectGuard
 from ._agent import AgentLoadError, AgentOptions, load_agent
 from ._asgi import create_app
 from ._auth import AuthConfig, TokenVerifier, load_jwks
@@ -133,7 +134,12 @@ async def serve(
     close frame.
     """
     services = services or build_services(settings)
-    lifecycle = ServerLifecycle(max_connections=settings.max_connections)
+    lifecycle = ServerLifecycle(
+        max_connections=settings.max_connections,
+        subjects=SubjectGuard(
+            settings.connect_rate_per_s, settings.connect_burst, settings.abuse_cooldown_s
+        ),
+    )
     transport = serve_lean if settings.transport == "lean" else _serve_asgi
 
     async with trio.open_nursery() as outer:

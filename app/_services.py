@@ -14,6 +14,7 @@ from collections.abc import Callable
 import attrs
 import trio
 
+from ._admission import SubjectGuard
 from ._agent import Agent
 from ._auth import TokenVerifier
 from ._settings import Settings
@@ -36,11 +37,12 @@ class Services:
 class ServerLifecycle:
     """Admission and draining for one running server.
 
-    Holds a count, never the connections themselves: there is no registry to
-    reach another user through.
+    Holds a count and per-user counters (``subjects``), never the connections
+    themselves: there is no registry to reach another user through.
     """
 
     max_connections: int
+    subjects: SubjectGuard = attrs.field(factory=lambda: SubjectGuard(0.0, 1, 0.0))
     draining: trio.Event = attrs.field(factory=trio.Event)
     grace_deadline: float = math.inf
     open_connections: int = 0

@@ -145,6 +145,9 @@ class _Session:
     def _request_close(self, code: CloseCode, reason: CloseReason) -> None:
         if self._close is None:
             self._close = Close(code, reason)
+            if reason is CloseReason.RATE_LIMITED:
+                # Otherwise a flood reconnects at once with a fresh budget.
+                self._lifecycle.subjects.penalize(self._context.user_id, trio.current_time())
         self._cancel_scope.cancel()
 
     def _peer_gone(self) -> None:

@@ -82,6 +82,13 @@ class Settings:
     rate_abuse_limit: int = _field(
         40, int, "rate-limited messages in a row before close 1008 rate_limited"
     )
+    connect_rate_per_s: float = _field(
+        1.0, float, "WebSocket connections one user (sub) may open per second (0: no limit)"
+    )
+    connect_burst: int = _field(10, int, "connections one user may open at once above that rate")
+    abuse_cooldown_s: float = _field(
+        10.0, float, "seconds a user closed 1008 rate_limited is refused with 429 (0: off)"
+    )
     send_queue: int = _field(64, int, "outbound events buffered per connection")
     send_timeout_s: float = _field(10.0, float, "seconds a client may stall reads (1008)")
     ping_interval_s: float = _field(20.0, float, "seconds between keepalive pings")
@@ -137,6 +144,7 @@ def _problems(s: Settings) -> list[str]:
         "max_runs",
         "rate_burst",
         "rate_abuse_limit",
+        "connect_burst",
         "send_queue",
     )
     for name in positive:
@@ -155,7 +163,13 @@ def _problems(s: Settings) -> list[str]:
         value = getattr(s, name)
         if not (math.isfinite(value) and value > 0):
             out.append(f"{_names(name)} must be a positive number")
-    for name in ("leeway_s", "shutdown_grace_s", "agent_delay_ms"):
+    for name in (
+        "leeway_s",
+        "shutdown_grace_s",
+        "agent_delay_ms",
+        "connect_rate_per_s",
+        "abuse_cooldown_s",
+    ):
         value = getattr(s, name)
         if not (math.isfinite(value) and value >= 0):
             out.append(f"{_names(name)} must be a number >= 0")

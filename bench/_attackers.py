@@ -75,6 +75,7 @@ class AttackStats:
     close_codes: Counter[str] = attrs.field(factory=Counter)  # of those
     errors: Counter[str] = attrs.field(factory=Counter)  # error events, by code
     failures: Counter[str] = attrs.field(factory=Counter)  # connects that failed
+    refused: Counter[str] = attrs.field(factory=Counter)  # handshakes answered, by HTTP status
     ages_s: list[float] = attrs.field(factory=list)  # of connections the server closed
     open_at_end: int = 0
     oldest_at_end_s: float = 0.0
@@ -89,6 +90,7 @@ class AttackStats:
             "close_codes": dict(sorted(self.close_codes.items())),
             "errors": dict(sorted(self.errors.items())),
             "failures": dict(sorted(self.failures.items())),
+            "refused": dict(sorted(self.refused.items())),
             "age_s": None
             if ages is None
             else {"p50": round(ages.p50 / 1000, 2), "max": round(ages.max / 1000, 2)},
@@ -107,13 +109,17 @@ class _Attacker(FastClient):
         self.born = time.monotonic()
         self.ready: asyncio.Future[None] = run.loop.create_future()
         self.gone: asyncio.Future[None] = run.loop.create_future()
-        self.leaving = False  # we closed it
+        self.leaving = False  # we closed it, or it never opened
+        self.refused = False
 
     def handshake(self) -> tuple[WebSocketURI, str]:
         return self.run.uri, self.run.token(self.user)
 
     def on_rejected(self, status: int) -> None:
-        self.run.stats.failures[f"http_{status}"] += 1
+        # The server shedding an attacker before the upgrade: its answer, not a failure.
+        self.run.stats.refused[str(status)] += 1
+        self.refused = True
+        self.leaving = True
 
     def on_text(self, text: str) -> None:
         if text.startswith('{"type":"connection_ready"'):
@@ -192,9 +198,10 @@ class _Run:
                     await self.loop.create_connection(lambda: conn, sock=sock)
                 await conn.ready
         except (TimeoutError, OSError, ConnectionError) as exc:
-            # A handshake cut by the end of the window is not the server's failure.
-            what = "cut_at_end" if self.left() <= 0 else type(exc).__name__
-            self.stats.failures[what] += 1
+            if not conn.refused:
+                # A handshake cut by the end of the window is not the server's failure.
+                what = "cut_at_end" if self.left() <= 0 else type(exc).__name__
+                self.stats.failures[what] += 1
             conn.leaving = True
             conn.abort()
             return None

@@ -58,6 +58,9 @@ class AttackPlan:
     warmup_s: float = 10.0
     rate_per_s: float = 20.0
     rate_burst: int = 40
+    connect_rate_per_s: float = 1.0
+    connect_burst: int = 10
+    abuse_cooldown_s: float = 10.0
     open_timeout_s: float = 5.0
     send_timeout_s: float = 5.0
     churn_rate: float = 300.0
@@ -99,6 +102,9 @@ def quick_plan(**changes: Any) -> AttackPlan:
 def _server_flags(plan: AttackPlan) -> tuple[str, ...]:
     return (
         "--rate-per-s", f"{plan.rate_per_s:g}", "--rate-burst", str(plan.rate_burst),
+        "--connect-rate-per-s", f"{plan.connect_rate_per_s:g}",
+        "--connect-burst", str(plan.connect_burst),
+        "--abuse-cooldown-s", f"{plan.abuse_cooldown_s:g}",
         "--open-timeout-s", f"{plan.open_timeout_s:g}",
         "--send-timeout-s", f"{plan.send_timeout_s:g}",
     )  # fmt: skip

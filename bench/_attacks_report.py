@@ -69,14 +69,19 @@ def expectation(
     broken = {k: v for k, v in stats.get("failures", {}).items() if k.startswith(BROKEN)}
     if broken:
         return "FAIL", "attacker broken: " + ", ".join(f"{k} {v}" for k, v in broken.items())
+    # Handshakes refused for the attacker's user (429: its connect budget or the
+    # cool-down after a flood close) are the server shedding it before the upgrade.
+    refused = int(stats.get("refused", {}).get("429", 0))
+    shed = f"; {refused:,} handshakes refused 429" if refused else ""
     if kind == "flood":
         limited = stats.get("errors", {}).get("rate_limited", 0)
         ok = codes.get("1008", 0) >= 1  # the errors may not reach a client that floods
-        return _verdict(ok, f"{limited:,} rate_limited, {codes.get('1008', 0)} closed 1008")
+        detail = f"{limited:,} rate_limited, {codes.get('1008', 0)} closed 1008{shed}"
+        return _verdict(ok, detail)
     if kind == "oversized":
         got = codes.get("1009", 0)
         ok = got >= 1 and got >= 0.95 * closed
-        return _verdict(ok, f"{got:,} of {closed:,} closed 1009")
+        return _verdict(ok, f"{got:,} of {closed:,} closed 1009{shed}")
     if kind == "slowloris":
         bound = open_timeout_s if transport == "lean" else HYPERCORN_KEEP_ALIVE_S
         ok = closed >= 1 and age is not None and age <= bound + 3.0
@@ -89,7 +94,7 @@ def expectation(
         return _verdict(closed >= 1 and age is not None and age <= bound, detail)
     if kind == "churn":
         ready = int(stats.get("ready", 0))
-        return _verdict(ready >= 1, f"{ready:,} connect/ready/close cycles")
+        return _verdict(ready >= 1, f"{ready:,} connect/ready/close cycles{shed}")
     return "FAIL", f"unknown attack {kind!r}"
 
 
@@ -158,7 +163,10 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         f"- {plan['users']:,} well-behaved users, think {plan['think_ms']:g} ms (±50 %), agent "
         f"delay {plan['agent_delay_ms']:g} ms x 4 steps; windows of {plan['window_s']:g} s "
         f"with {plan['gap_s']:g} s between; server at its default limits "
-        f"(rate {plan['rate_per_s']:g}/s, burst {plan['rate_burst']}) with "
+        f"(rate {plan['rate_per_s']:g}/s, burst {plan['rate_burst']}; per user "
+        f"{plan.get('connect_rate_per_s', 0):g} connections/s, burst "
+        f"{plan.get('connect_burst', 0)}, {plan.get('abuse_cooldown_s', 0):g} s cool-down "
+        "after a flood close) with "
         f"--open-timeout-s {plan['open_timeout_s']:g} --send-timeout-s {plan['send_timeout_s']:g}",
         f"- target: p99 turn latency during each attack ≤ {plan['ratio_limit']:g}x the baseline "
         "window of the same run; no run lost; no isolation violation",

@@ -36,6 +36,8 @@ ENCLAVE_LOAD_FLAGS: tuple[str, ...] = (
     "1000000",
     "--max-connections",
     "100000",
+    "--connect-rate-per-s",
+    "0",
 )
 
 

@@ -532,6 +532,39 @@ async def test_sustained_abuse_closes_1008_rate_limited(e2e: E2E) -> None:
         await live.wait_connections(0)
 
 
+async def test_flood_close_refuses_that_user_429_until_the_cooldown_ends(e2e: E2E) -> None:
+    settings = e2e.settings(rate_per_s=0.1, rate_burst=1, rate_abuse_limit=2, abuse_cooldown_s=1.0)
+    async with e2e.server(settings) as live:
+        async with live.chat() as chat:
+            for _ in range(3):
+                await chat.send({"type": "ping"})
+            assert await chat.closed() == (1008, "rate_limited")
+        started = time.monotonic()
+        refused = await live.reject(e2e.token())
+        assert refused.status == 429
+        assert refused.json()["error"] == "cooling_down"
+        assert refused.headers["retry-after"] == "1"
+        async with live.chat(e2e.token("bob")) as other:  # another user is not touched
+            await other.roundtrip()
+        await trio.sleep(max(0.0, started + 1.05 - time.monotonic()))
+        async with live.chat() as chat:  # the cool-down is over
+            await chat.roundtrip()
+
+
+async def test_connect_budget_per_user_answers_429_with_retry_after(e2e: E2E) -> None:
+    async with e2e.server(connect_rate_per_s=0.5, connect_burst=2) as live:
+        for _ in range(2):
+            async with live.chat() as chat:
+                await chat.roundtrip()
+        refused = await live.reject(e2e.token())
+        assert refused.status == 429
+        assert refused.json()["error"] == "too_many_connections"
+        assert 1 <= int(refused.headers["retry-after"]) <= 2
+        async with live.chat(e2e.token("bob")) as other:  # a budget per user, not per server
+            await other.roundtrip()
+        assert live.open_connections == 0
+
+
 async def test_idle_timeout_closes_1000(e2e: E2E) -> None:
     # Keepalive pings and their pongs flow all along: they do not count as activity.
     async with e2e.server(idle_timeout_s=0.5, ping_interval_s=0.1) as live, live.chat() as chat:

@@ -44,6 +44,7 @@ def test_the_server_answers_each_attack_as_documented(tmp_path: Path) -> None:
     flags = (
         *("--rate-per-s", "20", "--rate-burst", "40"),
         *("--open-timeout-s", f"{TIMEOUT_S}", "--send-timeout-s", f"{TIMEOUT_S}"),
+        *("--connect-rate-per-s", "1", "--connect-burst", "2", "--abuse-cooldown-s", "10"),
     )
     with ProcessSet() as procs:
         server = start_server(
@@ -69,3 +70,8 @@ def test_the_server_answers_each_attack_as_documented(tmp_path: Path) -> None:
     assert results["slow_reader"].server_closed >= 1
     assert results["churn"].ready >= CONNECTIONS["churn"]
     assert results["churn"].server_closed == 0
+    # Each attacker user's connect budget (2 at once, then 1/s) and the flood cool-down
+    # shed the rest before the upgrade; a refusal is an answer, not a failure.
+    assert results["churn"].refused["429"] >= 1
+    assert results["flood"].refused["429"] >= 1
+    assert set(results["churn"].failures) <= {"cut_at_end"}

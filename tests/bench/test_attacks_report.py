@@ -69,6 +69,19 @@ def test_expectation(kind: str, stats: dict[str, Any], transport: str, status: s
     assert got == status, detail
 
 
+def test_handshakes_refused_429_are_the_server_shedding_an_attacker() -> None:
+    stats = {"close_codes": {"1008": 2}, "refused": {"429": 1234}}
+    got, detail = expectation(
+        "flood", stats, transport="lean", open_timeout_s=2.0, send_timeout_s=2.0
+    )
+    assert got == "ok"
+    assert detail.endswith("; 1,234 handshakes refused 429")
+    churn = expectation(
+        "churn", {"ready": 5}, transport="lean", open_timeout_s=2.0, send_timeout_s=2.0
+    )
+    assert churn == ("ok", "5 connect/ready/close cycles")
+
+
 def _run(ratio: float, errors: dict[str, int] | None = None) -> dict[str, Any]:
     return {
         "server_alive": True,

@@ -215,7 +215,11 @@ class ThreadedServer:
 @contextmanager
 def threaded_server(e2e: E2E) -> Iterator[ThreadedServer]:
     """Run ``serve()`` for ``e2e`` in a new thread; stop it (cancelled) on exit."""
-    settings_ = e2e.settings(rate_burst=1_000, max_message_bytes=4096)
+    # Every example is a new connection of the same user, back to back: the per-user
+    # connect budget and cool-down (tested in tests/app/test_asgi.py) are lifted.
+    settings_ = e2e.settings(
+        rate_burst=1_000, max_message_bytes=4096, connect_rate_per_s=0, abuse_cooldown_s=0
+    )
     logger = logging.getLogger("trio_enclave")
     errors = _Records()
     logger.addHandler(errors)

@@ -331,8 +331,8 @@ async def test_protocol_error_as_hypercorn_pings_does_not_stop_the_server(
     e2e: E2E, hostile: Hostile
 ) -> None:
     async with e2e.server() as live:
-        for _ in range(RACE_TRIES):
-            async with live.raw(e2e.token()) as client:  # no waiting for the first ping
+        for i in range(RACE_TRIES):  # a user per try: each user's connect budget is 10
+            async with live.raw(e2e.token(f"racer-{i}")) as client:  # no waiting for a ping
                 await client.stream.send_all(hostile.frame(TEXT, b"{}", rsv=4))
                 with trio.move_on_after(2):
                     await client.drain()

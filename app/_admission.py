@@ -1,0 +1,98 @@
+"""Per-user admission: how fast one ``sub`` may open connections, and a cool-down after abuse.
+
+A connection's own limits (rate, runs, size) end with the connection; without this,
+a client that is closed for flooding reconnects at once with a fresh budget, and one
+token opening hundreds of connections a second costs every other user. No I/O: the
+caller passes ``now`` (any monotonic clock, seconds).
+
+One guard per running server, built by ``serve()`` and reached through its
+:class:`~app._services.ServerLifecycle`. It holds counters keyed by user id and
+nothing else: no connection, no message, nothing one user could reach another by.
+Its size is bounded; the least recently seen user is forgotten first, which only
+ever errs towards admitting.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Final
+
+import attrs
+
+__all__ = ["MAX_SUBJECTS", "Refused", "SubjectGuard"]
+
+#: Users remembered at once (about 150 bytes each).
+MAX_SUBJECTS: Final = 65_536
+
+
+@attrs.frozen
+class Refused:
+    """A handshake refused for its user: seconds until a retry can succeed, and why."""
+
+    retry_after_s: float
+    cooling_down: bool  # closed for abuse recently; otherwise opening too fast
+
+
+@attrs.define
+class _Entry:
+    tokens: float
+    updated: float
+    banned_until: float = -math.inf
+
+
+@attrs.define
+class SubjectGuard:
+    """Per-user connect budget (token bucket) and abuse cool-down.
+
+    ``rate_per_s <= 0`` turns the connect budget off; ``cooldown_s <= 0`` the
+    cool-down.
+    """
+
+    rate_per_s: float
+    burst: int
+    cooldown_s: float
+    max_subjects: int = MAX_SUBJECTS
+    _entries: OrderedDict[str, _Entry] = attrs.field(factory=OrderedDict, init=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def admit(self, subject: str, now: float) -> Refused | None:
+        """Take one connection from ``subject``'s budget; None when admitted."""
+        entry = self._entries.get(subject)
+        if entry is None:
+            if self.rate_per_s <= 0:
+                return None
+            entry = self._remember(subject, _Entry(float(self.burst), now))
+        else:
+            self._entries.move_to_end(subject)
+        if now < entry.banned_until:
+            return Refused(entry.banned_until - now, cooling_down=True)
+        if self.rate_per_s <= 0:
+            return None
+        if now > entry.updated:
+            refill = (now - entry.updated) * self.rate_per_s
+            entry.tokens = min(float(self.burst), entry.tokens + refill)
+            entry.updated = now
+        if entry.tokens >= 1.0:
+            entry.tokens -= 1.0
+            return None
+        return Refused((1.0 - entry.tokens) / self.rate_per_s, cooling_down=False)
+
+    def penalize(self, subject: str, now: float) -> None:
+        """Refuse ``subject``'s connections for ``cooldown_s`` from ``now`` (an abuse close)."""
+        if self.cooldown_s <= 0:
+            return
+        entry = self._entries.get(subject)
+        if entry is None:
+            entry = self._remember(subject, _Entry(float(self.burst), now))
+        else:
+            self._entries.move_to_end(subject)
+        entry.banned_until = max(entry.banned_until, now + self.cooldown_s)
+
+    def _remember(self, subject: str, entry: _Entry) -> _Entry:
+        self._entries[subject] = entry
+        while len(self._entries) > self.max_subjects:
+            self._entries.popitem(last=False)
+        return entry

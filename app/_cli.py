@@ -15,6 +15,7 @@ from pathlib import Path
 import trio
 
 from ._auth import load_jwks, mint_token
+from ._gc import tune_gc_for_serving
 from ._server import RunningServer, build_services, read_secret, serve
 from ._services import Services
 from ._settings import ConfigError, Settings, add_setting_arguments, load_settings
@@ -136,6 +137,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
         services = build_services(settings)  # every key/agent problem surfaces before serving
+        tune_gc_for_serving()
         trio.run(_serve_main, settings, services, args.dev)
     except ConfigError as exc:
         print(f"enclave: configuration error: {exc}", file=sys.stderr)

@@ -163,6 +163,11 @@ class LeanTransport:
     async def _receive(self, *, binary: bool) -> str | bytes:
         """The next message; without ``binary``, a binary one raises UnsupportedFrame."""
         events = self._events
+        if events:
+            # Frames left from an earlier read: let other connections run first, so a
+            # peer that packs a thousand messages into one read gets one per turn of
+            # the scheduler like everyone else. Nothing is taken before this point.
+            await trio.lowlevel.checkpoint()
         while True:
             while events:
                 frame = events.popleft()

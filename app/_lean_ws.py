@@ -53,8 +53,9 @@ from ._transport import TransportClosed, UnsupportedFrame
 
 __all__ = ["LeanTransport", "QuietInfoLogger"]
 
-#: Bytes asked of the stream per read.
-READ_BYTES: Final = 65_536
+#: Bytes asked of the stream per read. Each read is parsed in one scheduler step: a
+#: peer that packs small frames gets at most this much parsed before others run.
+READ_BYTES: Final = 16_384
 #: While closing: how long the peer may stay silent before the stream is closed anyway.
 LINGER_QUIET_S: Final = 1.0
 #: Control frames (pongs) queued behind a blocked write past which reading waits for it.
@@ -62,7 +63,7 @@ MAX_BACKLOG_BYTES: Final = 65_536
 #: While closing: how many bytes the peer may still send before the stream is closed
 #: anyway. A client that floods past the close frame costs a bounded parse, not
 #: ``wait_s`` of CPU (measured by ``python -m bench attacks``).
-LINGER_BYTES: Final = READ_BYTES
+LINGER_BYTES: Final = 65_536
 
 
 class QuietInfoLogger(logging.LoggerAdapter[logging.Logger]):

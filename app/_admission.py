@@ -20,6 +20,8 @@ from typing import Final
 
 import attrs
 
+from ._state import TokenBucket
+
 __all__ = ["MAX_SUBJECTS", "Refused", "SubjectGuard"]
 
 #: Users remembered at once (about 150 bytes each).
@@ -36,8 +38,7 @@ class Refused:
 
 @attrs.define
 class _Entry:
-    tokens: float
-    updated: float
+    bucket: TokenBucket
     banned_until: float = -math.inf
 
 
@@ -64,21 +65,14 @@ class SubjectGuard:
         if entry is None:
             if self.rate_per_s <= 0:
                 return None
-            entry = self._remember(subject, _Entry(float(self.burst), now))
+            entry = self._remember(subject)
         else:
             self._entries.move_to_end(subject)
         if now < entry.banned_until:
             return Refused(entry.banned_until - now, cooling_down=True)
-        if self.rate_per_s <= 0:
+        if self.rate_per_s <= 0 or entry.bucket.take(now):
             return None
-        if now > entry.updated:
-            refill = (now - entry.updated) * self.rate_per_s
-            entry.tokens = min(float(self.burst), entry.tokens + refill)
-            entry.updated = now
-        if entry.tokens >= 1.0:
-            entry.tokens -= 1.0
-            return None
-        return Refused((1.0 - entry.tokens) / self.rate_per_s, cooling_down=False)
+        return Refused((1.0 - entry.bucket.tokens) / self.rate_per_s, cooling_down=False)
 
     def penalize(self, subject: str, now: float) -> None:
         """Refuse ``subject``'s connections for ``cooldown_s`` from ``now`` (an abuse close)."""
@@ -86,13 +80,13 @@ class SubjectGuard:
             return
         entry = self._entries.get(subject)
         if entry is None:
-            entry = self._remember(subject, _Entry(float(self.burst), now))
+            entry = self._remember(subject)
         else:
             self._entries.move_to_end(subject)
         entry.banned_until = max(entry.banned_until, now + self.cooldown_s)
 
-    def _remember(self, subject: str, entry: _Entry) -> _Entry:
-        self._entries[subject] = entry
+    def _remember(self, subject: str) -> _Entry:
+        entry = self._entries[subject] = _Entry(TokenBucket(self.rate_per_s, self.burst))
         while len(self._entries) > self.max_subjects:
             self._entries.popitem(last=False)
         return entry

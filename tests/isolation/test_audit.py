@@ -69,8 +69,9 @@ def config(url: str, **overrides: Any) -> AuditConfig:
 
 async def test_a_clean_audit_of_our_server() -> None:
     cfg = config("", users=50, runs=4, cancel_rate=0.2, drop_rate=0.05, idor_rate=0.15)
-    # Runs of ~0.6 s: long enough for probes to hit runs that are provably still open.
-    async with our_server(agent_delay_ms=150) as url:
+    # Runs of ~1.2 s: long enough for probes to hit runs that are provably still open,
+    # even on a machine busy with other work.
+    async with our_server(agent_delay_ms=300) as url:
         report = await run_audit(attrs.evolve(cfg, url=url))
     assert report.violations == (), report.format_text()
     assert report.anomalies == (), report.format_text()

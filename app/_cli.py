@@ -15,7 +15,7 @@ from pathlib import Path
 import trio
 
 from ._auth import load_jwks, mint_token
-from ._gc import tune_gc_for_serving
+from ._gc import FULL_COLLECTION_INTERVAL_S, collect_periodically, tune_gc_for_serving
 from ._server import RunningServer, build_services, read_secret, serve
 from ._services import Services
 from ._settings import ConfigError, Settings, add_setting_arguments, load_settings
@@ -105,12 +105,15 @@ def _dev_banner(server: RunningServer, settings: Settings) -> str:
 
 
 async def _serve_main(settings: Settings, services: Services, dev: bool) -> None:
-    async with trio.open_nursery() as nursery:
-        server: RunningServer = await nursery.start(
-            partial(serve, settings, services=services, handle_signals=True)
-        )
-        if dev:
-            print(_dev_banner(server, settings), flush=True)
+    async with trio.open_nursery() as process:
+        process.start_soon(collect_periodically, FULL_COLLECTION_INTERVAL_S, services.log)
+        async with trio.open_nursery() as nursery:
+            server: RunningServer = await nursery.start(
+                partial(serve, settings, services=services, handle_signals=True)
+            )
+            if dev:
+                print(_dev_banner(server, settings), flush=True)
+        process.cancel_scope.cancel()  # serve() has returned: the collector goes with it
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

@@ -24,6 +24,8 @@ from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
+from app._gc import tune_gc_for_serving
+
 from ._procs import ProcessSet, python_argv, raise_nofile
 
 __all__ = ["ROLES", "Child", "ChildError", "Commands", "emit", "main"]
@@ -98,6 +100,10 @@ def main() -> int:
     job = json.loads(line)
     if job.get("background"):
         background()
+    # The load generator measures latency: its own collector must not pause it. With
+    # Python's defaults, 1,000 connections gave it full collections of 60-100 ms, taken
+    # for the server's latency. The serving process's settings (app/_gc.py) apply here too.
+    tune_gc_for_serving()
     run = _role(job["role"])
     factory = None
     with contextlib.suppress(ImportError):

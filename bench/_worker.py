@@ -14,6 +14,8 @@ import os
 import sys
 from typing import Any
 
+from app._gc import tune_gc_for_serving
+
 from ._load import LoadConfig, LoadGenerator
 from ._procs import raise_nofile
 
@@ -68,6 +70,7 @@ def main() -> int:
     if not line:
         return 1
     job = json.loads(line)
+    tune_gc_for_serving()  # as in bench/_child.py: no collector pauses counted as latency
     factory = None
     if job.get("loop", "auto") != "asyncio":
         try:

@@ -24,7 +24,7 @@ from ._state import TokenBucket
 
 __all__ = ["MAX_SUBJECTS", "Refused", "SubjectGuard"]
 
-#: Users remembered at once (about 150 bytes each).
+#: Users remembered at once (a few hundred bytes each: at most about 25 MiB).
 MAX_SUBJECTS: Final = 65_536
 
 

@@ -61,13 +61,9 @@ class SubjectGuard:
 
     def admit(self, subject: str, now: float) -> Refused | None:
         """Take one connection from ``subject``'s budget; None when admitted."""
-        entry = self._entries.get(subject)
-        if entry is None:
-            if self.rate_per_s <= 0:
-                return None
-            entry = self._remember(subject)
-        else:
-            self._entries.move_to_end(subject)
+        if self.rate_per_s <= 0 and subject not in self._entries:
+            return None  # nothing to check, nothing worth remembering
+        entry = self._entry(subject)
         if now < entry.banned_until:
             return Refused(entry.banned_until - now, cooling_down=True)
         if self.rate_per_s <= 0 or entry.bucket.take(now):
@@ -78,14 +74,15 @@ class SubjectGuard:
         """Refuse ``subject``'s connections for ``cooldown_s`` from ``now`` (an abuse close)."""
         if self.cooldown_s <= 0:
             return
-        entry = self._entries.get(subject)
-        if entry is None:
-            entry = self._remember(subject)
-        else:
-            self._entries.move_to_end(subject)
+        entry = self._entry(subject)
         entry.banned_until = max(entry.banned_until, now + self.cooldown_s)
 
-    def _remember(self, subject: str) -> _Entry:
+    def _entry(self, subject: str) -> _Entry:
+        """``subject``'s entry, now the most recently seen; a new one if forgotten."""
+        entry = self._entries.get(subject)
+        if entry is not None:
+            self._entries.move_to_end(subject)
+            return entry
         entry = self._entries[subject] = _Entry(TokenBucket(self.rate_per_s, self.burst))
         while len(self._entries) > self.max_subjects:
             self._entries.popitem(last=False)

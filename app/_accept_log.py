@@ -1,11 +1,12 @@
 """Bounded logging of accept(2) failures while the process is out of file descriptors.
 
-Both transports accept through :func:`trio.serve_listeners`, which on ``EMFILE``,
-``ENFILE``, ``ENOMEM`` or ``ENOBUFS`` sleeps 0.1 s and retries -- the right answer
-(no busy loop, no crash; clients wait in the listen backlog) -- but logs an ERROR
-with a traceback on every retry: ten tracebacks a second for as long as the
-condition lasts. :class:`AcceptErrorThrottle` lets one record through per interval,
-without the traceback, saying how many it held back.
+The ASGI transport accepts through :func:`trio.serve_listeners`, the lean transport
+through :func:`app._accept.accept_loop`; on ``EMFILE``, ``ENFILE``, ``ENOMEM`` or
+``ENOBUFS`` both sleep 0.1 s and retry -- the right answer (no busy loop, no crash;
+clients wait in the listen backlog) -- and both log an ERROR on the same logger on
+every retry (Trio's with a traceback): ten a second for as long as the condition
+lasts. :class:`AcceptErrorThrottle` lets one record through per interval, without the
+traceback, saying how many it held back.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ __all__ = [
     "throttle_accept_errors",
 ]
 
-#: The logger :func:`trio.serve_listeners` reports accept failures on.
+#: The logger :func:`trio.serve_listeners` and the lean accept loop report accept failures on.
 ACCEPT_LOGGER: Final = "trio.serve_listeners"
 #: At most one accept-failure record per this many seconds.
 ACCEPT_LOG_INTERVAL_S: Final = 10.0

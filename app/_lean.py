@@ -17,15 +17,17 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 import random
 import re
-from functools import partial
+import socket
 from http import HTTPStatus
-from typing import Final
+from typing import Any, Final
 
 import attrs
 import trio
 
+from ._accept import accept_loop, raw_listener
 from ._conformance import echo_path, log_startup_warning, serve_lean_echo
 from ._context import UserContext
 from ._handshake import Reject
@@ -102,24 +104,30 @@ def parse_head(head: bytes) -> _Request | HttpReply:
     return _Request(parts[0].decode("ascii"), path, query, tuple(headers))
 
 
+def _request_in(buffer: bytearray, start: int = 0) -> tuple[_Request, bytes] | HttpReply | None:
+    """The request in ``buffer`` and the bytes after its head, the 4xx refusing it, or
+    None while the head is incomplete (``start``: where its end may be, at the earliest)."""
+    end = buffer.find(b"\r\n\r\n", start)
+    if end > MAX_HEAD_BYTES or (end < 0 and len(buffer) > MAX_HEAD_BYTES):
+        return _error(431, f"the request head exceeds {MAX_HEAD_BYTES} bytes")
+    if end < 0:
+        return None
+    request = parse_head(bytes(buffer[:end]))
+    return request if isinstance(request, HttpReply) else (request, bytes(buffer[end + 4 :]))
+
+
 async def _read_request(
-    stream: trio.abc.ReceiveStream,
+    stream: trio.abc.ReceiveStream, buffer: bytearray
 ) -> tuple[_Request, bytes] | HttpReply | None:
-    """The request and the bytes after its head; the 4xx refusing it; None if the peer left."""
-    buffer = bytearray()
+    """As :func:`_request_in`, reading until the head is complete; None if the peer left."""
     start = 0
-    while (end := buffer.find(b"\r\n\r\n", start)) < 0:
-        if len(buffer) > MAX_HEAD_BYTES:
-            break
+    while (found := _request_in(buffer, start)) is None:
         start = max(0, len(buffer) - 3)
         data = await stream.receive_some(MAX_HEAD_BYTES)
         if not data:
             return None
         buffer += data
-    if end < 0 or end > MAX_HEAD_BYTES:
-        return _error(431, f"the request head exceeds {MAX_HEAD_BYTES} bytes")
-    request = parse_head(bytes(buffer[:end]))
-    return request if isinstance(request, HttpReply) else (request, bytes(buffer[end + 4 :]))
+    return found
 
 
 def encode_reply(reply: HttpReply, *, head_only: bool = False) -> bytes:
@@ -167,32 +175,38 @@ class _LeanServer:
     lifecycle: ServerLifecycle
     ws_log: QuietInfoLogger
 
-    async def handle(self, stream: trio.SocketStream) -> None:
-        """Serve one TCP connection, HTTP or WebSocket; never raises an error.
+    async def handle(self, conn: socket.socket, address: Any) -> None:
+        """Serve one accepted TCP connection, HTTP or WebSocket; never raises an error.
 
         A bug is logged and drops only this connection. Cancellation: the connection
         is dropped without a close frame.
         """
+        sock = trio.socket.from_stdlib_socket(conn)
         try:
-            await self._connection(stream)
+            await self._connection(trio.SocketStream(sock), _host(address))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer left
         except Exception:
             self.services.log.exception("internal error on a lean connection")
         finally:
-            await stream.aclose()
+            sock.close()  # no checkpoint needed: the task ends here
 
-    async def _connection(self, stream: trio.SocketStream) -> None:
+    async def _connection(self, stream: trio.SocketStream, peer: str | None) -> None:
         settings = self.services.settings
-        opened: tuple[_Request, bytes] | HttpReply | None = None
-        # A slowloris is just dropped. Connections opened together must not all time out
-        # in the same scheduler step (500 at once stalled every user for 45 ms): each
-        # gets between 90 % and 100 % of the open timeout.
-        open_s = settings.open_timeout_s * (1.0 - OPEN_TIMEOUT_SPREAD * random.random())
-        with trio.move_on_after(open_s):
-            opened = await _read_request(stream)
-        if opened is None:
+        # Most clients send their request with the connect: it is read without a wait.
+        buffer = bytearray()
+        if not _read_waiting(stream, buffer):
             return
+        opened = _request_in(buffer)
+        if opened is None:
+            # A slowloris is just dropped. Connections opened together must not all time
+            # out in the same scheduler step (500 at once stalled every user for 45 ms):
+            # each gets between 90 % and 100 % of the open timeout.
+            open_s = settings.open_timeout_s * (1.0 - OPEN_TIMEOUT_SPREAD * random.random())
+            with trio.move_on_after(open_s):
+                opened = await _read_request(stream, buffer)
+            if opened is None:
+                return
         if isinstance(opened, HttpReply):
             await self._answer(stream, opened)
             return
@@ -204,7 +218,7 @@ class _LeanServer:
                 reply = _error(426, "a WebSocket upgrade is required", ("upgrade", "websocket"))
                 await self._answer(stream, reply)
             else:
-                await self._websocket(stream, request, rest)
+                await self._websocket(stream, request, rest, peer)
         elif request.path in _HTTP_PATHS:
             if request.method not in ("GET", "HEAD"):
                 await self._answer(stream, _error(405, "use GET", ("allow", "HEAD, GET")))
@@ -217,17 +231,37 @@ class _LeanServer:
             await self._answer(stream, _error(404, f"nothing at {request.path[:64]}"))
 
     async def _answer(
-        self, stream: trio.SocketStream, reply: HttpReply, *, head_only: bool = False
+        self,
+        stream: trio.SocketStream,
+        reply: HttpReply,
+        *,
+        head_only: bool = False,
+        linger: bool = True,
     ) -> None:
-        """Write ``reply``, half-close, read what is left (bounded) so no reset eats it."""
+        """Write ``reply`` and half-close; then read what is left (bounded) so no reset eats it.
+
+        Without ``linger`` (a refused WebSocket handshake that sent nothing after its
+        request: RFC 6455 4.1 has the client wait for the answer) the reading stops as
+        soon as nothing is waiting. A connect flood is refused with no trip through
+        the scheduler when the answer fits in the socket buffer (it always does).
+        """
+        data = encode_reply(reply, head_only=head_only)
+        sent = _try_write(stream, data)
+        if sent == len(data):
+            _half_close(stream)
+            if not linger and _quiet(stream):
+                return
         with trio.move_on_after(self.services.settings.open_timeout_s):
-            await stream.send_all(encode_reply(reply, head_only=head_only))
-            await stream.send_eof()
+            if sent < len(data):
+                await stream.send_all(data[sent:])
+                _half_close(stream)
             with trio.move_on_after(LINGER_S):
                 while await stream.receive_some(MAX_HEAD_BYTES):
                     pass
 
-    async def _websocket(self, stream: trio.SocketStream, request: _Request, rest: bytes) -> None:
+    async def _websocket(
+        self, stream: trio.SocketStream, request: _Request, rest: bytes, peer: str | None
+    ) -> None:
         key = _websocket_key(request)
         if isinstance(key, HttpReply):
             await self._answer(stream, key)
@@ -236,7 +270,7 @@ class _LeanServer:
         # Admission first, as on ASGI: a full or draining server spends nothing on crypto.
         refused = admit(lifecycle, services.settings.retry_after_s)
         if refused is not None:
-            await self._answer(stream, rejection_reply(refused))
+            await self._answer(stream, rejection_reply(refused), linger=bool(rest))
             return
         if request.path != services.settings.path:  # the conformance echo: no token, no session
             try:
@@ -251,7 +285,7 @@ class _LeanServer:
             headers=request.headers,
             subprotocols=tuple(request.tokens("sec-websocket-protocol")),
             query_string=request.query,
-            remote=_peer_host(stream),
+            remote=peer,
         )
         try:
             decision = decide(info, services, lifecycle, trio.current_time())
@@ -260,7 +294,7 @@ class _LeanServer:
             raise
         if isinstance(decision, Reject):
             lifecycle.release()  # a refused handshake does not keep its slot while answered
-            await self._answer(stream, rejection_reply(decision))
+            await self._answer(stream, rejection_reply(decision), linger=bool(rest))
             return
         try:
             with trio.move_on_after(services.settings.open_timeout_s) as opening:
@@ -282,12 +316,48 @@ class _LeanServer:
             lifecycle.release()
 
 
-def _peer_host(stream: trio.SocketStream) -> str | None:
+def _try_write(stream: trio.SocketStream, data: bytes) -> int:
+    """Write what the socket takes now, without blocking; the number of bytes written."""
     try:
-        peer = stream.socket.getpeername()
+        return os.write(stream.socket.fileno(), data)
+    except BlockingIOError:
+        return 0
+    except OSError as exc:
+        raise trio.BrokenResourceError(str(exc)) from exc
+
+
+def _read_waiting(stream: trio.SocketStream, buffer: bytearray) -> bool:
+    """Append what the peer sent so far to ``buffer``, without blocking; False if it left."""
+    try:
+        data = os.read(stream.socket.fileno(), MAX_HEAD_BYTES)
+    except BlockingIOError:
+        return True
     except OSError:
-        return None
-    return str(peer[0]) if isinstance(peer, tuple) else None
+        return False  # reset
+    buffer += data
+    return bool(data)
+
+
+def _half_close(stream: trio.SocketStream) -> None:
+    try:
+        stream.socket.shutdown(trio.socket.SHUT_WR)
+    except OSError as exc:
+        raise trio.BrokenResourceError(str(exc)) from exc
+
+
+def _quiet(stream: trio.SocketStream) -> bool:
+    """True unless the peer sent more than its request: nothing waits that a reset could cost.
+
+    Reads (and discards) once, without blocking.
+    """
+    try:
+        return not os.read(stream.socket.fileno(), MAX_HEAD_BYTES)  # b"": the peer's EOF
+    except OSError:  # nothing waiting (EAGAIN), or a reset: nothing left to protect
+        return True
+
+
+def _host(address: Any) -> str | None:
+    return str(address[0]) if isinstance(address, tuple) else None
 
 
 def _url(sockname: object) -> str:
@@ -318,11 +388,11 @@ async def serve_lean(
     )
     server = _LeanServer(services, lifecycle, QuietInfoLogger(services.log.getChild("websocket")))
     url = _url(listeners[0].socket.getsockname())
+    raw = [raw_listener(listener) for listener in listeners]
     async with trio.open_nursery() as handlers:
         async with trio.open_nursery() as accepting:
-            await accepting.start(
-                partial(trio.serve_listeners, server.handle, listeners, handler_nursery=handlers)
-            )
+            for listener in raw:
+                accepting.start_soon(accept_loop, listener, server.handle, handlers)
             task_status.started(url)
             await lifecycle.draining.wait()
             # Sessions close themselves 1001 after the grace; this bounds the wait.

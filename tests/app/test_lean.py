@@ -318,6 +318,48 @@ async def test_ready_turns_503_and_handshakes_are_refused_while_draining() -> No
 # -- round trips ---------------------------------------------------------------------------
 
 
+async def _refused(port: int, request: bytes) -> tuple[bytes, bool]:
+    """Send ``request`` in one write; the whole answer, and whether the server then reset
+    a byte sent after it (it had let go of the socket at once)."""
+    with trio.fail_after(WAIT_S):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(request)
+            answer = b""
+            while chunk := await stream.receive_some(65_536):
+                answer += chunk
+            reset = False
+            try:
+                for _ in range(20):  # the first write after the close draws the reset
+                    await stream.send_all(b"x")
+                    await trio.sleep(0.01)
+            except trio.BrokenResourceError:
+                reset = True
+    return answer, reset
+
+
+async def test_a_refused_handshake_is_answered_whole_and_let_go_at_once() -> None:
+    # RFC 6455 4.1: the client waits for the answer, so nothing is left to linger for.
+    async with running(lean_settings()) as live:
+        answer, reset = await _refused(live.port, upgrade("/ws", "Authorization: Bearer nope"))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401 ")
+    assert json.loads(body)["error"] == "invalid_token"
+    assert reset
+
+
+async def test_a_refused_handshake_with_bytes_after_it_still_gets_the_linger() -> None:
+    # A client that did not wait (frames right behind its request): the server reads what
+    # follows before closing, so no reset can eat the answer on its way.
+    async with running(lean_settings()) as live:
+        request = upgrade("/ws", "Authorization: Bearer nope") + frame(Opcode.TEXT, b"x" * 64)
+        answer, reset = await _refused(live.port, request)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401 ")
+    assert json.loads(body)["error"] == "invalid_token"
+    assert not reset
+
+
 async def test_round_trip_with_trio_websocket_and_the_subprotocol_carrier() -> None:
     async with (
         running(lean_settings()) as live,

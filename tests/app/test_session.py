@@ -1,7 +1,7 @@
 import logging
 import math
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import attrs
@@ -150,6 +150,53 @@ async def test_pong_timeout_closes_dead_peer(autojump_clock: trio.testing.MockCl
         closed = await conn.closed()
         assert (closed.code, closed.reason) == (1001, "pong_timeout")
         assert trio.current_time() - start <= 15 + 1e-6
+
+
+class PingRecorder:
+    """A memory transport that notes when each ping is sent."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.pings = inner.pings
+        self.sent_at: list[float] = []
+
+    async def receive(self) -> str:
+        text: str = await self._inner.receive()
+        return text
+
+    async def send(self, text: str) -> None:
+        await self._inner.send(text)
+
+    async def ping(self) -> None:
+        self.sent_at.append(trio.current_time())
+        await self._inner.ping()
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._inner.close(code, reason)
+
+
+async def test_connections_opened_together_do_not_ping_together(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    recorders: list[PingRecorder] = []
+
+    def record(transport: Any) -> PingRecorder:
+        recorders.append(PingRecorder(transport))
+        return recorders[-1]
+
+    start = trio.current_time()
+    async with AsyncExitStack() as stack:
+        for _ in range(8):
+            await stack.enter_async_context(connect(ping_interval_s=10, wrap=record))
+        await trio.sleep(35)
+    firsts = [r.sent_at[0] - start for r in recorders]
+    # The first ping at a random point of the first interval, then every interval.
+    assert all(0 <= first <= 10 for first in firsts), firsts
+    assert len({round(first, 3) for first in firsts}) > 1, firsts
+    for r in recorders:
+        gaps = [b - a for a, b in zip(r.sent_at, r.sent_at[1:], strict=False)]
+        assert len(gaps) >= 2, r.sent_at
+        assert all(gap == pytest.approx(10) for gap in gaps), r.sent_at
 
 
 async def test_token_expiry(autojump_clock: trio.testing.MockClock) -> None:

@@ -212,7 +212,9 @@ class WsClient:
                 parsed: dict[str, Any] = json.loads(text)
                 return parsed
         elif isinstance(event, wse.Ping):
-            await self._send_quietly(self.conn.send(event.response()))
+            # A ping that crossed our close frame is not answered: wsproto refuses to.
+            if self.conn.state is ConnectionState.OPEN:
+                await self._send_quietly(self.conn.send(event.response()))
         elif isinstance(event, wse.CloseConnection):
             self.closed = Closed(event.code, event.reason)
             if self.conn.state is ConnectionState.REMOTE_CLOSING:

@@ -194,9 +194,10 @@ class _LeanServer:
     async def _connection(self, stream: trio.SocketStream, peer: str | None) -> None:
         settings = self.services.settings
         # Most clients send their request with the connect: it is read without a wait.
-        buffer = bytearray()
-        if not _read_waiting(stream, buffer):
-            return
+        first = _read_now(stream)
+        if first == b"":
+            return  # the peer left
+        buffer = bytearray(first or b"")
         opened = _request_in(buffer)
         if opened is None:
             # A slowloris is just dropped. Connections opened together must not all time
@@ -246,18 +247,20 @@ class _LeanServer:
         the scheduler when the answer fits in the socket buffer (it always does).
         """
         data = encode_reply(reply, head_only=head_only)
+        deadline = trio.current_time() + self.services.settings.open_timeout_s
         sent = _try_write(stream, data)
-        if sent == len(data):
-            _half_close(stream)
-            if not linger and _quiet(stream):
-                return
-        with trio.move_on_after(self.services.settings.open_timeout_s):
-            if sent < len(data):
+        if sent < len(data):
+            with trio.move_on_at(deadline) as sending:
                 await stream.send_all(data[sent:])
-                _half_close(stream)
-            with trio.move_on_after(LINGER_S):
-                while await stream.receive_some(MAX_HEAD_BYTES):
-                    pass
+            if sending.cancelled_caught:
+                return
+        _half_close(stream)
+        # Read once without waiting: a peer that sent nothing more has nothing to lose.
+        if not linger and not _read_now(stream):
+            return
+        with trio.move_on_at(min(deadline, trio.current_time() + LINGER_S)):
+            while await stream.receive_some(MAX_HEAD_BYTES):
+                pass
 
     async def _websocket(
         self, stream: trio.SocketStream, request: _Request, rest: bytes, peer: str | None
@@ -326,16 +329,15 @@ def _try_write(stream: trio.SocketStream, data: bytes) -> int:
         raise trio.BrokenResourceError(str(exc)) from exc
 
 
-def _read_waiting(stream: trio.SocketStream, buffer: bytearray) -> bool:
-    """Append what the peer sent so far to ``buffer``, without blocking; False if it left."""
+def _read_now(stream: trio.SocketStream) -> bytes | None:
+    """What the peer sent so far, without blocking: None while nothing is waiting, b""
+    once it left (EOF or reset)."""
     try:
-        data = os.read(stream.socket.fileno(), MAX_HEAD_BYTES)
+        return os.read(stream.socket.fileno(), MAX_HEAD_BYTES)
     except BlockingIOError:
-        return True
+        return None
     except OSError:
-        return False  # reset
-    buffer += data
-    return bool(data)
+        return b""
 
 
 def _half_close(stream: trio.SocketStream) -> None:
@@ -343,17 +345,6 @@ def _half_close(stream: trio.SocketStream) -> None:
         stream.socket.shutdown(trio.socket.SHUT_WR)
     except OSError as exc:
         raise trio.BrokenResourceError(str(exc)) from exc
-
-
-def _quiet(stream: trio.SocketStream) -> bool:
-    """True unless the peer sent more than its request: nothing waits that a reset could cost.
-
-    Reads (and discards) once, without blocking.
-    """
-    try:
-        return not os.read(stream.socket.fileno(), MAX_HEAD_BYTES)  # b"": the peer's EOF
-    except OSError:  # nothing waiting (EAGAIN), or a reset: nothing left to protect
-        return True
 
 
 def _host(address: Any) -> str | None:

@@ -31,6 +31,11 @@ Who does what, with no task of its own and no lock:
 - a cancelled write (slow consumer) keeps its unsent bytes at the head of the queue,
   so no frame is ever cut and the close frame can still follow if the peer reads
   again. A failed write (reset) ends all sending.
+- while a write waits for the peer to read (the kernel's buffer is full), the next
+  message is not handed out: a peer that does not read what it asked for gets no
+  further work done for it (each 30 KB turn it sent started a run whose frames had
+  nowhere to go) until it reads or the session's send timeout closes it. Control
+  frames already read are still answered.
 """
 
 from __future__ import annotations
@@ -136,6 +141,7 @@ class LeanTransport:
         self._broken = False  # a write failed (or a send_all was cut): nothing more is sent
         self._stalled = False  # while closing, the peer took nothing for LINGER_QUIET_S
         self._sent_bytes = 0
+        self._stuck: trio.Event | None = None  # set once a write waiting for the peer moves
         self._read_eof = False  # the peer's EOF (or reset) was read
         self._pong: tuple[bytes, trio.Event] | None = None
         self._pings_sent = 0
@@ -149,7 +155,8 @@ class LeanTransport:
 
         Raises :class:`UnsupportedFrame` for a binary message and :class:`TransportClosed`
         once the peer closed, left, or broke the protocol (the protocol has then sent
-        its close frame). Cancellation: nothing read is lost; the next call goes on.
+        its close frame). Waits while a write waits for the peer to read.
+        Cancellation: nothing read is lost; the next call goes on.
         """
         return cast("str", await self._receive(binary=False))
 
@@ -170,6 +177,10 @@ class LeanTransport:
             # the scheduler like everyone else. Nothing is taken before this point.
             await trio.lowlevel.checkpoint()
         while True:
+            # A peer that leaves our frames unread gets nothing more done for it; checked
+            # after every read too, since the write may have stalled while we waited.
+            while (stuck := self._stuck) is not None:
+                await stuck.wait()
             while events:
                 frame = events.popleft()
                 opcode = frame.opcode
@@ -316,7 +327,12 @@ class LeanTransport:
                 try:
                     n = os.write(fd, view[sent:])
                 except BlockingIOError:
-                    await trio.lowlevel.wait_writable(fd)
+                    stuck = self._stuck = trio.Event()
+                    try:
+                        await trio.lowlevel.wait_writable(fd)
+                    finally:
+                        self._stuck = None
+                        stuck.set()
                     continue
                 sent += n
                 self._sent_bytes += n

@@ -56,3 +56,31 @@ async def test_one_message_per_read_costs_no_extra_trip() -> None:
     with trio.testing.assert_checkpoints():
         assert await transport.receive() == '{"n":0}'
     assert not transport._events
+
+
+async def test_a_peer_that_does_not_read_gets_no_further_message_taken() -> None:
+    server_sock, client_sock = trio.socket.socketpair()
+    transport = LeanTransport(
+        trio.SocketStream(server_sock), max_message_bytes=65_536, logger=logging.getLogger("t")
+    )
+    big = "x" * 4_000_000  # far more than the socket buffers hold: the write waits
+    got: list[str] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(transport.send, big)
+        await trio.testing.wait_all_tasks_blocked()
+        assert transport._stuck is not None
+        await client_sock.send(_frames(1))
+
+        async def receive() -> None:
+            got.append(await transport.receive())
+
+        nursery.start_soon(receive)
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == []  # the message is there, but the peer has not read our frames
+        received = 0
+        while received < len(big):  # the peer reads: the write moves, the message is taken
+            received += len(await client_sock.recv(1 << 20))
+    assert got == ['{"n":0}']
+    assert transport._stuck is None
+    server_sock.close()
+    client_sock.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from typing import cast
 
 from websockets.client import ClientProtocol
@@ -29,6 +30,7 @@ __all__ = ["FastClient", "parse_close"]
 #: Largest frame accepted from the server.
 MAX_FRAME_BYTES = 1 << 20
 _HEAD_END = b"\r\n\r\n"
+_STATUS = re.compile(rb"HTTP/1\.[01] ([1-5][0-9][0-9])[ \r]")
 _TEXT, _CONT, _BINARY, _CLOSE, _PING, _PONG = 1, 0, 2, 8, 9, 10
 
 
@@ -146,11 +148,18 @@ class FastClient(asyncio.Protocol):
             self._head = head
             return
         self._head = b""
-        accepted = head.startswith(b"HTTP/1.1 101 ")
+        if not head.startswith(b"HTTP/1.1 101 "):
+            # A refusal says all it has to in its status line. Its body may come in a later
+            # read (Hypercorn writes head and body apart) and nothing waits for it.
+            status = _STATUS.match(head)
+            if status is None:
+                self._fail("malformed response")
+            else:
+                self.on_rejected(int(status[1]))
+                self.abort()
+            return
         # A 101 has no body: the bytes after its head are frames, parsed here.
-        proto.receive_data(head[: end + 4] if accepted else head)
-        if not accepted:
-            proto.receive_eof()
+        proto.receive_data(head[: end + 4])
         for event in proto.events_received():
             if isinstance(event, Response):
                 if proto.handshake_exc is None:

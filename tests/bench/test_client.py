@@ -157,6 +157,23 @@ def test_rejected_handshake_reports_the_status() -> None:
     assert transport.aborted
 
 
+def test_a_refusal_whose_body_comes_later_is_reported_at_its_head() -> None:
+    # Hypercorn writes a refusal's head and body apart: the head alone tells the status.
+    client, transport, _ = connect()
+    client.data_received(b"HTTP/1.1 429 \r\ncontent-length: 40\r\nretry-after: 1\r\n")
+    assert client.events == []
+    client.data_received(b"\r\n")
+    assert client.events == ["rejected 429"]
+    assert transport.aborted
+
+
+def test_a_malformed_response_is_a_protocol_error() -> None:
+    client, transport, _ = connect()
+    client.data_received(b"SPDY/3 200 OK\r\n\r\n")
+    assert client.events == ["error malformed response"]
+    assert transport.aborted
+
+
 @pytest.mark.parametrize(
     ("data", "what"),
     [

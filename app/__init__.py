@@ -34,8 +34,8 @@ from ._session import run_session as run_session
 from ._settings import ConfigError as ConfigError
 from ._settings import Settings as Settings
 from ._settings import load_settings as load_settings
-from ._transport import BatchTransport as BatchTransport
 from ._transport import HandshakeInfo as HandshakeInfo
+from ._transport import SendTimeout as SendTimeout
 from ._transport import Transport as Transport
 from ._transport import TransportClosed as TransportClosed
 from ._transport import UnsupportedFrame as UnsupportedFrame
@@ -47,7 +47,6 @@ __all__ = [
     "AgentThinking",
     "AuthConfig",
     "AuthError",
-    "BatchTransport",
     "CloseCode",
     "CloseReason",
     "ConfigError",
@@ -61,6 +60,7 @@ __all__ = [
     "PeerClosed",
     "RunContext",
     "RunningServer",
+    "SendTimeout",
     "ServerLifecycle",
     "Services",
     "Settings",

@@ -14,6 +14,7 @@ import attrs
 import trio
 
 from ._events import AgentThinking, ToolCompleted, ToolExecuting
+from ._timer import Timer
 
 __all__ = [
     "Agent",
@@ -37,6 +38,17 @@ class RunContext:
     user_id: str
     text: str
     client_id: str | None = None
+    timer: Timer | None = attrs.field(default=None, repr=False, eq=False)
+
+    async def sleep(self, seconds: float) -> None:
+        """``trio.sleep``, woken by the server's timer: about a quarter of the CPU.
+
+        Cancellation: as ``trio.sleep`` (the run's cancel scope stops it).
+        """
+        if self.timer is None:
+            await trio.sleep(seconds)
+        else:
+            await self.timer.sleep(seconds)
 
 
 class Emit(Protocol):
@@ -81,19 +93,19 @@ class EchoAgent:
     name: str = "echo"
 
     async def run(self, run: RunContext, emit: Emit) -> Any:
-        await self._step()
+        await self._step(run)
         await emit(AgentThinking(thought="I will count the words of your message."))
-        await self._step()
+        await self._step(run)
         await emit(ToolExecuting(tool_name="word_count", tool_input={"text": run.text}))
         words = len(run.text.split())
-        await self._step()
+        await self._step(run)
         await emit(ToolCompleted(tool_name="word_count", results={"words": words}))
-        await self._step()
+        await self._step(run)
         return {"text": run.text, "words": words}
 
-    async def _step(self) -> None:
+    async def _step(self, run: RunContext) -> None:
         if self.delay_s > 0:
-            await trio.sleep(self.delay_s)
+            await run.sleep(self.delay_s)
 
 
 def echo(options: AgentOptions) -> Agent:

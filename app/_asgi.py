@@ -13,6 +13,7 @@ from __future__ import annotations
 # disk on first use; a process out of file descriptors then failed that import and Quart
 # answered 500 to each handshake. Importing it with the app keeps that path fd-free.
 import encodings.idna  # noqa: F401
+from collections.abc import Sequence
 
 import trio
 from quart import Response, websocket
@@ -21,6 +22,7 @@ from quart_trio import QuartTrio
 
 from ._conformance import ECHO_PATH, log_startup_warning, serve_quart_echo
 from ._context import UserContext
+from ._frames import FrameQueue
 from ._handshake import Reject
 from ._routes import HttpReply, admit, decide, health_reply, ready_reply, rejection_reply
 from ._services import ServerLifecycle, Services
@@ -38,6 +40,7 @@ class QuartTransport:
     def __init__(self, ws: Websocket) -> None:
         self._ws = ws
         self._closed = False
+        self._queue = FrameQueue(self._write)
 
     async def receive(self) -> str:
         data = await self._ws.receive()
@@ -45,12 +48,15 @@ class QuartTransport:
             return data
         raise UnsupportedFrame  # bytes, or None for an empty binary frame
 
-    async def send(self, text: str) -> None:
+    async def send(self, frames: Sequence[bytes], deadline: float) -> None:
+        await self._queue.send(frames, deadline)
+
+    async def _write(self, frame: bytes) -> None:
         if self._closed:
             raise TransportClosed
-        await self._ws.send(text)
+        await self._ws.send(frame.decode())  # Quart sends str as text, bytes as binary
 
-    async def ping(self) -> None:  # pragma: no cover - pings is False
+    async def ping(self) -> trio.Event:  # pragma: no cover - pings is False
         raise NotImplementedError
 
     async def close(self, code: int, reason: str) -> None:

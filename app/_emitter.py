@@ -1,88 +1,58 @@
-"""The per-connection event emitter: stamps, checks and queues outbound events."""
+"""The per-connection event emitter: stamps, checks and encodes outbound events once."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 
 import attrs
-import trio
 
 from isolation import request_scoped
 
 from ._events import RunEvent, RunPayload, ServerEvent, serialize
 from ._state import ConnectionState, EventRefused
 
-__all__ = ["EventEmitter", "Flush", "InvalidEvent", "Outbound"]
+__all__ = ["EventEmitter", "InvalidEvent", "Write"]
+
+#: The connection's outbound path: (the connection the frames were stamped for, frames).
+Write = Callable[[str, Sequence[bytes]], Awaitable[None]]
 
 
 class InvalidEvent(Exception):
     """An event whose payload cannot be sent (not JSON, or not allowed here)."""
 
 
-@attrs.frozen
-class Outbound:
-    """One serialized event, addressed to the connection it was stamped for."""
-
-    connection_id: str
-    text: str
-
-
-@attrs.frozen
-class Flush:
-    """Queued behind everything already queued; ``done`` is set when the sender reaches it."""
-
-    done: trio.Event = attrs.field(factory=trio.Event)
-
-
 @request_scoped
 @attrs.define
 class EventEmitter:
-    """Turns events into frames for exactly one connection.
+    """Turns events into frames for exactly one connection and hands them to ``write``.
 
-    Every event is stamped with this connection's id; run events are numbered by
-    this connection's :class:`ConnectionState`, which refuses runs it does not own.
-    The sender checks the stamp again before writing (defence in depth).
+    Every frame is stamped with this connection's id; run events are numbered by this
+    connection's :class:`ConnectionState`, which refuses runs it does not own. ``write``
+    (the session's) checks the stamp again before the transport gets the frame
+    (defence in depth). Each event is serialized and encoded once.
     """
 
     connection_id: str
     state: ConnectionState
-    channel: trio.MemorySendChannel[Outbound | Flush]
+    write: Write
     log: logging.Logger
 
     async def send_event(self, event: ServerEvent) -> None:
-        """Queue a connection-level event. Blocks while the queue is full.
+        """Send a connection-level event; returns once it is written.
 
-        Cancellation: if cancelled, the event was not queued.
+        Cancellation: the frame stays queued and goes out.
         """
-        await self.channel.send(Outbound(self.connection_id, serialize(event)))
+        await self.write(self.connection_id, (serialize(event).encode(),))
 
     async def emit_run(self, run_id: str, payload: RunPayload) -> None:
-        """Queue the next event of ``run_id``. Blocks while the queue is full.
+        """Send the next event of ``run_id``; returns once it is written.
 
         Raises :class:`EventRefused` (logged as an isolation violation) for a run
         this connection does not own, :class:`InvalidEvent` for a payload that is
-        not JSON. Cancellation: if cancelled, the event was not queued and its
-        sequence number was not used.
+        not JSON (nothing used then). Cancellation: the frame stays queued, with its
+        sequence number, and goes out.
         """
-        event, item = self._stamp(run_id, payload)
-        await self.channel.send(item)
-        self.state.commit(event)
-
-    def emit_run_nowait(self, run_id: str, payload: RunPayload) -> bool:
-        """Queue the next event of ``run_id`` if the queue has room, without yielding.
-
-        Returns False, having used nothing (no sequence number, no slot), when the
-        queue is full. Raises like :meth:`emit_run`.
-        """
-        event, item = self._stamp(run_id, payload)
-        try:
-            self.channel.send_nowait(item)
-        except trio.WouldBlock:
-            return False
-        self.state.commit(event)
-        return True
-
-    def _stamp(self, run_id: str, payload: RunPayload) -> tuple[RunEvent, Outbound]:
         try:
             event = self.state.prepare(run_id, payload)
         except EventRefused:
@@ -93,18 +63,14 @@ class EventEmitter:
                 self.connection_id,
             )
             raise
-        try:
-            text = serialize(event)
-            text.encode()  # a lone surrogate from an agent cannot go out as UTF-8
-        except (TypeError, ValueError) as exc:
-            raise InvalidEvent(f"{payload.TYPE} payload is not JSON: {exc}") from None
-        return event, Outbound(self.connection_id, text)
+        frame = _encode(event)
+        self.state.commit(event)
+        await self.write(self.connection_id, (frame,))
 
-    async def flush(self) -> None:
-        """Return once everything queued before this call has been written.
 
-        Cancellation: stops waiting; queued events stay queued.
-        """
-        marker = Flush()
-        await self.channel.send(marker)
-        await marker.done.wait()
+def _encode(event: RunEvent) -> bytes:
+    try:
+        # Encoding is the check too: a lone surrogate from an agent cannot go out as UTF-8.
+        return serialize(event).encode()
+    except (TypeError, ValueError) as exc:
+        raise InvalidEvent(f"{event.payload.TYPE} payload is not JSON: {exc}") from None

@@ -24,8 +24,10 @@ Who does what, with no task of its own and no lock:
   there: the protocol answers pings itself, pongs wake :meth:`ping`, a close frame is
   echoed and ends :meth:`receive` with :class:`TransportClosed`.
 - writes from any task append to one queue; the first task to find no write in
-  progress becomes the writer and writes the whole queue with one write per round.
-  ``send_many`` waits until its frames are on the wire (backpressure); control frames
+  progress becomes the writer and writes the whole queue with one write per round
+  (``write(2)`` straight away: a write the kernel takes costs no trip through the
+  scheduler). ``send`` waits until its frames are on the wire (backpressure), each
+  waiting task under its own deadline (:class:`SendTimeout` past it); control frames
   from the reader just join the queue when a write is in progress, up to
   :data:`MAX_BACKLOG_BYTES`: past it the reader waits too (a ping flood stays bounded).
 - a cancelled write (slow consumer) keeps its unsent bytes at the head of the queue,
@@ -43,6 +45,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import math
 import os
 from collections.abc import Sequence
 from typing import Any, Final, cast
@@ -54,7 +57,7 @@ from websockets.protocol import CLOSED, OPEN, SERVER, Protocol
 from isolation import request_scoped
 
 from ._codes import CloseReason
-from ._transport import TransportClosed, UnsupportedFrame
+from ._transport import SendTimeout, TransportClosed, UnsupportedFrame
 
 __all__ = ["LeanTransport", "QuietInfoLogger"]
 
@@ -104,7 +107,7 @@ class _ServerProtocol(Protocol):
 
 @request_scoped
 class LeanTransport:
-    """:class:`~app._transport.Transport` (with ``send_many``) over an upgraded Trio stream.
+    """:class:`~app._transport.Transport` over an upgraded Trio stream.
 
     ``max_message_bytes`` bounds a message (all its fragments) in bytes, as the session
     counts: a larger one is closed 1009 ``message_too_big`` before it is read. Protocol
@@ -219,7 +222,7 @@ class LeanTransport:
                 self._protocol.send_close(CloseCode.INVALID_DATA, "invalid UTF-8")
                 self._take_output()
             with contextlib.suppress(TransportClosed):
-                await self._flush(wait=False)
+                await self._flush(wait=False, deadline=math.inf)
             raise TransportClosed from None
 
     def _feed(self, data: bytes | bytearray) -> None:
@@ -245,7 +248,7 @@ class LeanTransport:
             # not read): then reading waits too, so the queue stays bounded.
             backlog = sum(map(len, self._out)) > MAX_BACKLOG_BYTES
             with contextlib.suppress(TransportClosed):
-                await self._flush(wait=backlog)
+                await self._flush(wait=backlog, deadline=math.inf)
         return len(data)
 
     def _got_pong(self, data: bytes) -> None:
@@ -265,31 +268,35 @@ class LeanTransport:
             else:  # websockets' SEND_EOF: half-close once the bytes before it are out
                 self._eof_wanted = True
 
-    async def _flush(self, *, wait: bool) -> None:
+    async def _flush(self, *, wait: bool, deadline: float) -> None:
         """Write the queue. With ``wait``, return only once the queue is empty.
 
-        Raises :class:`TransportClosed` once a write failed. Cancellation: what was not
-        written stays queued, whole.
+        Raises :class:`TransportClosed` once a write failed, :class:`SendTimeout` when
+        the peer took too little by ``deadline``. Cancellation: what was not written
+        stays queued, whole.
         """
         while self._pending():
             if self._broken:
                 raise TransportClosed
             writing = self._writing
             if writing is None:
-                await self._write_queue()
+                await self._write_queue(deadline)
             elif wait:  # the task writing now takes our bytes too
-                await writing.wait()
+                with trio.move_on_at(deadline):
+                    await writing.wait()
+                if not writing.is_set():
+                    raise SendTimeout
             else:
                 return
 
-    async def _write_queue(self) -> None:
+    async def _write_queue(self, deadline: float) -> None:
         done = self._writing = trio.Event()
         try:
             while self._pending():
                 if self._out:
                     data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
                     self._out.clear()
-                    await self._send(data)
+                    await self._send(data, deadline)
                 else:
                     await self._stream.send_eof()
                     self._eof_sent = True
@@ -305,18 +312,22 @@ class LeanTransport:
             self._writing = None
             done.set()
 
-    async def _send(self, data: bytes) -> None:
-        """``send_all``, keeping what was not sent at the head of the queue if cancelled.
+    async def _send(self, data: bytes, deadline: float) -> None:
+        """``send_all`` by ``deadline``, keeping what was not sent at the head of the queue.
 
         On a socket: ``write(2)`` to the non-blocking descriptor, waiting for it only
-        when the kernel buffer is full. A write that does not block costs no trip
-        through the scheduler (the session's sender checkpoints on its queue).
+        when the kernel buffer is full, and only then under a cancel scope: a write
+        that does not block costs no trip through the scheduler and no deadline.
+        Raises :class:`SendTimeout` past ``deadline``.
         """
         sock = self._socket
         if sock is None:
-            await self._stream.send_all(data)
-            self._sent_bytes += len(data)
-            return
+            with trio.move_on_at(deadline):
+                await self._stream.send_all(data)
+                self._sent_bytes += len(data)
+                return
+            self._broken = True  # cut inside send_all: the frame may be cut too
+            raise SendTimeout
         view = memoryview(data)
         sent = 0
         try:
@@ -329,10 +340,13 @@ class LeanTransport:
                 except BlockingIOError:
                     stuck = self._stuck = trio.Event()
                     try:
-                        await trio.lowlevel.wait_writable(fd)
+                        with trio.move_on_at(deadline) as waiting:
+                            await trio.lowlevel.wait_writable(fd)
                     finally:
                         self._stuck = None
                         stuck.set()
+                    if waiting.cancelled_caught:
+                        raise SendTimeout from None
                     continue
                 sent += n
                 self._sent_bytes += n
@@ -348,39 +362,34 @@ class LeanTransport:
         while self._pending():
             before = self._sent_bytes
             with trio.move_on_after(LINGER_QUIET_S):
-                await self._flush(wait=True)
+                await self._flush(wait=True, deadline=math.inf)
             if self._sent_bytes == before and self._pending():
                 self._stalled = True
                 return False
         return True
 
-    async def send(self, text: str) -> None:
-        """Send one text message; returns once it is written.
+    async def send(self, frames: Sequence[bytes], deadline: float) -> None:
+        """Send ``frames`` (UTF-8 text) as text frames; returns once all are written.
 
-        Raises :class:`TransportClosed`. Cancellation: as :meth:`send_many`.
-        """
-        await self.send_many((text,))
-
-    async def send_many(self, texts: Sequence[str]) -> None:
-        """Send ``texts`` as text frames in one write; returns once all are written.
-
-        Blocks while the peer does not read. Raises :class:`TransportClosed`.
+        Written at once when no write is in progress, else by the task writing now.
+        Blocks while the peer does not read; raises :class:`SendTimeout` when that
+        lasts past ``deadline``, :class:`TransportClosed` once nothing can be sent.
         Cancellation: part of the frames may have been written; the rest stay queued
         and go out, whole, before anything sent later.
         """
         protocol = self._protocol
         if self._broken or protocol.state is not OPEN:
             raise TransportClosed
-        for text in texts:
-            protocol.send_text(text.encode())
+        for frame in frames:
+            protocol.send_text(frame)
         self._take_output()
-        await self._flush(wait=True)
+        await self._flush(wait=True, deadline=deadline)
 
     async def send_message(self, message: str | bytes) -> None:
         """Send one text (``str``) or binary (``bytes``) message; returns once it is written.
 
         For the conformance echo route. Raises :class:`TransportClosed`. Cancellation:
-        as :meth:`send_many`.
+        as :meth:`send`.
         """
         protocol = self._protocol
         if self._broken or protocol.state is not OPEN:
@@ -390,12 +399,13 @@ class LeanTransport:
         else:
             protocol.send_binary(message)
         self._take_output()
-        await self._flush(wait=True)
+        await self._flush(wait=True, deadline=math.inf)
 
-    async def ping(self) -> None:
-        """Send a ping and return when its pong arrives (read by :meth:`receive`).
+    async def ping(self) -> trio.Event:
+        """Send a ping; return once it is written, with an event set when its pong arrives.
 
-        Raises :class:`TransportClosed`. Cancellation: stops waiting; a late pong is ignored.
+        The pong is read by :meth:`receive`; only the latest ping's pong counts.
+        Raises :class:`TransportClosed`. Cancellation: the ping stays queued.
         """
         if self._broken or self._protocol.state is not OPEN:
             raise TransportClosed
@@ -403,14 +413,10 @@ class LeanTransport:
         payload = self._pings_sent.to_bytes(4, "big")
         arrived = trio.Event()
         self._pong = (payload, arrived)
-        try:
-            self._protocol.send_ping(payload)
-            self._take_output()
-            await self._flush(wait=True)
-            await arrived.wait()
-        finally:
-            if self._pong is not None and self._pong[1] is arrived:
-                self._pong = None
+        self._protocol.send_ping(payload)
+        self._take_output()
+        await self._flush(wait=True, deadline=math.inf)
+        return arrived
 
     async def close(self, code: int, reason: str) -> None:
         """Send a close frame with ``code`` and ``reason``; idempotent.

@@ -8,11 +8,13 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 import trio
 
+from ._frames import FrameQueue
 from ._transport import TransportClosed, UnsupportedFrame
 
 __all__ = ["MemoryClient", "MemoryTransport", "PeerClosed", "memory_transport_pair"]
@@ -54,6 +56,7 @@ class MemoryTransport:
         self._inbound = inbound
         self._outbound = outbound
         self._link = link
+        self._queue = FrameQueue(self._write)
 
     async def receive(self) -> str:
         try:
@@ -64,20 +67,25 @@ class MemoryTransport:
             raise UnsupportedFrame
         return item
 
-    async def send(self, text: str) -> None:
+    async def send(self, frames: Sequence[bytes], deadline: float) -> None:
+        await self._queue.send(frames, deadline)
+
+    async def _write(self, frame: bytes) -> None:
         if self._link.server_close is not None or self._link.client_gone:
             raise TransportClosed
         try:
-            await self._outbound.send(text)
+            await self._outbound.send(frame.decode())
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise TransportClosed from None
 
-    async def ping(self) -> None:
+    async def ping(self) -> trio.Event:
         if self._link.client_gone:
             raise TransportClosed
         await trio.lowlevel.checkpoint()
-        if not self._link.responsive:
-            await trio.sleep_forever()
+        pong = trio.Event()
+        if self._link.responsive:
+            pong.set()
+        return pong
 
     async def close(self, code: int, reason: str) -> None:
         if self._link.server_close is not None:

@@ -143,6 +143,7 @@ async def serve(
     transport = serve_lean if settings.transport == "lean" else _serve_asgi
 
     async with trio.open_nursery() as outer:
+        await outer.start(lifecycle.timer.run)
         if handle_signals:
             outer.start_soon(
                 _watch_signals, lifecycle, settings.shutdown_grace_s, outer, services.log

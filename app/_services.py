@@ -18,6 +18,7 @@ from ._admission import SubjectGuard
 from ._agent import Agent
 from ._auth import TokenVerifier
 from ._settings import Settings
+from ._timer import Timer
 
 __all__ = ["ServerLifecycle", "Services"]
 
@@ -46,6 +47,8 @@ class ServerLifecycle:
     draining: trio.Event = attrs.field(factory=trio.Event)
     grace_deadline: float = math.inf
     open_connections: int = 0
+    #: Wakes sleeping runs (``RunContext.sleep``); ``serve()`` runs it.
+    timer: Timer = attrs.field(factory=Timer)
     _idle: trio.Event = attrs.field(factory=trio.Event)
 
     def __attrs_post_init__(self) -> None:

@@ -2,8 +2,12 @@
 
 This is the thin Trio layer around :class:`ConnectionState`: it reads frames,
 carries out the actions the state machine returns, runs agents as child tasks,
-and enforces the connection's clocks (idle, token expiry, keepalive, drain).
+and keeps the connection's clocks (idle, token expiry, keepalive, drain).
 When :func:`run_session` returns, nothing of the connection remains.
+
+Tasks: the connection's own task reads; one clock task keeps every deadline of the
+connection and waits for the server's drain; each run is a task. Frames are written
+by the task that produces them (see ``Transport.send``): no sender task, no queue here.
 """
 
 from __future__ import annotations
@@ -11,8 +15,8 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import Any
 
 import trio
 
@@ -22,7 +26,7 @@ from ._agent import RunContext
 from ._auth import AuthError
 from ._codes import CancelReason, CloseCode, CloseReason, ErrorCode, RunErrorCode
 from ._context import UserContext
-from ._emitter import EventEmitter, Flush, InvalidEvent, Outbound
+from ._emitter import EventEmitter, InvalidEvent
 from ._events import (
     AGENT_PAYLOADS,
     AgentCompleted,
@@ -46,15 +50,12 @@ from ._state import (
     StartRun,
     StopRun,
 )
-from ._transport import Transport, TransportClosed, UnsupportedFrame
+from ._transport import SendTimeout, Transport, TransportClosed, UnsupportedFrame
 
-__all__ = ["BATCH_CHARS", "BATCH_FRAMES", "CLOSE_TIMEOUT_S", "run_session"]
+__all__ = ["CLOSE_TIMEOUT_S", "run_session"]
 
 #: How long the closing handshake may take before the session gives up on it.
 CLOSE_TIMEOUT_S = 5.0
-#: Bounds of one batch the sender writes at once: frames, and characters (about bytes).
-BATCH_FRAMES: Final = 64
-BATCH_CHARS: Final = 256 * 1024
 
 
 async def run_session(
@@ -84,14 +85,12 @@ class _Session:
     ) -> None:
         s = services.settings
         self._transport = transport
-        # Not isinstance(transport, BatchTransport): a runtime protocol check walks every
-        # member of the protocol: 60 us per connection, 4 % of a connect/close cycle.
-        send_many = getattr(transport, "send_many", None)
-        self._send_many: Callable[[Sequence[str]], Awaitable[None]] | None = send_many
         self._context = context
+        self._connection_id = context.connection_id
         self._services = services
         self._lifecycle = lifecycle
         self._log = services.log
+        self._send_timeout_s = s.send_timeout_s
         self._state = ConnectionState(
             RunLimits(
                 max_runs=s.max_runs,
@@ -101,16 +100,16 @@ class _Session:
                 rate_abuse_limit=s.rate_abuse_limit,
             )
         )
-        send, self._outbox = trio.open_memory_channel[Outbound | Flush](s.send_queue)
-        self._emitter = EventEmitter(context.connection_id, self._state, send, self._log)
-        self._runs: dict[str, tuple[trio.CancelScope, list[CancelReason]]] = {}
-        self._runs_idle = trio.Event()
-        self._runs_idle.set()
+        self._emitter = EventEmitter(self._connection_id, self._state, self._write, self._log)
+        self._runs_idle: trio.Event | None = None  # made by the drain, set by the last run
         self._close: Close | None = None
         self._peer_left = False
         self._cancel_scope = trio.CancelScope()
-        self._idle = trio.CancelScope(deadline=trio.current_time() + s.idle_timeout_s)
-        self._expiry = trio.CancelScope(deadline=self._deadline_for(context.expires_at))
+        self._nursery: trio.Nursery | None = None
+        # The clocks: plain times read by the clock task, which sleeps until the earliest.
+        self._last_seen = trio.current_time()
+        self._expires_at = self._deadline_for(context.expires_at)
+        self._clock_scope: trio.CancelScope | None = None
 
     def _deadline_for(self, expires_at: float) -> float:
         remaining = expires_at + self._services.settings.leeway_s - self._services.wall_clock()
@@ -120,23 +119,22 @@ class _Session:
         try:
             with self._cancel_scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._guard, self._sender)
+                    self._nursery = nursery
                     await self._emitter.send_event(
                         ConnectionReady(
-                            connection_id=self._context.connection_id,
+                            connection_id=self._connection_id,
                             user_id=self._context.user_id,
                             limits=self._services.settings.limits(),
                         )
                     )
-                    nursery.start_soon(self._guard, self._reader, nursery)
-                    nursery.start_soon(self._guard, self._watch)
-                    if self._transport.pings:
-                        nursery.start_soon(self._guard, self._keepalive)
+                    nursery.start_soon(self._guard, self._clock)
+                    await self._guard(self._reader)
+                    self._cancel_scope.cancel()
         except Exception:
-            self._log.exception("internal error on connection %s", self._context.connection_id)
+            self._log.exception("internal error on connection %s", self._connection_id)
             self._request_close(CloseCode.INTERNAL_ERROR, CloseReason.INTERNAL_ERROR)
         finally:
-            self._outbox.close()
+            self._nursery = None
             await self._close_transport()
 
     async def _guard(self, task: Any, *args: Any) -> None:
@@ -144,7 +142,7 @@ class _Session:
         try:
             await task(*args)
         except Exception:
-            self._log.exception("internal error on connection %s", self._context.connection_id)
+            self._log.exception("internal error on connection %s", self._connection_id)
             self._request_close(CloseCode.INTERNAL_ERROR, CloseReason.INTERNAL_ERROR)
 
     def _request_close(self, code: CloseCode, reason: CloseReason) -> None:
@@ -167,87 +165,55 @@ class _Session:
             with contextlib.suppress(TransportClosed):
                 await self._transport.close(int(self._close.code), str(self._close.reason))
 
-    # -- tasks ---------------------------------------------------------------
+    # -- the outbound path ---------------------------------------------------
 
-    async def _sender(self) -> None:
-        # One blocking receive, then whatever else is already queued (bounded), written
-        # with one call: frames queued while the peer was busy leave in one write.
-        outbox = self._outbox
-        async for first in outbox:
-            items = [first]
-            size = len(first.text) if isinstance(first, Outbound) else 0
-            while len(items) < BATCH_FRAMES and size < BATCH_CHARS:
-                try:
-                    item = outbox.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                items.append(item)
-                size += len(item.text) if isinstance(item, Outbound) else 0
-            batch: list[str] = []
-            for item in items:
-                if isinstance(item, Flush):
-                    # Everything queued before the marker is written before it is set.
-                    if batch and not await self._write(batch):
-                        return
-                    batch = []
-                    item.done.set()
-                elif item.connection_id != self._context.connection_id:
-                    self._log.error(
-                        "isolation violation: frame for connection %s refused on %s",
-                        item.connection_id,
-                        self._context.connection_id,
-                    )
-                else:
-                    batch.append(item.text)
-            if batch and not await self._write(batch):
-                return
+    async def _write(self, connection_id: str, frames: Sequence[bytes]) -> None:
+        """Hand ``frames`` to the transport within ``send_timeout_s``; any task may call.
 
-    async def _write(self, texts: list[str]) -> bool:
-        """Write one batch within ``send_timeout_s``; False once the connection is over."""
-        timeout = self._services.settings.send_timeout_s
-        deadline = trio.current_time() + timeout
-        with trio.move_on_at(deadline) as scope:
-            try:
-                if self._send_many is not None:
-                    await self._send_many(texts)
-                else:
-                    for text in texts:
-                        await self._transport.send(text)
-            except TransportClosed:
-                self._peer_gone()
-                return False
-        # A transport may shield its writes from cancellation (Hypercorn does); a
-        # write that only finished past the deadline is a slow consumer all the same.
-        if scope.cancelled_caught or trio.current_time() > deadline:
+        Cancellation: the frames stay queued in the transport and go out.
+        """
+        if connection_id != self._connection_id:
+            self._log.error(
+                "isolation violation: frame for connection %s refused on %s",
+                connection_id,
+                self._connection_id,
+            )
+            return
+        try:
+            await self._transport.send(frames, trio.current_time() + self._send_timeout_s)
+        except TransportClosed:
+            self._peer_gone()
+        except SendTimeout:
             self._request_close(CloseCode.POLICY_VIOLATION, CloseReason.SLOW_CONSUMER)
-            return False
-        return True
 
-    async def _reader(self, nursery: trio.Nursery) -> None:
-        idle_s = self._services.settings.idle_timeout_s
+    # -- the connection's own task: reading ----------------------------------
+
+    async def _reader(self) -> None:
+        transport, state = self._transport, self._state
+        draining = self._lifecycle.draining
         while True:
             try:
-                text = await self._transport.receive()
+                text = await transport.receive()
             except TransportClosed:
                 self._peer_gone()
                 return
             except UnsupportedFrame:
                 self._request_close(CloseCode.UNSUPPORTED_DATA, CloseReason.BINARY_NOT_SUPPORTED)
                 return
-            now = trio.current_time()
-            self._idle.deadline = now + idle_s
-            # Read the drain flag here too, so no run starts after shutdown began.
-            self._state.draining = self._lifecycle.draining.is_set()
-            for action in self._state.receive_text(text, now):
-                await self._apply(action, nursery)
+            now = self._last_seen = trio.current_time()
+            # Seen here too, so no run starts after shutdown began.
+            if draining.is_set() and not state.draining:
+                state.begin_drain()
+            for action in state.receive_text(text, now):
+                await self._apply(action)
 
-    async def _apply(self, action: Action, nursery: trio.Nursery) -> None:
+    async def _apply(self, action: Action) -> None:
         if isinstance(action, Reply):
             await self._emitter.send_event(action.event)
         elif isinstance(action, StartRun):
-            await self._start_run(action, nursery)
+            await self._start_run(action)
         elif isinstance(action, StopRun):
-            self._cancel_run(action.run_id, CancelReason.CANCELLED_BY_CLIENT)
+            action.handle.cancel()
         elif isinstance(action, Reauthenticate):
             await self._reauthenticate(action.token)
         else:
@@ -263,86 +229,102 @@ class _Session:
             self._request_close(CloseCode.POLICY_VIOLATION, CloseReason.SUBJECT_MISMATCH)
             return
         self._context = self._context.renewed(claims)
-        self._expiry.deadline = self._deadline_for(claims.expires_at)
+        self._expires_at = self._deadline_for(claims.expires_at)
+        clock = self._clock_scope
+        if clock is not None and self._expires_at < clock.deadline:
+            clock.deadline = self._expires_at  # a shorter token: wake the clock sooner
         await self._emitter.send_event(AuthOk(expires_at=claims.expires_at))
 
-    async def _watch(self) -> None:
-        # One task watches the idle clock, the token's expiry and the server's drain: a
-        # task per watcher costs every idle connection a few KiB and a scheduler entry.
-        with self._idle:
-            with self._expiry:
-                await self._lifecycle.draining.wait()
-                await self._drain()
-                return
-            self._request_close(CloseCode.POLICY_VIOLATION, CloseReason.TOKEN_EXPIRED)
-            return
-        self._request_close(CloseCode.NORMAL, CloseReason.IDLE_TIMEOUT)
+    # -- the clock task ------------------------------------------------------
 
-    async def _keepalive(self) -> None:
+    async def _clock(self) -> None:
+        """Keep the idle, expiry and keepalive deadlines; wait for the server's drain.
+
+        One task for all of them: a task per clock costs every idle connection a few
+        KiB and a scheduler entry. The reader only writes down when it last heard from
+        the peer; the clock wakes at the earliest deadline and sleeps again if it moved.
+        """
         s = self._services.settings
+        transport = self._transport
+        ping_s = s.ping_interval_s if transport.pings else math.inf
         # The first ping at a random point of the first interval: connections opened
         # together (a restart, a reconnect storm, bench's 1,000 users) would otherwise
         # ping together every interval, 1,000 pings and pongs in one burst (bench attacks
         # saw the server at 85-100 % for half a second every 20 s).
-        wait_s = s.ping_interval_s * random.random()
+        next_ping = trio.current_time() + ping_s * random.random()
+        pong: trio.Event | None = None
+        pong_due = math.inf
+        draining = self._lifecycle.draining
         while True:
-            await trio.sleep(wait_s)
-            wait_s = s.ping_interval_s
-            with trio.move_on_after(s.pong_timeout_s) as scope:
-                try:
-                    await self._transport.ping()
-                except TransportClosed:
-                    self._peer_gone()
-                    return
-            if scope.cancelled_caught:
+            now = trio.current_time()
+            idle_at = self._last_seen + s.idle_timeout_s
+            if now >= self._expires_at:
+                self._request_close(CloseCode.POLICY_VIOLATION, CloseReason.TOKEN_EXPIRED)
+                return
+            if now >= idle_at:
+                self._request_close(CloseCode.NORMAL, CloseReason.IDLE_TIMEOUT)
+                return
+            if pong is not None and pong.is_set():
+                pong, pong_due = None, math.inf
+            elif pong is not None and now >= pong_due:
                 self._request_close(CloseCode.GOING_AWAY, CloseReason.PONG_TIMEOUT)
+                return
+            if pong is None and now >= next_ping:
+                pong_due = now + s.pong_timeout_s
+                with trio.move_on_at(pong_due):
+                    try:
+                        pong = await transport.ping()
+                    except TransportClosed:
+                        self._peer_gone()
+                        return
+                if pong is None:  # not even written in time
+                    self._request_close(CloseCode.GOING_AWAY, CloseReason.PONG_TIMEOUT)
+                    return
+                next_ping = now + ping_s
+                continue
+            wake = min(self._expires_at, idle_at, next_ping if pong is None else pong_due)
+            with trio.CancelScope(deadline=wake) as self._clock_scope:
+                await draining.wait()
+                await self._drain()
                 return
 
     async def _drain(self) -> None:
-        self._state.draining = True
-        with trio.move_on_at(self._lifecycle.grace_deadline):
-            await self._runs_idle.wait()
-        for run_id in list(self._runs):
-            self._cancel_run(run_id, CancelReason.SERVER_SHUTDOWN)
-        with trio.move_on_after(self._services.settings.send_timeout_s):
-            await self._runs_idle.wait()
-            await self._emitter.flush()
+        state = self._state
+        state.begin_drain()
+        if state.has_runs:
+            self._runs_idle = idle = trio.Event()
+            with trio.move_on_at(self._lifecycle.grace_deadline):
+                await idle.wait()
+            for stop in state.cancel_all(CancelReason.SERVER_SHUTDOWN):
+                stop.handle.cancel()
+            with trio.move_on_after(self._send_timeout_s):
+                await idle.wait()
         self._request_close(CloseCode.GOING_AWAY, CloseReason.SERVER_SHUTDOWN)
 
     # -- runs ----------------------------------------------------------------
 
-    async def _start_run(self, start: StartRun, nursery: trio.Nursery) -> None:
-        scope = trio.CancelScope()
-        self._runs[start.run_id] = (scope, [])
-        if self._runs_idle.is_set():
-            self._runs_idle = trio.Event()
-        agent = self._services.agent
-        started = AgentStarted(agent=agent.name, client_id=start.message.client_id)
-        if not self._emitter.emit_run_nowait(start.run_id, started):
-            await self._emitter.emit_run(start.run_id, started)
-        nursery.start_soon(self._guard, self._run, start, scope)
-
-    def _cancel_run(self, run_id: str, reason: CancelReason) -> None:
-        entry = self._runs.get(run_id)
-        if entry is not None:
-            entry[1].append(reason)
-            entry[0].cancel()
+    async def _start_run(self, start: StartRun) -> None:
+        settings = self._services.settings
+        # The run's own scope carries its time limit too: one cancel scope per run.
+        scope = trio.CancelScope(deadline=trio.current_time() + settings.run_timeout_s)
+        self._state.attach(start.run_id, scope)
+        assert self._nursery is not None
+        # Started first, so the run goes on while agent_started is being written; its
+        # own events still follow it, since this task queues agent_started before the
+        # run task first runs.
+        self._nursery.start_soon(self._guard, self._run, start, scope)
+        started = AgentStarted(agent=self._services.agent.name, client_id=start.message.client_id)
+        await self._emitter.emit_run(start.run_id, started)
 
     async def _run(self, start: StartRun, scope: trio.CancelScope) -> None:
         run_id = start.run_id
-        settings = self._services.settings
-        lock = trio.StrictFIFOLock()
+        emitter, state = self._emitter, self._state
 
         async def emit(payload: Any, /) -> None:
             if not isinstance(payload, AGENT_PAYLOADS):
                 raise InvalidEvent(f"an agent cannot emit {type(payload).__name__}")
             await trio.lowlevel.checkpoint_if_cancelled()
-            # With nothing of this run waiting for room, queueing at once keeps the order
-            # and saves two trips through the scheduler per event.
-            if not lock.locked() and self._emitter.emit_run_nowait(run_id, payload):
-                return
-            async with lock:  # one run's events keep their order and their seq
-                await self._emitter.emit_run(run_id, payload)
+            await emitter.emit_run(run_id, payload)
 
         run = RunContext(
             run_id=run_id,
@@ -350,11 +332,10 @@ class _Session:
             user_id=self._context.user_id,
             text=start.message.text,
             client_id=start.message.client_id,
+            timer=self._lifecycle.timer,
         )
         terminal: RunPayload | None = None
         try:
-            # The run's own scope carries its time limit too: one cancel scope per run.
-            scope.deadline = trio.current_time() + settings.run_timeout_s
             with scope:
                 try:
                     result = await self._services.agent.run(run, emit)
@@ -364,19 +345,16 @@ class _Session:
                 except Exception:
                     self._log.exception("agent failed in run %s", run_id)
                     terminal = AgentError(RunErrorCode.AGENT_FAILED, "the agent failed")
-            reasons = self._runs[run_id][1]
-            if reasons:  # a cancel always records its reason before cancelling the scope
-                terminal = RunCancelled(reason=reasons[0])
+            reason = state.cancel_reason(run_id)
+            if reason is not None:  # a cancel always records its reason before cancelling
+                terminal = RunCancelled(reason=reason)
             elif terminal is None:  # the deadline expired
                 terminal = AgentError(RunErrorCode.RUN_TIMEOUT, "the run took too long")
             try:
-                if not self._emitter.emit_run_nowait(run_id, terminal):
-                    await self._emitter.emit_run(run_id, terminal)
+                await emitter.emit_run(run_id, terminal)
             except InvalidEvent as exc:
-                await self._emitter.emit_run(
-                    run_id, AgentError(RunErrorCode.INVALID_RESULT, str(exc))
-                )
+                await emitter.emit_run(run_id, AgentError(RunErrorCode.INVALID_RESULT, str(exc)))
         finally:
-            del self._runs[run_id]
-            if not self._runs:
+            state.discard(run_id)
+            if self._runs_idle is not None and not state.has_runs:
                 self._runs_idle.set()

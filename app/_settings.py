@@ -89,7 +89,6 @@ class Settings:
     abuse_cooldown_s: float = _field(
         10.0, float, "seconds a user closed 1008 rate_limited is refused with 429 (0: off)"
     )
-    send_queue: int = _field(64, int, "outbound events buffered per connection")
     send_timeout_s: float = _field(10.0, float, "seconds a client may stall reads (1008)")
     ping_interval_s: float = _field(20.0, float, "seconds between keepalive pings")
     pong_timeout_s: float = _field(20.0, float, "seconds to wait for a pong before closing")
@@ -145,7 +144,6 @@ def _problems(s: Settings) -> list[str]:
         "rate_burst",
         "rate_abuse_limit",
         "connect_burst",
-        "send_queue",
     )
     for name in positive:
         if getattr(s, name) < 1:

@@ -1,19 +1,23 @@
 """The per-connection state machine of chat.v1: plain Python, no I/O, no clock of its own.
 
 The Trio layer feeds it client frames (with the current time) and carries out the
-actions it returns; everything that decides what happens on a connection lives here.
+actions it returns; everything that decides what happens on a connection lives here:
+the run table, each run's sequence numbers and cancel reason, the rate budget and the
+drain flag. The Trio layer keeps no second table: what it needs to stop a run (its
+cancel scope) is attached to the run here and handed back in :class:`StopRun`.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 
 from isolation import request_scoped
 
-from ._codes import CloseCode, CloseReason, ErrorCode
+from ._codes import CancelReason, CloseCode, CloseReason, ErrorCode
 from ._events import (
     ErrorEvent,
     Pong,
@@ -61,9 +65,13 @@ class StartRun:
 
 @attrs.frozen
 class StopRun:
-    """Cancel this run's task; it ends with ``run_cancelled``."""
+    """Cancel this run through ``handle`` (what :meth:`ConnectionState.attach` gave).
+
+    The run then ends with ``run_cancelled`` and the reason the state recorded.
+    """
 
     run_id: str
+    handle: Any = attrs.field(eq=False, repr=False)
 
 
 @attrs.frozen
@@ -124,7 +132,8 @@ class TokenBucket:
 class _Run:
     thread_id: str
     seq: int = 0
-    cancel_requested: bool = False
+    cancel_reason: CancelReason | None = None
+    handle: Any = None  # the I/O layer's way to stop the run (a cancel scope)
 
 
 def _new_run_id() -> str:
@@ -151,7 +160,7 @@ class ConnectionState:
     limits: RunLimits
     new_run_id: Callable[[], str] = _new_run_id
     new_thread_id: Callable[[], str] = _new_thread_id
-    draining: bool = False
+    _draining: bool = attrs.field(default=False, init=False)
     _runs: dict[str, _Run] = attrs.field(factory=dict, init=False)
     _bucket: TokenBucket = attrs.field(init=False)
     _limited_in_a_row: int = attrs.field(default=0, init=False)
@@ -162,6 +171,40 @@ class ConnectionState:
     @property
     def active_runs(self) -> frozenset[str]:
         return frozenset(self._runs)
+
+    @property
+    def has_runs(self) -> bool:
+        return bool(self._runs)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def begin_drain(self) -> None:
+        """The server is shutting down: no run starts from now on."""
+        self._draining = True
+
+    def attach(self, run_id: str, handle: Any) -> None:
+        """Remember how the I/O layer stops ``run_id``; handed back in :class:`StopRun`."""
+        self._runs[run_id].handle = handle
+
+    def cancel_all(self, reason: CancelReason) -> list[StopRun]:
+        """Stop every run not already stopping, recording ``reason`` (the server's drain)."""
+        stops = []
+        for run_id, run in self._runs.items():
+            if run.cancel_reason is None:
+                run.cancel_reason = reason
+                stops.append(StopRun(run_id, run.handle))
+        return stops
+
+    def cancel_reason(self, run_id: str) -> CancelReason | None:
+        """Why ``run_id`` was stopped, if it was; the first reason wins."""
+        run = self._runs.get(run_id)
+        return None if run is None else run.cancel_reason
+
+    def discard(self, run_id: str) -> None:
+        """Forget ``run_id`` (it ended without a terminal event: the connection is over)."""
+        self._runs.pop(run_id, None)
 
     def receive_text(self, text: str, now: float) -> list[Action]:
         """Handle one client text frame received at ``now`` (seconds, any monotonic clock)."""
@@ -192,7 +235,7 @@ class ConnectionState:
 
     def _start(self, message: UserMessage) -> Action:
         ref = message.client_id
-        if self.draining:
+        if self._draining:
             return _error(ErrorCode.SHUTTING_DOWN, "server is shutting down", ref)
         if len(self._runs) >= self.limits.max_runs:
             return _error(
@@ -209,10 +252,10 @@ class ConnectionState:
 
     def _cancel(self, run_id: str) -> Action:
         run = self._runs.get(run_id)
-        if run is None or run.cancel_requested:
+        if run is None or run.cancel_reason is not None:
             return _error(ErrorCode.RUN_NOT_FOUND, _RUN_NOT_FOUND, run_id)
-        run.cancel_requested = True
-        return StopRun(run_id)
+        run.cancel_reason = CancelReason.CANCELLED_BY_CLIENT
+        return StopRun(run_id, run.handle)
 
     def prepare(self, run_id: str, payload: RunPayload) -> RunEvent:
         """The next event of ``run_id`` carrying ``payload``; nothing changes until :meth:`commit`.

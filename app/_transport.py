@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import attrs
+import trio
 
-__all__ = ["BatchTransport", "HandshakeInfo", "Transport", "TransportClosed", "UnsupportedFrame"]
+__all__ = ["HandshakeInfo", "SendTimeout", "Transport", "TransportClosed", "UnsupportedFrame"]
 
 
 @attrs.frozen
@@ -32,6 +33,10 @@ class TransportClosed(Exception):
     """The peer went away or the connection is already closed."""
 
 
+class SendTimeout(Exception):
+    """A write was not done by its deadline: the peer does not read (a slow consumer)."""
+
+
 class UnsupportedFrame(Exception):
     """The peer sent a binary frame; chat.v1 is text only."""
 
@@ -39,6 +44,9 @@ class UnsupportedFrame(Exception):
 class Transport(Protocol):
     """One accepted WebSocket connection.
 
+    There is one outbound path: :meth:`send` queues the frames and the calling task
+    writes them itself when no write is in progress; only a blocked write makes later
+    frames wait, and whoever writes next takes everything queued in one write.
     ``pings`` tells whether :meth:`ping` works; when it is false the transport
     detects dead peers itself (for Hypercorn: its ping interval plus a read timeout).
     """
@@ -50,31 +58,23 @@ class Transport(Protocol):
         """The next text message. Raises TransportClosed or UnsupportedFrame."""
         ...
 
-    async def send(self, text: str) -> None:
-        """Send one text message; blocks while the peer does not read. Raises TransportClosed."""
+    async def send(self, frames: Sequence[bytes], deadline: float) -> None:
+        """Send ``frames`` (UTF-8 text messages, encoded once by the caller) in order.
+
+        Returns once they are written. Raises :class:`TransportClosed`, or
+        :class:`SendTimeout` when they are not written by ``deadline`` (Trio's clock).
+        Cancellation: the frames stay queued, whole, and go out before anything sent
+        later.
+        """
         ...
 
-    async def ping(self) -> None:
-        """Send a ping and return when its pong arrives."""
+    async def ping(self) -> trio.Event:
+        """Send a ping; return once it is written, with an event set when its pong arrives.
+
+        Raises TransportClosed. Cancellation: the ping may still go out; its pong is ignored.
+        """
         ...
 
     async def close(self, code: int, reason: str) -> None:
         """Start the closing handshake with ``code`` and ``reason``; idempotent."""
-        ...
-
-
-@runtime_checkable
-class BatchTransport(Transport, Protocol):
-    """A :class:`Transport` that can also write several messages at once.
-
-    ``send_many`` is optional: the session uses it when the transport has it and
-    calls :meth:`Transport.send` once per message otherwise.
-    """
-
-    async def send_many(self, texts: Sequence[str]) -> None:
-        """Send ``texts`` in order, in as few writes as possible. Raises TransportClosed.
-
-        Cancellation: some of the messages may have been written (a transport may then
-        refuse to send more, as a socket cut mid-frame must).
-        """
         ...

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import math
 import sys
 from collections.abc import Sequence
 
@@ -40,14 +41,18 @@ CLOSE_WAIT_S = 5.0
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
+async def _send(transport: LeanTransport, text: str) -> None:
+    await transport.send((text.encode(),), math.inf)
+
+
 async def _run(transport: LeanTransport, run: Run, delay_s: float) -> None:
     frames = run_steps(run)
     try:
-        await transport.send(frames[0])
+        await _send(transport, frames[0])
         for frame in frames[1:]:
             if delay_s > 0:
                 await trio.sleep(delay_s)
-            await transport.send(frame)
+            await _send(transport, frame)
     except TransportClosed:
         pass
 
@@ -119,11 +124,11 @@ async def _serve_connection(
     try:
         async with trio.open_nursery() as nursery:
             try:
-                await transport.send(connection_ready(decision.user_id))
+                await _send(transport, connection_ready(decision.user_id))
                 while True:
                     reply = handle_text(await transport.receive())
                     if reply.frame is not None:
-                        await transport.send(reply.frame)
+                        await _send(transport, reply.frame)
                     elif reply.run is not None:
                         nursery.start_soon(_run, transport, reply.run, delay_s)
             except UnsupportedFrame:

@@ -628,7 +628,7 @@ class FloodAgent:
     ],
 )
 async def test_slow_consumer_is_closed_1008(e2e: E2E) -> None:
-    settings = e2e.settings(send_queue=2, send_timeout_s=0.5)
+    settings = e2e.settings(send_timeout_s=0.5)
     services = attrs.evolve(build_services(settings), agent=FloodAgent())
     async with (
         e2e.server(settings, services=services) as live,

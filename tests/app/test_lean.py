@@ -568,7 +568,7 @@ class FloodAgent:
 
 
 async def test_slow_consumer_closes_1008() -> None:
-    settings = lean_settings(send_queue=2, send_timeout_s=0.5)
+    settings = lean_settings(send_timeout_s=0.5)
     services = attrs.evolve(build_services(settings), agent=FloodAgent())
     async with (
         running(settings, services) as live,
@@ -656,19 +656,45 @@ def session_parts(**overrides: Any) -> tuple[UserContext, Services, ServerLifecy
     return context, services, ServerLifecycle(max_connections=1)
 
 
-async def test_frames_queued_while_the_socket_is_busy_leave_in_one_write() -> None:
+async def test_frames_queued_while_a_write_is_blocked_leave_in_one_write() -> None:
     server_end, client_end = trio.testing.memory_stream_pair()
     gated = GatedStream(server_end)
     transport = LeanTransport(gated, max_message_bytes=65_536, logger=logging.getLogger("t"))
     client = Protocol(CLIENT, state=OPEN, max_size=None)
+    received: list[bytes] = []
+
+    async def send(text: bytes) -> None:
+        await transport.send((text,), math.inf)
+
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_session, transport, *session_parts())
-        # connection_ready waits at the gate; meanwhile a run queues its five events.
-        client.send_text(b'{"type": "user_message", "text": "one two"}')
-        await client_end.send_all(b"".join(client.data_to_send()))
+        nursery.start_soon(send, b"first")  # writes itself, and waits at the gate
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(send, b"second")  # queued behind the blocked write
+        nursery.start_soon(send, b"third")
         await trio.testing.wait_all_tasks_blocked()
         assert gated.writes == []
         gated.gate.set()
+        with trio.fail_after(WAIT_S):
+            while len(received) < 3:
+                client.receive_data(await client_end.receive_some())
+                received += [bytes(f.data) for f in client.events_received()]
+    assert received == [b"first", b"second", b"third"]
+    assert len(gated.writes) == 2  # the blocked write, then everything queued behind it
+    assert b"second" in gated.writes[1]
+    assert b"third" in gated.writes[1]
+
+
+async def test_the_writing_task_writes_at_once_when_nothing_is_queued() -> None:
+    server_end, client_end = trio.testing.memory_stream_pair()
+    gated = GatedStream(server_end)
+    gated.gate.set()
+    transport = LeanTransport(gated, max_message_bytes=65_536, logger=logging.getLogger("t"))
+    context, services, lifecycle = session_parts()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_session, transport, context, services, lifecycle)
+        client = Protocol(CLIENT, state=OPEN, max_size=None)
+        client.send_text(b'{"type": "user_message", "text": "one two"}')
+        await client_end.send_all(b"".join(client.data_to_send()))
         frames: list[dict[str, Any]] = []
         with trio.fail_after(WAIT_S):
             while len(frames) < 6:
@@ -680,13 +706,12 @@ async def test_frames_queued_while_the_socket_is_busy_leave_in_one_write() -> No
                 ]
         nursery.cancel_scope.cancel()
     assert [f["type"] for f in frames][-1] == "agent_completed"
-    assert len(gated.writes) == 2  # connection_ready, then all five run events at once
-    assert gated.writes[1].count(b'"run_id"') == 5
+    assert all(write.count(b'"type"') == 1 for write in gated.writes)  # one frame each
 
 
 @attrs.define
-class RecordingTransport:
-    """A memory transport with ``send_many`` that records every batch; writes wait for ``gate``."""
+class GatedTransport:
+    """A memory transport whose writes wait for ``gate``; records what each write had."""
 
     inner: MemoryTransport
     gate: trio.Event = attrs.field(factory=trio.Event)
@@ -696,17 +721,13 @@ class RecordingTransport:
     async def receive(self) -> str:
         return await self.inner.receive()
 
-    async def send(self, text: str) -> None:
-        raise AssertionError("send_many is used when the transport has it")
-
-    async def send_many(self, texts: Sequence[str]) -> None:
+    async def send(self, frames: Sequence[bytes], deadline: float) -> None:
+        self.batches.append([frame.decode() for frame in frames])
         await self.gate.wait()
-        self.batches.append(list(texts))
-        for text in texts:
-            await self.inner.send(text)
+        await self.inner.send(frames, deadline)
 
-    async def ping(self) -> None:
-        await self.inner.ping()
+    async def ping(self) -> trio.Event:
+        return await self.inner.ping()
 
     async def close(self, code: int, reason: str) -> None:
         await self.inner.close(code, reason)
@@ -716,16 +737,19 @@ def kinds(batches: Iterable[list[str]]) -> list[list[str]]:
     return [[json.loads(text)["type"] for text in batch] for batch in batches]
 
 
-async def test_session_batches_and_flushes_in_order_with_the_memory_transport() -> None:
+async def test_a_drain_closes_after_the_run_s_frames_are_written() -> None:
     inner, client = memory_transport_pair()
-    transport = RecordingTransport(inner)
+    transport = GatedTransport(inner)
+    transport.gate.set()
     context, services, lifecycle = session_parts()
     services = attrs.evolve(services, agent=EchoAgent())
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run_session, transport, context, services, lifecycle)
+        assert (await client.receive_json())["type"] == "connection_ready"
+        transport.gate = trio.Event()
         await client.send_json({"type": "user_message", "text": "a"})
         await trio.testing.wait_all_tasks_blocked()
-        lifecycle.begin_drain(10)  # no run in flight: flush what is queued, then close 1001
+        lifecycle.begin_drain(10)  # a run in flight: it finishes, is written, then 1001
         await trio.testing.wait_all_tasks_blocked()
         transport.gate.set()
         received = []
@@ -737,6 +761,12 @@ async def test_session_batches_and_flushes_in_order_with_the_memory_transport() 
         with trio.fail_after(WAIT_S), pytest.raises(PeerClosed) as closed:
             await read_until_closed()
     assert kinds(transport.batches)[0] == ["connection_ready"]
-    assert len(transport.batches[1]) == 5  # the run's events, together
-    assert received[-1] == "agent_completed"  # written before the drain's flush let it close
+    assert [kind for [kind] in kinds(transport.batches)[1:]] == [
+        "agent_started",
+        "agent_thinking",
+        "tool_executing",
+        "tool_completed",
+        "agent_completed",
+    ]
+    assert received[-1] == "agent_completed"
     assert (closed.value.code, closed.value.reason) == (1001, "server_shutdown")

@@ -8,6 +8,7 @@ no extra scheduler trip.
 from __future__ import annotations
 
 import logging
+import math
 
 import trio
 import trio.testing
@@ -66,7 +67,7 @@ async def test_a_peer_that_does_not_read_gets_no_further_message_taken() -> None
     big = "x" * 4_000_000  # far more than the socket buffers hold: the write waits
     got: list[str] = []
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(transport.send, big)
+        nursery.start_soon(transport.send, (big.encode(),), math.inf)
         await trio.testing.wait_all_tasks_blocked()
         assert transport._stuck is not None
         await client_sock.send(_frames(1))

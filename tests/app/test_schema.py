@@ -618,7 +618,7 @@ def test_state_machine_replies_conform() -> None:
         "{",
     ]
     actions = [action for text in texts for action in state.receive_text(text, 0.0)]
-    state.draining = True
+    state.begin_drain()
     actions += state.receive_text(json.dumps({"type": "user_message", "text": "x"}), 0.0)
     for _ in range(20):
         actions += state.receive_text(json.dumps({"type": "ping"}), 0.0)

@@ -1,6 +1,6 @@
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -164,12 +164,13 @@ class PingRecorder:
         text: str = await self._inner.receive()
         return text
 
-    async def send(self, text: str) -> None:
-        await self._inner.send(text)
+    async def send(self, frames: Sequence[bytes], deadline: float) -> None:
+        await self._inner.send(frames, deadline)
 
-    async def ping(self) -> None:
+    async def ping(self) -> trio.Event:
         self.sent_at.append(trio.current_time())
-        await self._inner.ping()
+        pong: trio.Event = await self._inner.ping()
+        return pong
 
     async def close(self, code: int, reason: str) -> None:
         await self._inner.close(code, reason)
@@ -242,7 +243,7 @@ async def test_binary_frame_closes_1003() -> None:
 
 
 async def test_slow_consumer(autojump_clock: trio.testing.MockClock) -> None:
-    async with connect(client_buffer=1, send_queue=2, send_timeout_s=7) as conn:
+    async with connect(client_buffer=1, send_timeout_s=7) as conn:
         # connection_ready sits unread in the client's one-frame buffer.
         for i in range(3):
             await conn.client.send_json({"type": "user_message", "text": f"run {i}"})
@@ -374,13 +375,14 @@ class FailingTransport:
         text: str = await self._inner.receive()
         return text
 
-    async def send(self, text: str) -> None:
-        if self._marker in text:
+    async def send(self, frames: Sequence[bytes], deadline: float) -> None:
+        if any(self._marker.encode() in frame for frame in frames):
             raise RuntimeError("bug in the transport")
-        await self._inner.send(text)
+        await self._inner.send(frames, deadline)
 
-    async def ping(self) -> None:
-        await self._inner.ping()
+    async def ping(self) -> trio.Event:
+        pong: trio.Event = await self._inner.ping()
+        return pong
 
     async def close(self, code: int, reason: str) -> None:
         await self._inner.close(code, reason)
@@ -411,7 +413,9 @@ async def test_nothing_survives_the_session(autojump_clock: trio.testing.MockClo
     async with connect(agent_delay_ms=1000, idle_timeout_s=5) as conn:
         for _ in range(3):
             await conn.client.send_json({"type": "user_message", "text": "x"})
-        assert count_tasks() > baseline + 3  # session tasks and three runs
+        await trio.testing.wait_all_tasks_blocked()
+        # The connection's own task (reading), its clock, and one task per run.
+        assert count_tasks() == baseline + 2 + 3
         await conn.closed()
         await conn.ended.wait()
         await trio.testing.wait_all_tasks_blocked()
@@ -439,7 +443,7 @@ class FanOutAgent:
 
 async def test_concurrent_emits_keep_seq_and_each_task_order() -> None:
     # A small queue and a slow reader mix the queue-at-once path with the blocking one.
-    async with connect(agent=FanOutAgent(), send_queue=2) as conn:
+    async with connect(agent=FanOutAgent()) as conn:
         await conn.client.send_json({"type": "user_message", "text": "x"})
         events: list[dict[str, Any]] = []
         while not events or events[-1]["type"] != "agent_completed":

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from app._codes import CloseCode, CloseReason, ErrorCode
+from app._codes import CancelReason, CloseCode, CloseReason, ErrorCode
 from app._events import AgentCompleted, AgentThinking, ErrorEvent, Pong, RunCancelled
 from app._messages import UserMessage
 from app._state import (
@@ -88,9 +88,39 @@ def test_finished_runs_free_their_slot() -> None:
 def test_cancel_own_run_then_unknown() -> None:
     state = make_state()
     run = start(state)
-    assert send(state, {"type": "cancel", "run_id": run.run_id}) == [StopRun(run.run_id)]
+    handle = object()
+    state.attach(run.run_id, handle)
+    [stop] = send(state, {"type": "cancel", "run_id": run.run_id})
+    assert isinstance(stop, StopRun)
+    assert (stop.run_id, stop.handle) == (run.run_id, handle)
+    assert state.cancel_reason(run.run_id) == "cancelled_by_client"
     # A second cancel of the same run is not acted on twice.
     assert error_code(send(state, {"type": "cancel", "run_id": run.run_id})) == "run_not_found"
+
+
+def test_the_drain_stops_every_run_once_with_its_reason() -> None:
+    state = make_state(max_runs=3)
+    state.new_run_id = iter(["run_a", "run_b", "run_c"]).__next__
+    a, b, c = start(state), start(state), start(state)
+    for run in (a, b, c):
+        state.attach(run.run_id, run.run_id.upper())
+    send(state, {"type": "cancel", "run_id": b.run_id})
+    state.begin_drain()
+    stops = state.cancel_all(CancelReason.SERVER_SHUTDOWN)
+    assert [(s.run_id, s.handle) for s in stops] == [("run_a", "RUN_A"), ("run_c", "RUN_C")]
+    assert state.cancel_reason("run_b") == "cancelled_by_client"  # the first reason wins
+    assert state.cancel_reason("run_c") == "server_shutdown"
+    assert state.cancel_all(CancelReason.SERVER_SHUTDOWN) == []
+
+
+def test_a_discarded_run_is_gone() -> None:
+    state = make_state()
+    run = start(state)
+    assert state.has_runs
+    state.discard(run.run_id)
+    state.discard(run.run_id)  # idempotent
+    assert not state.has_runs
+    assert state.cancel_reason(run.run_id) is None
 
 
 def test_foreign_and_missing_run_ids_get_identical_answers() -> None:
@@ -112,7 +142,9 @@ def test_foreign_and_missing_run_ids_get_identical_answers() -> None:
 
 def test_draining_refuses_new_runs() -> None:
     state = make_state()
-    state.draining = True
+    assert not state.draining
+    state.begin_drain()
+    assert state.draining
     assert error_code(send(state, {"type": "user_message", "text": "x"})) == "shutting_down"
 
 

@@ -278,14 +278,13 @@ class Recorder:
         return text
 
 
-def make_services(*, agent_delay_s: float, send_queue: int, log: logging.Logger) -> Services:
+def make_services(*, agent_delay_s: float, log: logging.Logger) -> Services:
     settings = Settings(
         jwt_secret=SECRET,
         max_runs=1_000,
         rate_per_s=1e6,
         rate_burst=1_000_000,
         rate_abuse_limit=1_000_000,
-        send_queue=send_queue,
         send_timeout_s=SEND_TIMEOUT_S,
         idle_timeout_s=FOREVER_S,
         run_timeout_s=FOREVER_S,
@@ -625,15 +624,14 @@ class IsolationMachine(RuleBasedStateMachine):
         ),
         multi=st.booleans(),
         delay=st.sampled_from([1.0, 0.5, 0.0]),
-        send_queue=st.sampled_from([2, 64]),
     )
-    def start(self, user_ids: list[str], multi: bool, delay: float, send_queue: int) -> None:
+    def start(self, user_ids: list[str], multi: bool, delay: float) -> None:
         self.delay = delay
         self.users = [
             User(uid, "canary" + secrets.token_hex(8), 2 if multi and i == 0 else 1)
             for i, uid in enumerate(user_ids)
         ]
-        self.services = make_services(agent_delay_s=delay, send_queue=send_queue, log=self.log)
+        self.services = make_services(agent_delay_s=delay, log=self.log)
 
         async def start() -> None:
             self.lifecycle = ServerLifecycle(max_connections=100)
@@ -921,9 +919,7 @@ async def scripted_scenario(leak: tuple[str, str] | None = None) -> dict[str, Sc
     is also recorded as received by ``dst``: the session layer made leaky (run events and
     replies delivered on the wrong connection), in this test only.
     """
-    services = make_services(
-        agent_delay_s=0.0, send_queue=64, log=logging.getLogger("tests.isolation.scripted")
-    )
+    services = make_services(agent_delay_s=0.0, log=logging.getLogger("tests.isolation.scripted"))
     lifecycle = ServerLifecycle(max_connections=10)
     canaries = {"alice": "canary" + secrets.token_hex(8), "bob": "canary" + secrets.token_hex(8)}
     conns: dict[str, Scripted] = {}

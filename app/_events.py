@@ -35,9 +35,13 @@ __all__ = [
 JSON = Any
 
 
+#: Built once: ``json.dumps`` with options builds a new encoder on every call.
+_ENCODE: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
 def encode_json(value: JSON) -> str:
     """Compact, strict JSON (no NaN/Infinity); raises TypeError/ValueError if not JSON."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODE(value)
 
 
 # Run payloads: what happens inside a run. The session wraps each in a RunEvent.
@@ -49,11 +53,20 @@ class AgentStarted:
     agent: str
     client_id: str | None = None
 
+    def wire(self) -> dict[str, JSON]:
+        out: dict[str, JSON] = {"type": self.TYPE, "agent": self.agent}
+        if self.client_id is not None:
+            out["client_id"] = self.client_id
+        return out
+
 
 @attrs.frozen
 class AgentThinking:
     TYPE: ClassVar[str] = "agent_thinking"
     thought: str
+
+    def wire(self) -> dict[str, JSON]:
+        return {"type": self.TYPE, "thought": self.thought}
 
 
 @attrs.frozen
@@ -62,6 +75,9 @@ class ToolExecuting:
     tool_name: str
     tool_input: JSON
 
+    def wire(self) -> dict[str, JSON]:
+        return {"type": self.TYPE, "tool_name": self.tool_name, "tool_input": self.tool_input}
+
 
 @attrs.frozen
 class ToolCompleted:
@@ -69,11 +85,17 @@ class ToolCompleted:
     tool_name: str
     results: JSON
 
+    def wire(self) -> dict[str, JSON]:
+        return {"type": self.TYPE, "tool_name": self.tool_name, "results": self.results}
+
 
 @attrs.frozen
 class AgentCompleted:
     TYPE: ClassVar[str] = "agent_completed"
     result: JSON
+
+    def wire(self) -> dict[str, JSON]:
+        return {"type": self.TYPE, "result": self.result}
 
 
 @attrs.frozen
@@ -82,11 +104,18 @@ class AgentError:
     code: str
     message: str
 
+    def wire(self) -> dict[str, JSON]:
+        # The wire nests the error so clients read it like an ``error`` event.
+        return {"type": self.TYPE, "error": {"code": self.code, "message": self.message}}
+
 
 @attrs.frozen
 class RunCancelled:
     TYPE: ClassVar[str] = "run_cancelled"
     reason: str
+
+    def wire(self) -> dict[str, JSON]:
+        return {"type": self.TYPE, "reason": self.reason}
 
 
 RunPayload = (
@@ -116,6 +145,13 @@ class RunEvent:
     def terminal(self) -> bool:
         return isinstance(self.payload, TERMINAL_PAYLOADS)
 
+    def wire(self) -> dict[str, JSON]:
+        out = self.payload.wire()
+        out["run_id"] = self.run_id
+        out["thread_id"] = self.thread_id
+        out["seq"] = self.seq
+        return out
+
 
 # Connection-level events.
 
@@ -128,6 +164,15 @@ class ConnectionReady:
     limits: Mapping[str, int | float]
     protocol: str = PROTOCOL
 
+    def wire(self) -> dict[str, JSON]:
+        return {
+            "type": self.TYPE,
+            "connection_id": self.connection_id,
+            "user_id": self.user_id,
+            "limits": dict(self.limits),
+            "protocol": self.protocol,
+        }
+
 
 @attrs.frozen
 class ErrorEvent:
@@ -137,10 +182,21 @@ class ErrorEvent:
     ref: str | None = None
     field: str | None = None
 
+    def wire(self) -> dict[str, JSON]:
+        out: dict[str, JSON] = {"type": self.TYPE, "code": self.code, "message": self.message}
+        if self.ref is not None:
+            out["ref"] = self.ref
+        if self.field is not None:
+            out["field"] = self.field
+        return out
+
 
 @attrs.frozen
 class Pong:
     TYPE: ClassVar[str] = "pong"
+
+    def wire(self) -> dict[str, JSON]:
+        return {"type": self.TYPE}
 
 
 @attrs.frozen
@@ -148,36 +204,18 @@ class AuthOk:
     TYPE: ClassVar[str] = "auth_ok"
     expires_at: float
 
+    def wire(self) -> dict[str, JSON]:
+        return {"type": self.TYPE, "expires_at": self.expires_at}
+
 
 ServerEvent = RunEvent | ConnectionReady | ErrorEvent | Pong | AuthOk
-
-_OPTIONAL: Final = frozenset({"client_id", "ref", "field"})
-
-
-def _fields(value: Any) -> dict[str, JSON]:
-    if isinstance(value, AgentError):
-        # The wire nests the error so clients read it like an ``error`` event.
-        return {"type": value.TYPE, "error": {"code": value.code, "message": value.message}}
-    out: dict[str, JSON] = {"type": value.TYPE}
-    for field in attrs.fields(type(value)):
-        item = getattr(value, field.name)
-        if item is None and field.name in _OPTIONAL:
-            continue
-        out[field.name] = dict(item) if isinstance(item, Mapping) else item
-    return out
 
 
 def to_wire(event: ServerEvent) -> dict[str, JSON]:
     """The JSON object of an event, as sent."""
-    if isinstance(event, RunEvent):
-        out = _fields(event.payload)
-        out["run_id"] = event.run_id
-        out["thread_id"] = event.thread_id
-        out["seq"] = event.seq
-        return out
-    return _fields(event)
+    return event.wire()
 
 
 def serialize(event: ServerEvent) -> str:
     """The text frame of an event; raises TypeError/ValueError if a payload is not JSON."""
-    return encode_json(to_wire(event))
+    return _ENCODE(event.wire())

@@ -135,7 +135,8 @@ class LeanTransport:
         self._out: list[bytes] = []
         self._eof_wanted = False
         self._eof_sent = False
-        self._writing: trio.Event | None = None
+        self._writing = False  # a task is in _write_queue
+        self._write_done: trio.Event | None = None  # set when it leaves; made by a waiter
         # Writes go straight to the socket when there is one (POSIX), so that a cancelled
         # write knows what it sent; any other stream (tests) uses send_all.
         self._socket: trio.socket.SocketType | None = None
@@ -278,19 +279,22 @@ class LeanTransport:
         while self._pending():
             if self._broken:
                 raise TransportClosed
-            writing = self._writing
-            if writing is None:
+            if not self._writing:
                 await self._write_queue(deadline)
             elif wait:  # the task writing now takes our bytes too
+                # Made only when someone waits: most writes finish without a wait.
+                done = self._write_done
+                if done is None:
+                    done = self._write_done = trio.Event()
                 with trio.move_on_at(deadline):
-                    await writing.wait()
-                if not writing.is_set():
+                    await done.wait()
+                if not done.is_set():
                     raise SendTimeout
             else:
                 return
 
     async def _write_queue(self, deadline: float) -> None:
-        done = self._writing = trio.Event()
+        self._writing = True
         try:
             while self._pending():
                 if self._out:
@@ -309,8 +313,10 @@ class LeanTransport:
                 self._broken = True
             raise
         finally:
-            self._writing = None
-            done.set()
+            self._writing = False
+            done, self._write_done = self._write_done, None
+            if done is not None:
+                done.set()
 
     async def _send(self, data: bytes, deadline: float) -> None:
         """``send_all`` by ``deadline``, keeping what was not sent at the head of the queue.

@@ -13,12 +13,13 @@ from __future__ import annotations
 # disk on first use; a process out of file descriptors then failed that import and Quart
 # answered 500 to each handshake. Importing it with the app keeps that path fd-free.
 import encodings.idna  # noqa: F401
-from collections.abc import Sequence
 
 import trio
 from quart import Response, websocket
 from quart.wrappers import Websocket
 from quart_trio import QuartTrio
+
+from isolation import request_scoped
 
 from ._conformance import ECHO_PATH, log_startup_warning, serve_quart_echo
 from ._context import UserContext
@@ -32,7 +33,8 @@ from ._transport import HandshakeInfo, TransportClosed, UnsupportedFrame
 __all__ = ["QuartTransport", "create_app"]
 
 
-class QuartTransport:
+@request_scoped
+class QuartTransport(FrameQueue):
     """:class:`Transport` over a Quart websocket. Keepalive is Hypercorn's (``pings`` false)."""
 
     pings = False
@@ -40,16 +42,13 @@ class QuartTransport:
     def __init__(self, ws: Websocket) -> None:
         self._ws = ws
         self._closed = False
-        self._queue = FrameQueue(self._write)
+        super().__init__()
 
     async def receive(self) -> str:
         data = await self._ws.receive()
         if isinstance(data, str):
             return data
         raise UnsupportedFrame  # bytes, or None for an empty binary frame
-
-    async def send(self, frames: Sequence[bytes], deadline: float) -> None:
-        await self._queue.send(frames, deadline)
 
     async def _write(self, frame: bytes) -> None:
         if self._closed:
@@ -61,6 +60,7 @@ class QuartTransport:
 
     async def close(self, code: int, reason: str) -> None:
         if not self._closed:
+            await self.flush_before_close()
             self._closed = True
             await self._ws.close(code, reason)
 

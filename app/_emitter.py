@@ -14,8 +14,9 @@ from ._state import ConnectionState, EventRefused
 
 __all__ = ["EventEmitter", "InvalidEvent", "Write"]
 
-#: The connection's outbound path: (the connection the frames were stamped for, frames).
-Write = Callable[[str, Sequence[bytes]], Awaitable[None]]
+#: The connection's outbound path: (the connection the frames were stamped for, frames,
+#: whether writing may wait until the calling task is about to wait).
+Write = Callable[[str, Sequence[bytes], bool], Awaitable[None]]
 
 
 class InvalidEvent(Exception):
@@ -43,10 +44,13 @@ class EventEmitter:
 
         Cancellation: the frame stays queued and goes out.
         """
-        await self.write(self.connection_id, (serialize(event).encode(),))
+        await self.write(self.connection_id, (serialize(event).encode(),), False)
 
-    async def emit_run(self, run_id: str, payload: RunPayload) -> None:
+    async def emit_run(self, run_id: str, payload: RunPayload, *, deferred: bool = False) -> None:
         """Send the next event of ``run_id``; returns once it is written.
+
+        With ``deferred``, returns once it is queued: the caller writes before it waits
+        (a run's task, see ``app/_session.py``), unless the queue is long.
 
         Raises :class:`EventRefused` (logged as an isolation violation) for a run
         this connection does not own, :class:`InvalidEvent` for a payload that is
@@ -65,7 +69,7 @@ class EventEmitter:
             raise
         frame = _encode(event)
         self.state.commit(event)
-        await self.write(self.connection_id, (frame,))
+        await self.write(self.connection_id, (frame,), deferred)
 
 
 def _encode(event: RunEvent) -> bytes:

@@ -9,39 +9,55 @@ its own, byte-level version of the same rule (``app/_lean_ws.py``).
 from __future__ import annotations
 
 import collections
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import Sequence
+from typing import Final
 
 import trio
 
-from isolation import request_scoped
-
 from ._transport import SendTimeout, TransportClosed
 
-__all__ = ["FrameQueue"]
+__all__ = ["CLOSE_FLUSH_S", "FrameQueue"]
+
+#: While closing: how long the peer may take nothing before queued frames are dropped.
+CLOSE_FLUSH_S: Final = 1.0
 
 
-@request_scoped
 class FrameQueue:
-    """Frames of one connection waiting for ``write`` (one message per call)."""
+    """The outbound half of a transport that writes one message per ``_write`` call.
 
-    def __init__(self, write: Callable[[bytes], Awaitable[None]]) -> None:
-        self._write = write
+    A transport subclasses it and defines ``_write``, raising :class:`TransportClosed`
+    when the peer is gone.
+    """
+
+    def __init__(self) -> None:
         self._queue: collections.deque[bytes] = collections.deque()
         self._queued = 0  # frames ever queued
         self._written = 0  # frames ever written
         self._writing: trio.Event | None = None
         self.broken = False
 
-    async def send(self, frames: Sequence[bytes], deadline: float) -> None:
-        """Queue ``frames`` and return once they are written (see ``Transport.send``).
-
-        ``write`` raises :class:`TransportClosed` when the peer is gone; nothing more is
-        written after that. Cancellation: the frames stay queued.
-        """
+    def queue(self, frames: Sequence[bytes]) -> None:
+        """Queue ``frames`` without writing them; raises TransportClosed once broken."""
         if self.broken:
             raise TransportClosed
         self._queue.extend(frames)
         self._queued += len(frames)
+
+    def backlog(self) -> int:
+        """Bytes queued and not yet written."""
+        return sum(map(len, self._queue))
+
+    def write_now(self) -> bool:
+        """Nothing is written without waiting here: True unless frames wait for a writer."""
+        return self.broken or not self._queue or self._writing is not None
+
+    async def flush(self, deadline: float) -> None:
+        """Return once everything queued so far is written (see ``Transport.flush``).
+
+        ``write`` raises :class:`TransportClosed` when the peer is gone; nothing more is
+        written after that. Cancellation: the frames stay queued.
+        """
         mine = self._queued
         with trio.move_on_at(deadline) as scope:
             while self._written < mine:
@@ -56,6 +72,27 @@ class FrameQueue:
         # the deadline is a slow consumer all the same.
         if scope.cancelled_caught or trio.current_time() > deadline:
             raise SendTimeout
+
+    async def send(self, frames: Sequence[bytes], deadline: float) -> None:
+        """:meth:`queue` then :meth:`flush`."""
+        self.queue(frames)
+        await self.flush(deadline)
+
+    async def flush_before_close(self) -> None:
+        """Write what is queued ahead of a close frame, while the peer takes it.
+
+        Gives up (quietly) once nothing was written for :data:`CLOSE_FLUSH_S`.
+        Cancellation: stops; the rest is dropped with the connection.
+        """
+        while not self.broken and self._queue:
+            before = self._written
+            with contextlib.suppress(TransportClosed, SendTimeout):
+                await self.flush(trio.current_time() + CLOSE_FLUSH_S)
+            if self._written == before:
+                return
+
+    async def _write(self, frame: bytes) -> None:
+        raise NotImplementedError
 
     async def _write_queue(self) -> None:
         done = self._writing = trio.Event()

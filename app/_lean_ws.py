@@ -374,14 +374,10 @@ class LeanTransport:
                 return False
         return True
 
-    async def send(self, frames: Sequence[bytes], deadline: float) -> None:
-        """Send ``frames`` (UTF-8 text) as text frames; returns once all are written.
+    def queue(self, frames: Sequence[bytes]) -> None:
+        """Queue ``frames`` (UTF-8 text) as text frames, in order, without writing them.
 
-        Written at once when no write is in progress, else by the task writing now.
-        Blocks while the peer does not read; raises :class:`SendTimeout` when that
-        lasts past ``deadline``, :class:`TransportClosed` once nothing can be sent.
-        Cancellation: part of the frames may have been written; the rest stay queued
-        and go out, whole, before anything sent later.
+        Raises :class:`TransportClosed` once nothing more can be sent.
         """
         protocol = self._protocol
         if self._broken or protocol.state is not OPEN:
@@ -389,6 +385,57 @@ class LeanTransport:
         for frame in frames:
             protocol.send_text(frame)
         self._take_output()
+
+    def backlog(self) -> int:
+        """Bytes queued and not yet written."""
+        return sum(map(len, self._out))
+
+    def write_now(self) -> bool:
+        """Write what the kernel takes now, without waiting.
+
+        True unless bytes are left that no task is writing (then someone must
+        :meth:`flush`). A failed write ends all sending, as in :meth:`flush`.
+        """
+        out = self._out
+        if self._writing or not out:
+            return True
+        sock = self._socket
+        if sock is None or self._broken:
+            return self._broken
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        try:
+            fd = sock.fileno()  # -1 once closed: never write to a reused descriptor
+            sent = os.write(fd, data) if fd >= 0 else -1
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            sent = -1
+        if sent < 0:
+            self._broken = True
+            return True
+        self._sent_bytes += sent
+        if sent < len(data):
+            out.append(data[sent:])
+            return False
+        return True
+
+    async def flush(self, deadline: float) -> None:
+        """Return once everything queued is written, writing it unless a task already is.
+
+        Blocks while the peer does not read; raises :class:`SendTimeout` when that
+        lasts past ``deadline``, :class:`TransportClosed` once nothing can be sent.
+        Cancellation: what was not written stays queued, whole.
+        """
+        await self._flush(wait=True, deadline=deadline)
+
+    async def send(self, frames: Sequence[bytes], deadline: float) -> None:
+        """:meth:`queue` then :meth:`flush`: returns once ``frames`` are written.
+
+        Cancellation: part of the frames may have been written; the rest stay queued
+        and go out, whole, before anything sent later.
+        """
+        self.queue(frames)
         await self._flush(wait=True, deadline=deadline)
 
     async def send_message(self, message: str | bytes) -> None:

@@ -8,11 +8,12 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import attrs
 import trio
+
+from isolation import request_scoped
 
 from ._frames import FrameQueue
 from ._transport import TransportClosed, UnsupportedFrame
@@ -42,7 +43,8 @@ class _Link:
     client_gone: bool = False
 
 
-class MemoryTransport:
+@request_scoped
+class MemoryTransport(FrameQueue):
     """The server end: implements the session's Transport interface."""
 
     pings = True
@@ -56,7 +58,7 @@ class MemoryTransport:
         self._inbound = inbound
         self._outbound = outbound
         self._link = link
-        self._queue = FrameQueue(self._write)
+        super().__init__()
 
     async def receive(self) -> str:
         try:
@@ -66,9 +68,6 @@ class MemoryTransport:
         if isinstance(item, bytes):
             raise UnsupportedFrame
         return item
-
-    async def send(self, frames: Sequence[bytes], deadline: float) -> None:
-        await self._queue.send(frames, deadline)
 
     async def _write(self, frame: bytes) -> None:
         if self._link.server_close is not None or self._link.client_gone:
@@ -88,6 +87,9 @@ class MemoryTransport:
         return pong
 
     async def close(self, code: int, reason: str) -> None:
+        if self._link.server_close is not None:
+            return
+        await self.flush_before_close()
         if self._link.server_close is not None:
             return
         self._link.server_close = _Close(code, reason)

@@ -6,8 +6,12 @@ and keeps the connection's clocks (idle, token expiry, keepalive, drain).
 When :func:`run_session` returns, nothing of the connection remains.
 
 Tasks: the connection's own task reads; one clock task keeps every deadline of the
-connection and waits for the server's drain; each run is a task. Frames are written
-by the task that produces them (see ``Transport.send``): no sender task, no queue here.
+connection and waits for the server's drain; each run is a task. Frames are written by
+the task that produces them (the queue is the transport's): the reader writes each at
+once, a run writes what it queued when its agent is about to wait and when it ends, so
+the events a run produces in one step leave in one write. Only when the peer does not
+take them does a task wait for the write: the run itself past :data:`DEFER_BYTES`
+queued, else a flushing task started for it.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from collections.abc import Sequence
-from typing import Any
+import types
+from collections.abc import Callable, Coroutine, Generator, Sequence
+from typing import Any, Final, TypeVar
 
 import trio
 
@@ -52,10 +57,14 @@ from ._state import (
 )
 from ._transport import SendTimeout, Transport, TransportClosed, UnsupportedFrame
 
-__all__ = ["CLOSE_TIMEOUT_S", "run_session"]
+__all__ = ["CLOSE_TIMEOUT_S", "DEFER_BYTES", "run_session"]
 
 #: How long the closing handshake may take before the session gives up on it.
 CLOSE_TIMEOUT_S = 5.0
+#: Queued bytes past which a run's event is written before ``emit`` returns.
+DEFER_BYTES: Final = 65_536
+
+T = TypeVar("T")
 
 
 async def run_session(
@@ -102,6 +111,7 @@ class _Session:
         )
         self._emitter = EventEmitter(self._connection_id, self._state, self._write, self._log)
         self._runs_idle: trio.Event | None = None  # made by the drain, set by the last run
+        self._flushing = False  # a flusher task writes what a run left queued
         self._close: Close | None = None
         self._peer_left = False
         self._cancel_scope = trio.CancelScope()
@@ -167,10 +177,12 @@ class _Session:
 
     # -- the outbound path ---------------------------------------------------
 
-    async def _write(self, connection_id: str, frames: Sequence[bytes]) -> None:
-        """Hand ``frames`` to the transport within ``send_timeout_s``; any task may call.
+    async def _write(self, connection_id: str, frames: Sequence[bytes], deferred: bool) -> None:
+        """Queue ``frames`` and write them within ``send_timeout_s``; any task may call.
 
-        Cancellation: the frames stay queued in the transport and go out.
+        ``deferred`` (a run's events): return once queued, unless :data:`DEFER_BYTES`
+        are waiting; the run writes before it waits. Cancellation: the frames stay
+        queued in the transport and go out.
         """
         if connection_id != self._connection_id:
             self._log.error(
@@ -179,12 +191,32 @@ class _Session:
                 self._connection_id,
             )
             return
+        transport = self._transport
         try:
-            await self._transport.send(frames, trio.current_time() + self._send_timeout_s)
+            transport.queue(frames)
+            if deferred and transport.backlog() < DEFER_BYTES:
+                return
+            await transport.flush(trio.current_time() + self._send_timeout_s)
         except TransportClosed:
             self._peer_gone()
         except SendTimeout:
             self._request_close(CloseCode.POLICY_VIOLATION, CloseReason.SLOW_CONSUMER)
+
+    def _write_queued(self) -> None:
+        """Write what runs queued, without waiting; a task finishes what the peer left."""
+        if not self._transport.write_now() and not self._flushing and self._nursery:
+            self._flushing = True
+            self._nursery.start_soon(self._guard, self._flush)
+
+    async def _flush(self) -> None:
+        try:
+            await self._transport.flush(trio.current_time() + self._send_timeout_s)
+        except TransportClosed:
+            self._peer_gone()
+        except SendTimeout:
+            self._request_close(CloseCode.POLICY_VIOLATION, CloseReason.SLOW_CONSUMER)
+        finally:
+            self._flushing = False
 
     # -- the connection's own task: reading ----------------------------------
 
@@ -309,12 +341,7 @@ class _Session:
         scope = trio.CancelScope(deadline=trio.current_time() + settings.run_timeout_s)
         self._state.attach(start.run_id, scope)
         assert self._nursery is not None
-        # Started first, so the run goes on while agent_started is being written; its
-        # own events still follow it, since this task queues agent_started before the
-        # run task first runs.
         self._nursery.start_soon(self._guard, self._run, start, scope)
-        started = AgentStarted(agent=self._services.agent.name, client_id=start.message.client_id)
-        await self._emitter.emit_run(start.run_id, started)
 
     async def _run(self, start: StartRun, scope: trio.CancelScope) -> None:
         run_id = start.run_id
@@ -324,7 +351,7 @@ class _Session:
             if not isinstance(payload, AGENT_PAYLOADS):
                 raise InvalidEvent(f"an agent cannot emit {type(payload).__name__}")
             await trio.lowlevel.checkpoint_if_cancelled()
-            await emitter.emit_run(run_id, payload)
+            await emitter.emit_run(run_id, payload, deferred=True)
 
         run = RunContext(
             run_id=run_id,
@@ -335,10 +362,13 @@ class _Session:
             timer=self._lifecycle.timer,
         )
         terminal: RunPayload | None = None
+        agent = self._services.agent
+        started = AgentStarted(agent=agent.name, client_id=start.message.client_id)
         try:
+            await emitter.emit_run(run_id, started, deferred=True)
             with scope:
                 try:
-                    result = await self._services.agent.run(run, emit)
+                    result = await _before_each_wait(agent.run(run, emit), self._write_queued)
                     terminal = AgentCompleted(result=result)
                 except (InvalidEvent, EventRefused) as exc:
                     terminal = AgentError(RunErrorCode.INVALID_EVENT, str(exc))
@@ -358,3 +388,28 @@ class _Session:
             state.discard(run_id)
             if self._runs_idle is not None and not state.has_runs:
                 self._runs_idle.set()
+
+
+@types.coroutine
+def _before_each_wait(
+    coro: Coroutine[Any, Any, T], before_wait: Callable[[], None]
+) -> Generator[Any, Any, T]:
+    """Run ``coro`` in the calling task, calling ``before_wait`` whenever it is about to
+    yield to Trio (to wait, or at a checkpoint). What it yields, and what Trio sends or
+    throws back (its cancellation included), pass through unchanged.
+    """
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            trap = coro.send(value) if error is None else coro.throw(error)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        before_wait()
+        try:
+            value, error = (yield trap), None
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # Trio's Cancelled included: the agent handles it
+            value, error = None, exc

@@ -44,9 +44,11 @@ class UnsupportedFrame(Exception):
 class Transport(Protocol):
     """One accepted WebSocket connection.
 
-    There is one outbound path: :meth:`send` queues the frames and the calling task
-    writes them itself when no write is in progress; only a blocked write makes later
-    frames wait, and whoever writes next takes everything queued in one write.
+    There is one outbound path, one queue in the transport: :meth:`queue` appends
+    frames, :meth:`write_now` writes what the peer takes without waiting, and
+    :meth:`flush` waits until everything queued is written, writing it itself unless a
+    task already is. Only a blocked write makes frames wait, and whoever writes next
+    takes everything queued in one write.
     ``pings`` tells whether :meth:`ping` works; when it is false the transport
     detects dead peers itself (for Hypercorn: its ping interval plus a read timeout).
     """
@@ -58,14 +60,36 @@ class Transport(Protocol):
         """The next text message. Raises TransportClosed or UnsupportedFrame."""
         ...
 
-    async def send(self, frames: Sequence[bytes], deadline: float) -> None:
-        """Send ``frames`` (UTF-8 text messages, encoded once by the caller) in order.
+    def queue(self, frames: Sequence[bytes]) -> None:
+        """Queue ``frames`` (UTF-8 text messages, encoded once by the caller), in order.
 
-        Returns once they are written. Raises :class:`TransportClosed`, or
-        :class:`SendTimeout` when they are not written by ``deadline`` (Trio's clock).
-        Cancellation: the frames stay queued, whole, and go out before anything sent
-        later.
+        Raises :class:`TransportClosed` once nothing more can be sent.
         """
+        ...
+
+    def backlog(self) -> int:
+        """Bytes queued and not yet written."""
+        ...
+
+    def write_now(self) -> bool:
+        """Write what the peer takes now, without waiting.
+
+        True unless frames are left that no task is writing: then a task must
+        :meth:`flush`.
+        """
+        ...
+
+    async def flush(self, deadline: float) -> None:
+        """Return once everything queued is written.
+
+        Raises :class:`TransportClosed`, or :class:`SendTimeout` when not written by
+        ``deadline`` (Trio's clock). Cancellation: the frames stay queued, whole, and go
+        out before anything queued later.
+        """
+        ...
+
+    async def send(self, frames: Sequence[bytes], deadline: float) -> None:
+        """:meth:`queue` then :meth:`flush`."""
         ...
 
     async def ping(self) -> trio.Event:

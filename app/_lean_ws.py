@@ -48,7 +48,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from typing import Any, Final, cast
+from typing import Any, Final, NoReturn, cast
 
 import trio
 from websockets.frames import CloseCode, Frame, Opcode
@@ -59,7 +59,7 @@ from isolation import request_scoped
 from ._codes import CloseReason
 from ._transport import SendTimeout, TransportClosed, UnsupportedFrame
 
-__all__ = ["LeanTransport", "QuietInfoLogger"]
+__all__ = ["LeanTransport", "QuietInfoLogger", "text_frame"]
 
 #: Bytes asked of the stream per read. Each read is parsed in one scheduler step: a
 #: peer that packs small frames gets at most this much parsed before others run.
@@ -72,6 +72,22 @@ MAX_BACKLOG_BYTES: Final = 65_536
 #: anyway. A client that floods past the close frame costs a bounded parse, not
 #: ``wait_s`` of CPU (measured by ``python -m bench attacks``).
 LINGER_BYTES: Final = 65_536
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A server's unmasked, unfragmented text frame without extensions (RFC 6455 5.2).
+
+    websockets' ``Protocol.send_text`` builds the same bytes through a ``Frame`` and its
+    generic ``serialize`` (masking, extensions, checks): three times the time for the
+    frames of a turn. The lean transport negotiates no extension, so its data frames
+    are this header and the payload; control frames still come from the protocol.
+    """
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65_536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
 
 
 class QuietInfoLogger(logging.LoggerAdapter[logging.Logger]):
@@ -147,6 +163,7 @@ class LeanTransport:
         self._sent_bytes = 0
         self._stuck: trio.Event | None = None  # set once a write waiting for the peer moves
         self._read_eof = False  # the peer's EOF (or reset) was read
+        self._drained = True  # the last read took less than asked: nothing was left
         self._pong: tuple[bytes, trio.Event] | None = None
         self._pings_sent = 0
         if initial:  # frames that arrived with the opening request
@@ -188,9 +205,14 @@ class LeanTransport:
             while events:
                 frame = events.popleft()
                 opcode = frame.opcode
+                if opcode is Opcode.TEXT and frame.fin:  # most messages: one text frame
+                    try:
+                        return str(frame.data, "utf-8")
+                    except UnicodeDecodeError:
+                        await self._invalid_utf8()
                 if opcode is Opcode.TEXT or (binary and opcode is Opcode.BINARY):
                     if frame.fin:
-                        return await self._message(opcode, frame.data)
+                        return bytes(frame.data)
                     self._fragments = [bytes(frame.data)]
                     self._fragmented = opcode
                 elif opcode is Opcode.CONT:
@@ -212,19 +234,22 @@ class LeanTransport:
             await self._read()
 
     async def _message(self, opcode: Opcode, data: bytes | bytearray | memoryview) -> str | bytes:
-        return await self._text(data) if opcode is Opcode.TEXT else bytes(data)
+        if opcode is Opcode.TEXT:
+            try:
+                return str(data, "utf-8")
+            except UnicodeDecodeError:
+                await self._invalid_utf8()
+        return bytes(data)
 
-    async def _text(self, data: bytes | bytearray | memoryview) -> str:
-        try:
-            return str(data, "utf-8")
-        except UnicodeDecodeError:
-            # Frame boundaries are intact: close (not fail) so the peer's answer is parsed.
-            if self._protocol.state is OPEN:
-                self._protocol.send_close(CloseCode.INVALID_DATA, "invalid UTF-8")
-                self._take_output()
-            with contextlib.suppress(TransportClosed):
-                await self._flush(wait=False, deadline=math.inf)
-            raise TransportClosed from None
+    async def _invalid_utf8(self) -> NoReturn:
+        """Close 1007 and raise :class:`TransportClosed`."""
+        # Frame boundaries are intact: close (not fail) so the peer's answer is parsed.
+        if self._protocol.state is OPEN:
+            self._protocol.send_close(CloseCode.INVALID_DATA, "invalid UTF-8")
+            self._take_output()
+        with contextlib.suppress(TransportClosed):
+            await self._flush(wait=False, deadline=math.inf)
+        raise TransportClosed from None
 
     def _feed(self, data: bytes | bytearray) -> None:
         if data:
@@ -238,10 +263,13 @@ class LeanTransport:
 
     async def _read(self) -> int:
         """Read and parse once; the number of bytes read (0: the peer's EOF)."""
-        try:
-            data = await self._stream.receive_some(READ_BYTES)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            data = b""
+        if self._socket is None:
+            try:
+                data = await self._stream.receive_some(READ_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+        else:
+            data = await self._read_socket(self._socket)
         self._feed(data)
         if self._pending():
             # Pongs, a close echo, the protocol's own close frame: no waiting for a write
@@ -251,6 +279,31 @@ class LeanTransport:
             with contextlib.suppress(TransportClosed):
                 await self._flush(wait=backlog, deadline=math.inf)
         return len(data)
+
+    async def _read_socket(self, sock: trio.socket.SocketType) -> bytes:
+        """``read(2)`` from the non-blocking descriptor; b"" at EOF, reset or close.
+
+        After a short read the kernel's buffer was empty: wait for it to fill before
+        reading, instead of a read that fails first (Trio's ``recv`` does that read, then
+        waits). After a full read, yield to the others first (a checkpoint either way).
+        """
+        if self._drained:
+            await trio.lowlevel.wait_readable(sock)
+        else:
+            await trio.lowlevel.checkpoint()
+        while True:
+            fd = sock.fileno()  # -1 once closed: never read a reused descriptor
+            if fd < 0:
+                return b""
+            try:
+                data = os.read(fd, READ_BYTES)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError:
+                return b""
+            self._drained = len(data) < READ_BYTES
+            return data
 
     def _got_pong(self, data: bytes) -> None:
         if self._pong is not None and data == self._pong[0]:
@@ -379,12 +432,11 @@ class LeanTransport:
 
         Raises :class:`TransportClosed` once nothing more can be sent.
         """
-        protocol = self._protocol
-        if self._broken or protocol.state is not OPEN:
+        if self._broken or self._protocol.state is not OPEN:
             raise TransportClosed
+        out = self._out
         for frame in frames:
-            protocol.send_text(frame)
-        self._take_output()
+            out.append(text_frame(frame))
 
     def backlog(self) -> int:
         """Bytes queued and not yet written."""

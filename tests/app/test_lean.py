@@ -24,7 +24,7 @@ import trio
 import trio.testing
 from trio_websocket import open_websocket_url
 from websockets.frames import Close, Frame, Opcode
-from websockets.protocol import CLIENT, OPEN, Protocol
+from websockets.protocol import CLIENT, OPEN, SERVER, Protocol
 from websockets.sync.client import connect as sync_connect
 
 from app import (
@@ -46,6 +46,7 @@ from app import (
     serve,
 )
 from app._events import AgentThinking
+from app._lean_ws import text_frame
 
 SECRET: Final = b"lean-test-secret-0123456789abcdefghij"
 WAIT_S: Final = 5.0
@@ -670,6 +671,7 @@ async def test_frames_queued_while_a_write_is_blocked_leave_in_one_write() -> No
         nursery.start_soon(send, b"first")  # writes itself, and waits at the gate
         await trio.testing.wait_all_tasks_blocked()
         nursery.start_soon(send, b"second")  # queued behind the blocked write
+        await trio.testing.wait_all_tasks_blocked()
         nursery.start_soon(send, b"third")
         await trio.testing.wait_all_tasks_blocked()
         assert gated.writes == []
@@ -787,3 +789,11 @@ async def test_a_drain_closes_after_the_run_s_frames_are_written() -> None:
     ]
     assert received[-1] == "agent_completed"
     assert (closed.value.code, closed.value.reason) == (1001, "server_shutdown")
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65_535, 65_536, 70_000])
+def test_text_frame_is_the_frame_websockets_builds(size: int) -> None:
+    payload = ("é" * size).encode()[:size]
+    protocol = Protocol(SERVER, state=OPEN, max_size=None)
+    protocol.send_text(payload)
+    assert text_frame(payload) == b"".join(protocol.data_to_send())

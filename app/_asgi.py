@@ -55,7 +55,7 @@ class QuartTransport(FrameQueue):
             raise TransportClosed
         await self._ws.send(frame.decode())  # Quart sends str as text, bytes as binary
 
-    async def ping(self) -> trio.Event:  # pragma: no cover - pings is False
+    def ping(self) -> trio.Event:  # pragma: no cover - pings is False
         raise NotImplementedError
 
     async def close(self, code: int, reason: str) -> None:

@@ -73,6 +73,7 @@ class ServerLifecycle:
         if not self.draining.is_set():
             self.grace_deadline = trio.current_time() + grace_s
             self.draining.set()
+            self.timer.interrupt()  # the connections' clocks sleep there
 
     async def wait_all_closed(self) -> None:
         """Return once no connection is open. Cancellation: just stops waiting."""

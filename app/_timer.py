@@ -17,15 +17,39 @@ import math
 
 import trio
 
-__all__ = ["Timer"]
+__all__ = ["Alarm", "Timer"]
 
 
 class _Sleeper:
-    __slots__ = ("task", "waiting")
+    __slots__ = ("interruptible", "task", "waiting")
 
-    def __init__(self, task: trio.lowlevel.Task) -> None:
+    def __init__(self, task: trio.lowlevel.Task, *, interruptible: bool) -> None:
         self.task = task
         self.waiting = True
+        self.interruptible = interruptible
+
+    def abort(self, _: object) -> trio.lowlevel.Abort:
+        self.waiting = False  # cancelled: the timer skips it
+        return trio.lowlevel.Abort.SUCCEEDED
+
+
+class Alarm:
+    """What lets a :meth:`Timer.sleep_until` sleeper be woken early by its owner."""
+
+    __slots__ = ("_scope", "_sleeper")
+
+    def __init__(self) -> None:
+        self._sleeper: _Sleeper | None = None
+        self._scope: trio.CancelScope | None = None
+
+    def ring(self) -> None:
+        """Wake the sleeper now, if it sleeps (a deadline moved earlier)."""
+        sleeper, scope = self._sleeper, self._scope
+        if sleeper is not None and sleeper.waiting:
+            sleeper.waiting = False
+            trio.lowlevel.reschedule(sleeper.task)
+        if scope is not None:
+            scope.cancel()
 
 
 class Timer:
@@ -46,18 +70,43 @@ class Timer:
         if not self._running or seconds <= 0 or math.isnan(seconds):
             await trio.sleep(seconds)
             return
-        deadline = trio.current_time() + seconds
-        sleeper = _Sleeper(trio.lowlevel.current_task())
+        sleeper = _Sleeper(trio.lowlevel.current_task(), interruptible=False)
+        self._push(trio.current_time() + seconds, sleeper)
+        await trio.lowlevel.wait_task_rescheduled(sleeper.abort)
+
+    async def sleep_until(self, deadline: float, *, unless: trio.Event, alarm: Alarm) -> None:
+        """Sleep until ``deadline``, until ``unless`` is set, or until ``alarm`` rings.
+
+        ``unless`` must be set together with :meth:`interrupt` (the lifecycle's drain
+        does both): the timer does not watch an event itself. Cancellation: as
+        ``trio.sleep_until``.
+        """
+        if unless.is_set() or deadline <= trio.current_time():
+            await trio.lowlevel.checkpoint()
+        elif not self._running:
+            with trio.CancelScope(deadline=deadline) as alarm._scope:
+                await unless.wait()
+            alarm._scope = None
+        else:
+            sleeper = alarm._sleeper = _Sleeper(trio.lowlevel.current_task(), interruptible=True)
+            self._push(deadline, sleeper)
+            try:
+                await trio.lowlevel.wait_task_rescheduled(sleeper.abort)
+            finally:
+                alarm._sleeper = None
+
+    def interrupt(self) -> None:
+        """Wake every :meth:`sleep_until` sleeper now (their ``unless`` was just set)."""
+        for _, _, sleeper in self._heap:
+            if sleeper.waiting and sleeper.interruptible:
+                sleeper.waiting = False
+                trio.lowlevel.reschedule(sleeper.task)
+
+    def _push(self, deadline: float, sleeper: _Sleeper) -> None:
         heapq.heappush(self._heap, (deadline, next(self._order), sleeper))
         scope = self._scope
         if scope is not None and deadline < scope.deadline:
             scope.deadline = deadline
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            sleeper.waiting = False
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Wake sleepers as their time comes, until cancelled.

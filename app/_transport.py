@@ -92,10 +92,10 @@ class Transport(Protocol):
         """:meth:`queue` then :meth:`flush`."""
         ...
 
-    async def ping(self) -> trio.Event:
-        """Send a ping; return once it is written, with an event set when its pong arrives.
+    def ping(self) -> trio.Event:
+        """Queue a ping (write it with :meth:`write_now` or :meth:`flush`).
 
-        Raises TransportClosed. Cancellation: the ping may still go out; its pong is ignored.
+        Returns an event set when its pong arrives. Raises TransportClosed.
         """
         ...
 

@@ -745,8 +745,8 @@ class GatedTransport:
         self.queue(frames)
         await self.flush(deadline)
 
-    async def ping(self) -> trio.Event:
-        return await self.inner.ping()
+    def ping(self) -> trio.Event:
+        return self.inner.ping()
 
     async def close(self, code: int, reason: str) -> None:
         await self.inner.close(code, reason)

@@ -1,5 +1,5 @@
-"""``python -m bench``: ``run``, ``capacity``, ``soak``, ``attacks`` (and ``worker``, ``child``,
-used by the harness)."""
+"""``python -m bench``: ``run``, ``capacity``, ``soak``, ``attacks`` (and ``child``, used by
+the harness)."""
 
 from __future__ import annotations
 
@@ -104,7 +104,6 @@ def _parser() -> argparse.ArgumentParser:
 
     add_soak_parser(sub)
     add_attacks_parser(sub)
-    sub.add_parser("worker", help=argparse.SUPPRESS)
     sub.add_parser("child", help=argparse.SUPPRESS)
     return parser
 
@@ -112,10 +111,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     shown = ["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)]
-    if args.command == "worker":
-        from .load._worker import main as worker_main
-
-        return worker_main()
     if args.command == "child":
         from .harness._child import main as child_main
 

@@ -1,11 +1,14 @@
-"""JSON-lines child processes of the soak and the attacks: ``python -m bench child``.
+"""The one child-process protocol of the harness: ``python -m bench child``.
 
 The harness stays a plain synchronous loop that reads ``/proc`` while the clients
-work, so the clients run in children: each gets its job as one JSON line on stdin,
-writes ``{"event": ...}`` lines to stdout and reads commands (``go``, ``stop``) from
-stdin. End of stdin (the harness is gone) stops a child. The ``role`` of a job picks
-the coroutine that serves it (:data:`ROLES`, imported lazily so the harness does not
-load asyncio clients it does not use).
+work, so the clients run in children (the load generators of ``run`` and
+``capacity``, the soak client, the attacks' users and attackers): each gets its job
+as one JSON line on stdin, writes ``{"event": ...}`` lines to stdout and reads
+commands (``go``, ``stop``) from stdin. End of stdin (the harness is gone) stops a
+child. The ``role`` of a job picks the coroutine that serves it (:data:`ROLES`,
+imported lazily so the harness does not load asyncio clients it does not use); its
+``loop`` (``auto``, ``asyncio`` or ``uvloop``) the event loop, and ``background``
+asks for CPU time nobody else wants.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ __all__ = ["ROLES", "Child", "ChildError", "Commands", "emit", "main"]
 
 #: role -> "module:function"; the function is ``async def f(job, commands) -> None``.
 ROLES: dict[str, str] = {
+    "load": "bench.load._generator:run_job",
     "soak": "bench.soak._driver:run_job",
     "users": "bench.attacks._users:run_job",
     "attack": "bench.attacks._attackers:run_job",
@@ -91,8 +95,19 @@ def background() -> None:
             os.nice(19)
 
 
+def _loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop unless ``asyncio`` is asked for (or uvloop is not installed)."""
+    if loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def main() -> int:
-    """The child's entry point: one job, on uvloop when installed."""
+    """The child's entry point: one job, on uvloop unless the job says ``asyncio``."""
     raise_nofile()
     line = sys.stdin.readline()
     if not line:
@@ -105,11 +120,7 @@ def main() -> int:
     # for the server's latency. The serving process's settings (app/_gc.py) apply here too.
     tune_gc_for_serving()
     run = _role(job["role"])
-    factory = None
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        factory = uvloop.new_event_loop
+    factory = _loop_factory(str(job.get("loop", "auto")))
 
     async def serve() -> None:
         await run(job, Commands())
@@ -166,13 +177,18 @@ class Child:
             self.proc.stdin.write(line.encode() + b"\n")
             self.proc.stdin.flush()
 
-    def pump(self, timeout_s: float) -> None:
-        """Read what the child wrote within ``timeout_s``."""
-        if self._closed:
-            time.sleep(max(0.0, timeout_s))
-            return
-        if not self._selector.select(max(0.0, timeout_s)):
-            return
+    @property
+    def fd(self) -> int:
+        """The child's stdout, for a harness that selects over several children."""
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        """Whether the child closed its stdout (it exited, or is about to)."""
+        return self._closed
+
+    def feed(self) -> None:
+        """Take what the child wrote, without waiting (after a select said so)."""
         try:
             data = os.read(self._fd, 1 << 20)
         except BlockingIOError:
@@ -188,6 +204,14 @@ class Child:
                 if isinstance(line, dict):
                     self.lines.append(line)
                     self.latest[str(line.get("event"))] = line
+
+    def pump(self, timeout_s: float) -> None:
+        """Read what the child wrote within ``timeout_s``."""
+        if self._closed:
+            time.sleep(max(0.0, timeout_s))
+            return
+        if self._selector.select(max(0.0, timeout_s)):
+            self.feed()
 
     def pump_until(self, deadline: float) -> None:
         while (remaining := deadline - time.monotonic()) > 0 and not self._closed:

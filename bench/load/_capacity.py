@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 
 from ..harness import (
+    ChildError,
     ProcessSet,
     Progress,
     ServerOptions,
@@ -31,7 +32,6 @@ from ..harness import (
     topology,
 )
 from ._generator import LoadConfig
-from ._pool import WorkerError
 from ._report import TARGET_KIB_PER_CONN
 from ._runner import drive
 
@@ -101,7 +101,7 @@ def _one(
             log_dir=log_dir,
             progress=progress,
         )
-    except WorkerError as exc:
+    except ChildError as exc:
         row["verdict"] = f"failed: {exc}"
         return row
     finally:

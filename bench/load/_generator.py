@@ -7,7 +7,8 @@ the client sends, callbacks only -- no task, queue or future per frame. A user's
 repeat. Every frame is logged per user and judged by the user's isolation ledger after
 the window (see :mod:`bench.harness._isolation`).
 
-Phases, each awaited by the caller (in-process or :mod:`bench.load._worker`):
+Phases, each awaited by the caller (in-process, or :func:`run_job` in a child process,
+the ``load`` role of :mod:`bench.harness._child`):
 :meth:`LoadGenerator.connect_all` (the ramp), :meth:`LoadGenerator.run_window`
 (turns for a fixed time, then a bounded drain) or :meth:`LoadGenerator.hold` (idle
 connections with keepalive), :meth:`LoadGenerator.close_all`, then
@@ -20,6 +21,7 @@ import asyncio
 import contextlib
 import errno
 import json
+import os
 import random
 import resource
 import time
@@ -32,12 +34,14 @@ from websockets.uri import WebSocketURI, parse_uri
 
 from app._auth import mint_token
 
-from ..harness import FastClient, IsolationCheck, UserCheck
+from ..harness import Commands, FastClient, IsolationCheck, UserCheck, emit
 from ._results import LoadResult
 
-__all__ = ["LoadConfig", "LoadGenerator", "SimUser", "run_load"]
+__all__ = ["LoadConfig", "LoadGenerator", "SimUser", "run_job", "run_load"]
 
 TOKEN_TTL_S = 3 * 3600.0
+#: How often a load-generator process reports its turns and frames.
+PROGRESS_EVERY_S = 0.5
 TERMINAL_TYPES = frozenset({"agent_completed", "agent_error", "run_cancelled"})
 
 
@@ -460,3 +464,39 @@ async def run_load(config: LoadConfig, *, hold: bool = False) -> LoadResult:
     finally:
         await gen.close_all()
     return gen.result()
+
+
+async def _report_progress(gen: LoadGenerator) -> None:
+    while True:
+        await asyncio.sleep(PROGRESS_EVERY_S)
+        emit("progress", pid=os.getpid(), **gen.progress())
+
+
+async def run_job(job: dict[str, Any], commands: Commands) -> None:
+    """The ``load`` role of :mod:`bench.harness._child`: one share of the users.
+
+    Connects them (``connected``), waits for ``go``, runs the window -- turns, or
+    idle connections when the job's ``mode`` is ``hold`` -- with a ``progress`` line
+    every :data:`PROGRESS_EVERY_S` (``window_done`` at its end), closes, and writes
+    ``result``. Any other command (``stop``, end of stdin) skips the window.
+    """
+    config = LoadConfig.from_dict(job["config"])
+    gen = LoadGenerator(config)
+    try:
+        await gen.connect_all()
+        emit("connected", connected=len(gen.connected), errors=dict(gen.errors))
+        if await commands.next() == "go":
+            reporter = asyncio.create_task(_report_progress(gen))
+            try:
+                if job.get("mode") == "hold":
+                    await gen.hold(config.duration_s)
+                else:
+                    await gen.run_window()
+            finally:
+                reporter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reporter
+            emit("window_done", **gen.progress())
+    finally:
+        await gen.close_all()
+    emit("result", result=gen.result().as_dict())

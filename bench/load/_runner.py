@@ -22,6 +22,7 @@ import attrs
 
 from ..harness import (
     ORDER,
+    ChildError,
     CoreTimes,
     ProcessSet,
     ProcSample,
@@ -43,7 +44,7 @@ from ..harness import (
 )
 from ._charts import write_charts
 from ._generator import LoadConfig
-from ._pool import WorkerError, WorkerPool
+from ._pool import GeneratorPool
 from ._report import (
     Row,
     Target,
@@ -137,11 +138,11 @@ def drive(
     log_dir: Path,
     progress: Progress,
 ) -> tuple[LoadResult, Probe]:
-    """Run the load-generator processes against a started server; raise WorkerError."""
+    """Run the load-generator processes against a started server; raise ChildError."""
     time.sleep(SETTLE_S)
     idle = _sample(server)
     ramp_timeout = load.ramp_timeout_s + 30
-    with WorkerPool(
+    with GeneratorPool(
         procs,
         load,
         processes=client_procs,
@@ -183,7 +184,7 @@ def drive(
         window = time.monotonic() - t0
         harness_cpu = _cpu_self() - harness0
         if not server.alive():
-            raise WorkerError(f"the server exited during the window ({server.proc.returncode})")
+            raise ChildError(f"the server exited during the window ({server.proc.returncode})")
         results = pool.wait_for(
             # + the isolation check of every frame, after the window
             "result",
@@ -306,7 +307,7 @@ def measure(
             log_dir=log_dir,
             progress=progress,
         )
-    except WorkerError as exc:
+    except ChildError as exc:
         return Measurement(spec.name, users, round_no, f"failed: {exc}")
     finally:
         procs.stop(server.proc)

@@ -1,12 +1,15 @@
-"""A child process end to end: its job in, its events out, stopped on exit."""
+"""The child-process protocol: a child end to end (its job in, its events out, stopped
+on exit) and the event loop a job asks for."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+import pytest
+
 from bench.attacks._attackers import AttackConfig
-from bench.harness._child import Child
+from bench.harness._child import Child, _loop_factory
 from bench.harness._spawn import ProcessSet, free_port
 
 
@@ -39,3 +42,10 @@ def test_an_attack_child_reports_refused_connections(tmp_path: Path) -> None:
     assert stats["ready"] == 0
     assert sum(stats["failures"].values()) == stats["opened"]
     assert set(stats["failures"]) <= {"ConnectionRefusedError", "cut_at_end"}
+
+
+def test_a_job_runs_on_uvloop_unless_it_asks_for_asyncio() -> None:
+    assert _loop_factory("asyncio") is None
+    uvloop = pytest.importorskip("uvloop")
+    assert _loop_factory("auto") is uvloop.new_event_loop
+    assert _loop_factory("uvloop") is uvloop.new_event_loop

@@ -94,7 +94,6 @@ SERVERS: dict[str, ServerSpec] = {
     )
 }
 ORDER: tuple[str, ...] = tuple(SERVERS)
-BASELINE = "fastapi"
 
 
 @attrs.frozen

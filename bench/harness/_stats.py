@@ -43,10 +43,6 @@ class LatencySummary:
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LatencySummary:
-        return cls(**{f.name: data[f.name] for f in attrs.fields(cls)})
-
 
 def summarize(values_ms: Iterable[float]) -> LatencySummary | None:
     """p50/p99/p99.9/mean/max of latencies in ms; None when there are none."""

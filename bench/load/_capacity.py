@@ -37,8 +37,6 @@ from ._runner import drive
 
 __all__ = ["CapacityPlan", "render_capacity", "run_capacity"]
 
-TARGET_CONNECTIONS = 10_000
-
 
 @attrs.frozen
 class CapacityPlan:

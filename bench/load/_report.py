@@ -26,7 +26,6 @@ __all__ = [
 
 BASELINE = "fastapi"
 LEAN = "enclave-lean"
-ASGI = "enclave-asgi"
 BARE = "bare-trio"
 TARGET_USERS = 1000
 TARGET_SPEEDUP = 1.3

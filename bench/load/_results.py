@@ -1,7 +1,7 @@
 """Result values: what a load generator measured, what one server run measured.
 
-Plain frozen values with ``as_dict``/``from_dict`` so they cross process boundaries
-as JSON lines and land in the results file.
+Plain frozen values with ``as_dict`` for the results file; a load generator's result
+also has ``from_dict``, as it crosses the process boundary as a JSON line.
 """
 
 from __future__ import annotations
@@ -73,10 +73,6 @@ class LoadResult:
             anomalies={str(k): int(v) for k, v in data.get("anomalies", {}).items()},
         )
 
-    @property
-    def error_count(self) -> int:
-        return sum(self.errors.values())
-
 
 def merge_load_results(results: Iterable[LoadResult]) -> LoadResult:
     """One result for several client processes that shared the users of one run."""
@@ -108,10 +104,6 @@ def merge_load_results(results: Iterable[LoadResult]) -> LoadResult:
         violation_samples=tuple(samples[:MAX_SAMPLES]),
         anomalies=anomalies,
     )
-
-
-def _summary(data: Mapping[str, Any] | None) -> LatencySummary | None:
-    return None if data is None else LatencySummary.from_dict(dict(data))
 
 
 @attrs.frozen
@@ -160,12 +152,3 @@ class Measurement:
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Measurement:
-        values = dict(data)
-        values["connect"] = _summary(values.get("connect"))
-        values["turn"] = _summary(values.get("turn"))
-        values["violation_samples"] = tuple(values.get("violation_samples", ()))
-        names = {f.name for f in attrs.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})

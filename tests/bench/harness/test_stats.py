@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.harness._stats import LatencySummary, median, percentile, summarize
+from bench.harness._stats import median, percentile, summarize
 
 
 def test_percentile_interpolates_like_numpy_linear() -> None:
@@ -40,7 +40,7 @@ def test_summarize_sorts_and_summarizes() -> None:
     summary = summarize([3.0, 1.0, 2.0])
     assert summary is not None
     assert (summary.count, summary.p50, summary.max, summary.mean) == (3, 2.0, 3.0, 2.0)
-    assert LatencySummary.from_dict(summary.as_dict()) == summary
+    assert summary.as_dict()["p50"] == 2.0
 
 
 def test_summarize_nothing_is_none() -> None:

@@ -28,7 +28,6 @@ def test_load_result_round_trips_through_json() -> None:
     result = _result(3, 4, errors={"http_401": 1}, violations=1, violation_samples=("x",))
     again = LoadResult.from_dict(json.loads(json.dumps(result.as_dict())))
     assert again == result
-    assert again.error_count == 1
 
 
 def test_merge_adds_counts_and_keeps_every_sample() -> None:
@@ -42,8 +41,10 @@ def test_merge_adds_counts_and_keeps_every_sample() -> None:
     assert merged.cpu_s == 1.0
 
 
-def test_measurement_round_trips_through_json() -> None:
+def test_a_measurement_is_plain_json() -> None:
     m = Measurement("fastapi", 100, 1, "ok", turns=10, turn=summarize([1.0, 2.0]), errors={"x": 1})
-    again = Measurement.from_dict(json.loads(json.dumps(m.as_dict())))
-    assert again == m
-    assert again.valid
+    saved = json.loads(json.dumps(m.as_dict()))
+    assert (saved["server"], saved["turns"], saved["errors"]) == ("fastapi", 10, {"x": 1})
+    assert saved["turn"]["count"] == 2
+    assert m.valid
+    assert m.error_count == 1

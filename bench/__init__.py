@@ -2,13 +2,20 @@
 
 ``python -m bench run`` measures every server at several user counts (interleaved
 rounds, medians); ``python -m bench capacity`` holds N idle authenticated
-connections. See docs/benchmarks.md.
+connections; ``soak`` and ``attacks`` look for leaks and for harm under attack. See
+docs/benchmarks.md.
+
+Layout, one layer a folder:
+
+- ``load/``: the load run and the capacity run.
+- ``soak/``: the soak.
+- ``attacks/``: the attacks under load.
+- ``harness/``: what the three share (server processes, the child-process protocol,
+  the fast WebSocket client, /proc, statistics, verdicts, the isolation glue).
+- ``peers/``: the peer servers.
+- ``_cli``: ``python -m bench`` (``__main__``).
 """
 
-from ._load import LoadConfig as LoadConfig
-from ._load import LoadGenerator as LoadGenerator
-from ._load import run_load as run_load
-from ._results import LoadResult as LoadResult
-from ._results import Measurement as Measurement
+from .load import LoadConfig, LoadGenerator, LoadResult, Measurement, run_load
 
 __all__ = ["LoadConfig", "LoadGenerator", "LoadResult", "Measurement", "run_load"]

@@ -1,5 +1,5 @@
-"""``python -m bench``: ``run``, ``capacity``, ``soak``, ``attacks`` (and ``worker``, ``child``,
-used by the harness)."""
+"""``python -m bench``: ``run``, ``capacity``, ``soak``, ``attacks`` (and ``child``, used by
+the harness)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._attacks import add_parser as add_attacks_parser
-from ._attacks import main as attacks_main
-from ._capacity import CapacityPlan, run_capacity
-from ._command import results_dir
-from ._procs import sigterm_as_interrupt
-from ._progress import Progress
-from ._runner import Plan, run_benchmark
-from ._servers import ORDER, parse_servers
-from ._soak import add_parser as add_soak_parser
-from ._soak import main as soak_main
+from .attacks import add_parser as add_attacks_parser
+from .attacks import main as attacks_main
+from .harness import ORDER, Progress, parse_servers, results_dir, sigterm_as_interrupt
+from .load import CapacityPlan, Plan, run_benchmark, run_capacity
+from .soak import add_parser as add_soak_parser
+from .soak import main as soak_main
 
 __all__ = ["main"]
 
@@ -108,7 +104,6 @@ def _parser() -> argparse.ArgumentParser:
 
     add_soak_parser(sub)
     add_attacks_parser(sub)
-    sub.add_parser("worker", help=argparse.SUPPRESS)
     sub.add_parser("child", help=argparse.SUPPRESS)
     return parser
 
@@ -116,12 +111,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     shown = ["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)]
-    if args.command == "worker":
-        from ._worker import main as worker_main
-
-        return worker_main()
     if args.command == "child":
-        from ._child import main as child_main
+        from .harness._child import main as child_main
 
         return child_main()
     if args.command == "soak":

@@ -1,0 +1,273 @@
+"""The servers under test: how to start each, pinned, and how to tell it is up.
+
+Peers (``bench/peers``) and trio-enclave itself (``python -m app serve``) are all
+started fresh for each measurement, on their own port, in their own process group.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ._procfs import read_affinity, read_nofile
+from ._spawn import ProcessSet, free_port, python_argv
+
+__all__ = [
+    "ORDER",
+    "SERVERS",
+    "RunningServer",
+    "ServerOptions",
+    "ServerSpec",
+    "ServerUnavailable",
+    "parse_servers",
+    "start_server",
+]
+
+#: Our server's limits for load runs: everything on, only the rate limit raised.
+ENCLAVE_LOAD_FLAGS: tuple[str, ...] = (
+    "--rate-per-s",
+    "1e6",
+    "--rate-burst",
+    "1000000",
+    "--max-connections",
+    "100000",
+    "--connect-rate-per-s",
+    "0",
+)
+
+
+@attrs.frozen
+class ServerSpec:
+    name: str
+    label: str
+    module: str  # python -m MODULE
+    transport: str | None = None  # for trio-enclave: --transport
+    description: str = ""
+
+    @property
+    def ours(self) -> bool:
+        return self.transport is not None
+
+
+SERVERS: dict[str, ServerSpec] = {
+    spec.name: spec
+    for spec in (
+        ServerSpec(
+            "fastapi",
+            "FastAPI+uvicorn",
+            "bench.peers.fastapi_uvicorn",
+            description="FastAPI on uvicorn (uvloop + httptools when installed, websockets-sansio)",
+        ),
+        ServerSpec(
+            "websockets",
+            "websockets",
+            "bench.peers.websockets_asyncio",
+            description="websockets' asyncio server",
+        ),
+        ServerSpec("aiohttp", "aiohttp", "bench.peers.aiohttp_server", description="aiohttp web"),
+        ServerSpec(
+            "enclave-asgi",
+            "enclave (asgi)",
+            "app",
+            transport="asgi",
+            description="trio-enclave, Quart-Trio on Hypercorn, full session",
+        ),
+        ServerSpec(
+            "enclave-lean",
+            "enclave (lean)",
+            "app",
+            transport="lean",
+            description="trio-enclave, lean Trio transport, full session",
+        ),
+        ServerSpec(
+            "bare-trio",
+            "bare Trio",
+            "bench.peers.bare_trio",
+            description="bare Trio handler over wsproto, no session",
+        ),
+    )
+}
+ORDER: tuple[str, ...] = tuple(SERVERS)
+
+
+@attrs.frozen
+class ServerOptions:
+    secret: str
+    agent_delay_ms: float = 0.0
+    host: str = "127.0.0.1"
+    extra_enclave_flags: tuple[str, ...] = ()
+    nofile: int | None = None
+    start_timeout_s: float = 30.0
+
+
+class ServerUnavailable(Exception):
+    """The server could not be started (or is not the transport asked for)."""
+
+
+@attrs.define
+class RunningServer:
+    spec: ServerSpec
+    proc: subprocess.Popen[Any]
+    port: int
+    log_path: Path
+    info: dict[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+def server_argv(spec: ServerSpec, port: int, opts: ServerOptions) -> list[str]:
+    if spec.ours:
+        assert spec.transport is not None
+        return python_argv(
+            "-m",
+            "app",
+            "serve",
+            "--transport",
+            spec.transport,
+            f"--jwt-secret={opts.secret}",
+            "--host",
+            opts.host,
+            "--port",
+            str(port),
+            *ENCLAVE_LOAD_FLAGS,
+            "--agent-delay-ms",
+            f"{opts.agent_delay_ms:g}",
+            "--log-level",
+            "warning",
+            *opts.extra_enclave_flags,
+        )
+    return python_argv(
+        "-m",
+        spec.module,
+        "--host",
+        opts.host,
+        "--port",
+        str(port),
+        f"--jwt-secret={opts.secret}",
+        "--agent-delay-ms",
+        f"{opts.agent_delay_ms:g}",
+    )
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def http_get(host: str, port: int, path: str, timeout_s: float = 3.0) -> tuple[int, dict[str, str]]:
+    """(status, lower-case headers) of a plain HTTP/1.1 GET."""
+    with socket.create_connection((host, port), timeout=timeout_s) as sock:
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
+        )
+        data = b""
+        while b"\r\n\r\n" not in data and len(data) < 65536:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    lines = head.split("\r\n")
+    parts = lines[0].split()
+    if len(parts) < 2 or not parts[1].isdigit():
+        raise OSError(f"not an HTTP response: {lines[0]!r}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(parts[1]), headers
+
+
+def start_server(
+    procs: ProcessSet,
+    spec: ServerSpec,
+    opts: ServerOptions,
+    *,
+    cores: Collection[int] | None,
+    log_path: Path,
+) -> RunningServer:
+    """Start ``spec`` and wait until it accepts connections.
+
+    Raises ServerUnavailable when it exits, does not listen within the timeout, or
+    (for ``--transport lean``) turns out to be the Hypercorn transport. The caller
+    stops the process (it is registered with ``procs``).
+    """
+    port = free_port(opts.host)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        proc = procs.start(
+            server_argv(spec, port, opts),
+            cores=cores,
+            nofile=opts.nofile,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = RunningServer(spec, proc, port, log_path)
+    deadline = time.monotonic() + opts.start_timeout_s
+    while not _port_open(opts.host, port):
+        if proc.poll() is not None:
+            procs.stop(proc)
+            tail = " ".join(_log_tail(log_path, 2).split())[-300:]
+            raise ServerUnavailable(f"exited with code {proc.returncode}: {tail or 'no output'}")
+        if time.monotonic() > deadline:
+            procs.stop(proc)
+            raise ServerUnavailable(f"not listening after {opts.start_timeout_s:g} s")
+        time.sleep(0.05)
+    server.info = _inspect(server, opts)
+    if spec.transport == "lean" and "hypercorn" in server.info.get("server_header", ""):
+        procs.stop(proc)
+        raise ServerUnavailable(
+            "--transport lean is served by Hypercorn (the lean transport has not landed)"
+        )
+    return server
+
+
+def _inspect(server: RunningServer, opts: ServerOptions) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "pid": server.pid,
+        "cpus_allowed": read_affinity(server.pid),
+        "nofile": read_nofile(server.pid),
+    }
+    try:
+        status, headers = http_get(opts.host, server.port, "/health")
+        info["health"] = status
+        info["server_header"] = headers.get("server", "")
+    except OSError as exc:
+        info["health"] = f"error: {exc}"
+    first = _log_tail(server.log_path, 50).splitlines()
+    if first:
+        info["banner"] = first[0]
+    return info
+
+
+def parse_servers(text: str) -> list[ServerSpec]:
+    """Specs for a comma-separated list of names (``all`` for every server)."""
+    names: Sequence[str] = (
+        ORDER if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
+    )
+    unknown = [n for n in names if n not in SERVERS]
+    if unknown:
+        raise ValueError(f"unknown server(s) {', '.join(unknown)}; known: {', '.join(ORDER)}")
+    return [SERVERS[n] for n in names]

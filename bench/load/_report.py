@@ -1,0 +1,308 @@
+"""From measurements to the table: medians over rounds, ratios, targets, Markdown.
+
+Pure functions; the caller prints and writes what they return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from ..harness import OK, ORDER, median
+from ._results import Measurement
+
+__all__ = [
+    "BASELINE",
+    "LEAN",
+    "Row",
+    "Target",
+    "evaluate_targets",
+    "render_markdown",
+    "render_targets",
+    "rows_from",
+]
+
+BASELINE = "fastapi"
+LEAN = "enclave-lean"
+BARE = "bare-trio"
+TARGET_USERS = 1000
+TARGET_SPEEDUP = 1.3
+TARGET_KIB_PER_CONN = 12.0
+TARGET_OVERHEAD = 0.15
+
+
+@attrs.frozen
+class Row:
+    """One server at one user count: medians over the rounds that are valid.
+
+    When no round is valid the medians are over all rounds and ``verdict`` says why.
+    """
+
+    server: str
+    users: int
+    rounds: int
+    valid_rounds: int
+    verdict: str
+    turns_per_s: float | None = None
+    frames_per_s: float | None = None
+    turn_p50: float | None = None
+    turn_p99: float | None = None
+    turn_p999: float | None = None
+    connect_p50: float | None = None
+    connect_p99: float | None = None
+    server_cpu: float | None = None
+    cpu_us_per_turn: float | None = None
+    rss_per_conn: float | None = None
+    client_cpu: float | None = None
+    errors: int = 0
+    violations: int = 0
+    ratio: float | None = None  # turns/s over the baseline's at the same user count
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+def _med(items: Sequence[Measurement], get: Callable[[Measurement], float | None]) -> float | None:
+    return median(v for v in (get(m) for m in items) if v is not None)
+
+
+def _row(server: str, users: int, group: Sequence[Measurement]) -> Row:
+    valid = [m for m in group if m.valid]
+    unavailable = [m for m in group if m.verdict.startswith("unavailable")]
+    if unavailable and not valid:
+        return Row(server, users, len(group), 0, unavailable[0].verdict)
+    use = valid or list(group)
+    verdict = OK if valid else use[0].verdict
+    if valid and len(valid) < len(group):
+        verdict = f"ok ({len(group) - len(valid)} of {len(group)} rounds invalid)"
+    return Row(
+        server=server,
+        users=users,
+        rounds=len(group),
+        valid_rounds=len(valid),
+        verdict=verdict,
+        turns_per_s=_med(use, lambda m: m.turns_per_s),
+        frames_per_s=_med(use, lambda m: m.frames_per_s),
+        turn_p50=_med(use, lambda m: m.turn.p50 if m.turn else None),
+        turn_p99=_med(use, lambda m: m.turn.p99 if m.turn else None),
+        turn_p999=_med(use, lambda m: m.turn.p999 if m.turn else None),
+        connect_p50=_med(use, lambda m: m.connect.p50 if m.connect else None),
+        connect_p99=_med(use, lambda m: m.connect.p99 if m.connect else None),
+        server_cpu=_med(use, lambda m: m.server_cpu),
+        cpu_us_per_turn=_med(use, lambda m: m.server_cpu_us_per_turn),
+        rss_per_conn=_med(use, lambda m: m.rss_per_conn),
+        client_cpu=max(m.client_cpu for m in group),
+        errors=sum(m.error_count for m in group),
+        violations=sum(m.violations for m in group),
+    )
+
+
+def rows_from(
+    measurements: Iterable[Measurement],
+    *,
+    order: Sequence[str] = ORDER,
+    baseline: str = BASELINE,
+) -> list[Row]:
+    """Rows sorted by user count, then by ``order`` (servers not in it last, by name)."""
+    groups: dict[tuple[str, int], list[Measurement]] = {}
+    for m in measurements:
+        groups.setdefault((m.server, m.users), []).append(m)
+    rows = {key: _row(key[0], key[1], group) for key, group in groups.items()}
+    out: list[Row] = []
+    for (_, users), row in rows.items():
+        base = rows.get((baseline, users))
+        ratio = None
+        if base is not None and base.turns_per_s and row.turns_per_s is not None:
+            ratio = row.turns_per_s / base.turns_per_s
+        out.append(attrs.evolve(row, ratio=ratio))
+    rank = {name: i for i, name in enumerate(order)}
+    out.sort(key=lambda r: (r.users, rank.get(r.server, len(rank)), r.server))
+    return out
+
+
+def _num(value: float | None, fmt: str = "{:,.0f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+COLUMNS = (
+    "server",
+    "users",
+    "turns/s",
+    "x FastAPI",
+    "frames/s",
+    "turn p50 ms",
+    "turn p99 ms",
+    "turn p99.9 ms",
+    "connect p50/p99 ms",
+    "server CPU",
+    "CPU µs/turn",
+    "RSS/conn KiB",
+    "client CPU",
+    "errors",
+    "violations",
+    "verdict",
+)
+
+
+def _cells(row: Row, labels: Mapping[str, str]) -> list[str]:
+    connect = (
+        "-"
+        if row.connect_p50 is None
+        else f"{row.connect_p50:.1f} / {_num(row.connect_p99, '{:.1f}')}"
+    )
+    rss = None if row.rss_per_conn is None else row.rss_per_conn / 1024
+    return [
+        labels.get(row.server, row.server),
+        f"{row.users:,}",
+        _num(row.turns_per_s),
+        _num(row.ratio, "{:.2f}x"),
+        _num(row.frames_per_s),
+        _num(row.turn_p50, "{:.1f}"),
+        _num(row.turn_p99, "{:.1f}"),
+        _num(row.turn_p999, "{:.1f}"),
+        connect,
+        _pct(row.server_cpu),
+        _num(row.cpu_us_per_turn),
+        _num(rss, "{:.1f}"),
+        _pct(row.client_cpu),
+        str(row.errors),
+        str(row.violations),
+        row.verdict,
+    ]
+
+
+def render_markdown(rows: Sequence[Row], labels: Mapping[str, str] | None = None) -> str:
+    """A GitHub-flavoured Markdown table of ``rows`` (numbers are medians over rounds)."""
+    labels = labels or {}
+    lines = [
+        "| " + " | ".join(COLUMNS) + " |",
+        "|"
+        + "|".join("---" if i == 0 or i == len(COLUMNS) - 1 else "--:" for i in range(len(COLUMNS)))
+        + "|",
+    ]
+    for row in rows:
+        cells = [" ".join(c.split()).replace("|", "\\|") for c in _cells(row, labels)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+@attrs.frozen
+class Target:
+    name: str
+    goal: str
+    measured: str
+    met: bool | None  # None: could not be measured
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+def _find(rows: Sequence[Row], server: str, users: int) -> Row | None:
+    for row in rows:
+        if row.server == server and row.users == users and row.turns_per_s is not None:
+            return row
+    return None
+
+
+def _target_users(rows: Sequence[Row]) -> int | None:
+    counts = sorted({r.users for r in rows})
+    if not counts:
+        return None
+    if TARGET_USERS in counts:
+        return TARGET_USERS
+    return min(counts, key=lambda n: abs(n - TARGET_USERS))
+
+
+def _speedup(rows: Sequence[Row], users: int | None) -> Target:
+    goal = f"≥ {TARGET_SPEEDUP}x FastAPI+uvicorn turns/s at {TARGET_USERS:,} users, p99 no worse"
+    name = "lean throughput"
+    if users is None:
+        return Target(name, goal, "no measurement", None)
+    lean, base = _find(rows, LEAN, users), _find(rows, BASELINE, users)
+    where = f" (at {users:,} users)" if users != TARGET_USERS else ""
+    if lean is None or base is None or lean.ratio is None:
+        missing = "enclave-lean" if lean is None else "fastapi"
+        return Target(name, goal, f"{missing} not measured{where}", None)
+    p99_ok = (
+        lean.turn_p99 is not None and base.turn_p99 is not None and lean.turn_p99 <= base.turn_p99
+    )
+    p99 = f"p99 {_num(lean.turn_p99, '{:.1f}')} vs {_num(base.turn_p99, '{:.1f}')} ms"
+    valid = lean.valid_rounds > 0 and base.valid_rounds > 0
+    measured = f"{lean.ratio:.2f}x, {p99}{where}" + ("" if valid else " (INVALID rounds)")
+    met = lean.ratio >= TARGET_SPEEDUP and p99_ok and valid
+    return Target(name, goal, measured, met)
+
+
+def _memory(rows: Sequence[Row], capacity: Mapping[str, Any] | None) -> Target:
+    goal = f"≤ {TARGET_KIB_PER_CONN:g} KiB RSS per idle authenticated connection"
+    name = "memory per connection"
+    if capacity and capacity.get("rss_per_conn") is not None:
+        kib = float(capacity["rss_per_conn"]) / 1024
+        server = capacity.get("server", "?")
+        held = capacity.get("connected", 0)
+        measured = f"{kib:.1f} KiB ({server}, capacity run, {held:,} connections)"
+        return Target(name, goal, measured, kib <= TARGET_KIB_PER_CONN)
+    lean = [r for r in rows if r.server == LEAN and r.rss_per_conn is not None]
+    if not lean:
+        return Target(name, goal, "not measured (run `python -m bench capacity`)", None)
+    row = max(lean, key=lambda r: r.users)
+    assert row.rss_per_conn is not None
+    kib = row.rss_per_conn / 1024
+    measured = f"{kib:.1f} KiB (enclave-lean, {row.users:,} users of the load run)"
+    return Target(name, goal, measured, kib <= TARGET_KIB_PER_CONN)
+
+
+def _overhead(rows: Sequence[Row], users: int | None) -> Target:
+    goal = f"≤ {TARGET_OVERHEAD:.0%} server CPU per turn over bare Trio on the lean transport"
+    name = "session overhead"
+    if users is None:
+        return Target(name, goal, "no measurement", None)
+    lean, bare = _find(rows, LEAN, users), _find(rows, BARE, users)
+    if lean is None or bare is None:
+        missing = "enclave-lean" if lean is None else "bare-trio"
+        return Target(name, goal, f"{missing} not measured", None)
+    if lean.cpu_us_per_turn is None or not bare.cpu_us_per_turn:
+        return Target(name, goal, "no CPU figures", None)
+    overhead = lean.cpu_us_per_turn / bare.cpu_us_per_turn - 1
+    tput = None
+    if lean.turns_per_s and bare.turns_per_s:
+        tput = bare.turns_per_s / lean.turns_per_s - 1
+    measured = (
+        f"{overhead:+.0%} CPU/turn ({lean.cpu_us_per_turn:,.0f} vs {bare.cpu_us_per_turn:,.0f} µs)"
+        + ("" if tput is None else f", bare-trio turns/s {tput:+.0%} over lean")
+        + f" at {users:,} users"
+    )
+    return Target(name, goal, measured, overhead <= TARGET_OVERHEAD)
+
+
+def _isolation(rows: Sequence[Row]) -> Target:
+    total = sum(r.violations for r in rows)
+    checked = sum(1 for r in rows if r.turns_per_s is not None)
+    measured = f"{total} violation(s) over {checked} server x user-count cells"
+    return Target("isolation", "zero violations in every frame", measured, total == 0)
+
+
+def evaluate_targets(
+    rows: Sequence[Row], capacity: Mapping[str, Any] | None = None
+) -> list[Target]:
+    users = _target_users(rows)
+    return [
+        _speedup(rows, users),
+        _memory(rows, capacity),
+        _overhead(rows, users),
+        _isolation(rows),
+    ]
+
+
+def render_targets(targets: Sequence[Target]) -> str:
+    lines = ["| target | goal | measured | met |", "|---|---|---|---|"]
+    for t in targets:
+        met = "n/a" if t.met is None else ("yes" if t.met else "**no**")
+        lines.append(f"| {t.name} | {t.goal} | {t.measured} | {met} |")
+    return "\n".join(lines) + "\n"

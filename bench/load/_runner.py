@@ -1,0 +1,442 @@
+"""``python -m bench run``: every server at every user count, interleaved, in rounds.
+
+For each round, for each user count, each server in turn (the order rotates by
+round) is started fresh on the server core, its idle RSS read, the users ramped by
+load-generator processes on the client core(s), its connected RSS read, the turns
+run for the window while its CPU is sampled from /proc, then everything stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import secrets
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ..harness import (
+    ORDER,
+    ChildError,
+    CoreTimes,
+    ProcessSet,
+    ProcSample,
+    Progress,
+    RunningServer,
+    ServerOptions,
+    ServerSpec,
+    ServerUnavailable,
+    Topology,
+    core_load,
+    machine_info,
+    raise_nofile,
+    read_cores,
+    read_sample,
+    start_server,
+    summarize,
+    topology,
+    verdict,
+)
+from ._charts import write_charts
+from ._generator import LoadConfig
+from ._pool import GeneratorPool
+from ._report import (
+    Row,
+    Target,
+    evaluate_targets,
+    render_markdown,
+    render_targets,
+    rows_from,
+)
+from ._results import LoadResult, Measurement, merge_load_results
+
+__all__ = ["Plan", "measure", "run_benchmark"]
+
+#: Seconds the server gets after it listens before its idle RSS is read.
+SETTLE_S = 0.5
+
+
+@attrs.frozen
+class Plan:
+    """Everything a run does."""
+
+    users: tuple[int, ...]
+    servers: tuple[ServerSpec, ...]
+    think_ms: float = 100.0
+    agent_delay_ms: float = 2.0
+    duration_s: float = 10.0
+    warmup_s: float = 2.0
+    rounds: int = 1
+    client_procs: int = 1
+    connect_concurrency: int = 64
+    loop: str = "auto"
+    server_core: int | None = 0
+    seed: str = "bench"
+    quick: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        out = attrs.asdict(self)
+        out["servers"] = [s.name for s in self.servers]
+        return out
+
+
+def _cpu_self() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _sample(server: RunningServer) -> ProcSample | None:
+    try:
+        return read_sample(server.pid)
+    except (OSError, ValueError):  # gone, or a zombie without VmRSS
+        return None
+
+
+def _load_config(plan: Plan, port: int, secret: str, users: int, *, hold: bool) -> LoadConfig:
+    return LoadConfig(
+        host="127.0.0.1",
+        port=port,
+        secret=secret,
+        users=users,
+        think_s=plan.think_ms / 1000,
+        duration_s=plan.duration_s,
+        warmup_s=plan.warmup_s,
+        connect_concurrency=plan.connect_concurrency,
+        ramp_timeout_s=60.0 + users / 50,
+        seed=plan.seed,
+    )
+
+
+@attrs.frozen
+class Probe:
+    """What the harness read from the server around the window."""
+
+    idle: ProcSample | None
+    connected: ProcSample | None
+    start: ProcSample | None
+    end: ProcSample | None
+    window_s: float
+    harness_cpu_s: float
+    cores_start: dict[int, CoreTimes] = attrs.field(factory=dict)
+    cores_end: dict[int, CoreTimes] = attrs.field(factory=dict)
+
+
+def drive(
+    procs: ProcessSet,
+    server: RunningServer,
+    load: LoadConfig,
+    *,
+    mode: str,
+    plan_loop: str,
+    client_procs: int,
+    topo: Topology,
+    log_dir: Path,
+    progress: Progress,
+) -> tuple[LoadResult, Probe]:
+    """Run the load-generator processes against a started server; raise ChildError."""
+    time.sleep(SETTLE_S)
+    idle = _sample(server)
+    ramp_timeout = load.ramp_timeout_s + 30
+    with GeneratorPool(
+        procs,
+        load,
+        processes=client_procs,
+        cores=topo.client_cores,
+        mode=mode,
+        loop=plan_loop,
+        log_dir=log_dir,
+        nofile=load.users + 1024,
+    ) as pool:
+        progress.update(f"connecting {load.users:,} users")
+        lines = pool.wait_for("connected", ramp_timeout)
+        connected_count = sum(int(line.get("connected", 0)) for line in lines)
+        time.sleep(0.2)
+        connected = _sample(server)
+        per_worker: dict[int, tuple[int, int]] = {}
+
+        def show(line: dict[str, Any]) -> None:
+            per_worker[int(line.get("pid", 0))] = (int(line["turns"]), int(line["frames"]))
+
+        pool.send_all("go")
+        if load.warmup_s > 0:
+            progress.update(f"{connected_count:,} connected, warming up {load.warmup_s:g} s")
+            pool.pump_until(time.monotonic() + load.warmup_s, show)
+        harness0 = _cpu_self()
+        t0 = time.monotonic()
+        start = _sample(server)
+        cores_start = read_cores()
+        deadline = t0 + load.duration_s
+        while time.monotonic() < deadline:
+            pool.pump_until(min(deadline, time.monotonic() + 0.5), show)
+            turns = sum(t for t, _ in per_worker.values())
+            elapsed = time.monotonic() - t0
+            what = "holding" if mode == "hold" else f"{turns:,} turns"
+            progress.update(
+                f"{connected_count:,} connected, {what}, {elapsed:4.1f}/{load.duration_s:g} s"
+            )
+        end = _sample(server)
+        cores_end = read_cores()
+        window = time.monotonic() - t0
+        harness_cpu = _cpu_self() - harness0
+        if not server.alive():
+            raise ChildError(f"the server exited during the window ({server.proc.returncode})")
+        results = pool.wait_for(
+            # + the isolation check of every frame, after the window
+            "result",
+            load.drain_timeout_s + load.close_timeout_s + 120,
+            on_progress=show,
+        )
+    merged = merge_load_results(LoadResult.from_dict(line["result"]) for line in results)
+    probe = Probe(idle, connected, start, end, window, harness_cpu, cores_start, cores_end)
+    return merged, probe
+
+
+def to_measurement(
+    spec: ServerSpec,
+    users: int,
+    round_no: int,
+    result: LoadResult,
+    probe: Probe,
+    *,
+    client_cores: int,
+    client_procs: int,
+    server_core: int | None = None,
+    client_core_ids: tuple[int, ...] | None = None,
+    run_turns: bool = True,
+) -> Measurement:
+    """Turn what the clients and the harness saw into one measurement."""
+    window = result.window_s or probe.window_s
+    client_cpu = (result.cpu_s + probe.harness_cpu_s) / max(window, 1e-9) / client_cores
+    server_cpu = per_turn = None
+    if probe.start is not None and probe.end is not None and probe.window_s > 0:
+        used = probe.end.cpu_s - probe.start.cpu_s
+        server_cpu = used / probe.window_s
+        if result.turns:
+            per_turn = used / (result.turns * probe.window_s / max(window, 1e-9)) * 1e6
+    other = steal = None
+    load = (
+        None if server_core is None else core_load(probe.cores_start, probe.cores_end, server_core)
+    )
+    if load is not None:
+        other = max(0.0, load[0] - (server_cpu or 0.0))
+        steal = load[1]
+    client_other = None
+    loads = [core_load(probe.cores_start, probe.cores_end, c) for c in client_core_ids or ()]
+    if loads and all(x is not None for x in loads):
+        used = sum(x[0] + x[1] for x in loads if x is not None) / len(loads)
+        client_other = max(0.0, used - client_cpu)
+    rss_per_conn = None
+    if probe.idle is not None and probe.connected is not None and result.connected:
+        rss_per_conn = (probe.connected.rss_bytes - probe.idle.rss_bytes) / result.connected
+    return Measurement(
+        server=spec.name,
+        users=users,
+        round=round_no,
+        verdict=verdict(
+            client_cpu=client_cpu,
+            users=users,
+            connected=result.connected,
+            turns=result.turns,
+            run_turns=run_turns,
+            server_core_other=None if other is None else other + (steal or 0.0),
+            client_core_other=client_other,
+        ),
+        turns=result.turns,
+        turns_per_s=result.turns / window if window else 0.0,
+        frames_per_s=(result.frames_rx + result.frames_tx) / window if window else 0.0,
+        connected=result.connected,
+        connect=summarize(result.connect_ms),
+        turn=summarize(result.turn_ms),
+        errors=result.errors,
+        close_codes=result.close_codes,
+        violations=result.violations,
+        violation_samples=result.violation_samples,
+        anomalies=result.anomalies,
+        server_cpu=server_cpu,
+        server_cpu_us_per_turn=per_turn,
+        server_rss_idle=probe.idle.rss_bytes if probe.idle else None,
+        server_rss_connected=probe.connected.rss_bytes if probe.connected else None,
+        server_rss_load=probe.end.rss_bytes if probe.end else None,
+        rss_per_conn=rss_per_conn,
+        server_core_other=other,
+        server_core_steal=steal,
+        client_core_other=client_other,
+        client_cpu=client_cpu,
+        client_procs=client_procs,
+    )
+
+
+def measure(
+    procs: ProcessSet,
+    spec: ServerSpec,
+    users: int,
+    round_no: int,
+    plan: Plan,
+    topo: Topology,
+    out: Path,
+    progress: Progress,
+    info: dict[str, dict[str, Any]],
+) -> Measurement:
+    """One server at one user count: start it, load it, stop it."""
+    secret = secrets.token_hex(32)
+    opts = ServerOptions(secret=secret, agent_delay_ms=plan.agent_delay_ms, nofile=users + 1024)
+    log_dir = out / "logs" / f"r{round_no}-{users}-{spec.name}"
+    try:
+        server = start_server(
+            procs, spec, opts, cores=topo.server_cores, log_path=log_dir / "server.log"
+        )
+    except ServerUnavailable as exc:
+        info.setdefault(spec.name, {})["unavailable"] = str(exc)
+        return Measurement(spec.name, users, round_no, f"unavailable: {exc}")
+    info.setdefault(spec.name, {}).update(server.info)
+    try:
+        load = _load_config(plan, server.port, secret, users, hold=False)
+        result, probe = drive(
+            procs,
+            server,
+            load,
+            mode="turns",
+            plan_loop=plan.loop,
+            client_procs=plan.client_procs,
+            topo=topo,
+            log_dir=log_dir,
+            progress=progress,
+        )
+    except ChildError as exc:
+        return Measurement(spec.name, users, round_no, f"failed: {exc}")
+    finally:
+        procs.stop(server.proc)
+    return to_measurement(
+        spec,
+        users,
+        round_no,
+        result,
+        probe,
+        client_cores=topo.client_core_count,
+        client_procs=plan.client_procs,
+        server_core=topo.server_cores[0] if topo.server_cores else None,
+        client_core_ids=topo.client_cores,
+    )
+
+
+def rotated(items: Sequence[ServerSpec], by: int) -> list[ServerSpec]:
+    if not items:
+        return []
+    k = by % len(items)
+    return [*items[k:], *items[:k]]
+
+
+def _one_line(m: Measurement) -> str:
+    if not m.verdict.startswith(("ok", "INVALID")):
+        return f"{m.server:>13} {m.users:>6,} users: {m.verdict}"
+    p99 = f"{m.turn.p99:7.1f} ms" if m.turn else "      -"
+    cpu = f"{m.server_cpu:4.0%}" if m.server_cpu is not None else "  - "
+    flag = "" if m.valid else f"  {m.verdict}"
+    errors = ", ".join(f"{k} {v}" for k, v in m.errors.items()) or "0"
+    return (
+        f"{m.server:>13} {m.users:>6,} users: {m.turns_per_s:8,.0f} turns/s  p99 {p99}"
+        f"  server CPU {cpu}  client CPU {m.client_cpu:4.0%}"
+        f"  errors {errors}  violations {m.violations}{flag}"
+    )
+
+
+def run_benchmark(
+    plan: Plan,
+    out: Path,
+    *,
+    progress: Progress | None = None,
+    argv: Sequence[str] = (),
+    on_measurement: Callable[[Measurement], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``plan``; write results.json, results.md and the charts into ``out``."""
+    progress = progress or Progress()
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    topo = topology(plan.server_core)
+    if topo.client_cores:
+        os.sched_setaffinity(0, set(topo.client_cores))
+    nofile = raise_nofile()
+    info: dict[str, dict[str, Any]] = {s.name: {"label": s.label} for s in plan.servers}
+    for spec in plan.servers:
+        info[spec.name]["description"] = spec.description
+    measurements: list[Measurement] = []
+    started = time.time()
+    total = len(plan.users) * len(plan.servers) * plan.rounds
+    done = 0
+    with ProcessSet() as procs:
+        for round_no in range(1, plan.rounds + 1):
+            for users in plan.users:
+                for spec in rotated(plan.servers, round_no - 1):
+                    done += 1
+                    progress.stage(
+                        f"[{done}/{total}] round {round_no}/{plan.rounds} "
+                        f"{spec.name} x {users:,} users:"
+                    )
+                    m = measure(procs, spec, users, round_no, plan, topo, out, progress, info)
+                    measurements.append(m)
+                    progress.log(_one_line(m))
+                    if on_measurement is not None:
+                        on_measurement(m)
+    progress.clear()
+    rows = rows_from(measurements, order=[s.name for s in plan.servers] or ORDER)
+    targets = evaluate_targets(rows)
+    labels = {s.name: s.label for s in plan.servers}
+    results = {
+        "kind": "run",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "elapsed_s": round(time.time() - started, 1),
+        "command": " ".join(argv),
+        "plan": plan.as_dict(),
+        "machine": machine_info(),
+        "topology": attrs.asdict(topo),
+        "harness": {"python": sys.version.split()[0], "nofile": list(nofile)},
+        "servers": info,
+        "measurements": [m.as_dict() for m in measurements],
+        "rows": [r.as_dict() for r in rows],
+        "targets": [t.as_dict() for t in targets],
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    charts = write_charts(rows, out, labels)
+    markdown = render_report(results, rows, targets, labels, charts)
+    (out / "results.md").write_text(markdown)
+    results["markdown"] = markdown
+    return results
+
+
+def render_report(
+    results: dict[str, Any],
+    rows: Sequence[Row],
+    targets: Sequence[Target],
+    labels: dict[str, str],
+    charts: Sequence[Path],
+) -> str:
+    plan = results["plan"]
+    machine = results["machine"]
+    lines = [
+        f"# trio-enclave benchmark ({'quick' if plan['quick'] else 'full'} run)",
+        "",
+        f"- command: `{results['command']}`",
+        f"- machine: {machine['cpu_model']}, {machine['nproc']} CPU(s), "
+        f"{machine['mem_total_gib']} GiB, {machine['kernel']}",
+        f"- {results['topology']['note']}",
+        f"- load: think {plan['think_ms']:g} ms (±50 %), agent delay {plan['agent_delay_ms']:g} ms "
+        f"x 4 steps, window {plan['duration_s']:g} s, {plan['rounds']} round(s), "
+        f"{plan['client_procs']} client process(es); medians over valid rounds",
+        "",
+        render_markdown(rows, labels),
+        render_targets(targets),
+    ]
+    unavailable = {
+        name: i["unavailable"] for name, i in results["servers"].items() if "unavailable" in i
+    }
+    for name, why in unavailable.items():
+        lines.append(f"- {name}: unavailable — {why}")
+    if charts:
+        lines.append("")
+        lines.extend(f"![{p.stem}]({p.name})" for p in charts)
+    return "\n".join(lines) + "\n"

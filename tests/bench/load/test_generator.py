@@ -1,0 +1,69 @@
+"""The load generator against one peer on an ephemeral port, a few users, a few turns each.
+
+Counts are asserted, never timings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from pathlib import Path
+
+from bench.harness._servers import SERVERS, ServerOptions, start_server
+from bench.harness._spawn import ProcessSet
+from bench.load._generator import LoadConfig, run_load
+
+
+def test_five_users_three_turns_each_against_the_websockets_peer(tmp_path: Path) -> None:
+    secret = secrets.token_hex(32)
+    with ProcessSet() as procs:
+        server = start_server(
+            procs,
+            SERVERS["websockets"],
+            ServerOptions(secret=secret, start_timeout_s=15.0),
+            cores=None,
+            log_path=tmp_path / "server.log",
+        )
+        config = LoadConfig(
+            host="127.0.0.1",
+            port=server.port,
+            secret=secret,
+            users=5,
+            think_s=0.0,
+            duration_s=10.0,
+            max_turns=3,
+            connect_timeout_s=5.0,
+            ramp_timeout_s=10.0,
+            drain_timeout_s=5.0,
+        )
+        result = asyncio.run(run_load(config))
+    assert result.connected == 5
+    assert result.turns == 15
+    assert len(result.turn_ms) == 15
+    assert result.frames_rx == 15 * 5
+    assert result.frames_tx == 15
+    assert dict(result.errors) == {}
+    assert result.violations == 0
+    assert result.violation_samples == ()
+
+
+def test_wrong_secret_is_refused_with_401(tmp_path: Path) -> None:
+    with ProcessSet() as procs:
+        server = start_server(
+            procs,
+            SERVERS["websockets"],
+            ServerOptions(secret=secrets.token_hex(32), start_timeout_s=15.0),
+            cores=None,
+            log_path=tmp_path / "server.log",
+        )
+        config = LoadConfig(
+            host="127.0.0.1",
+            port=server.port,
+            secret=secrets.token_hex(32),
+            users=2,
+            duration_s=0.2,
+            connect_timeout_s=5.0,
+        )
+        result = asyncio.run(run_load(config))
+    assert result.connected == 0
+    assert dict(result.errors) == {"http_401": 2}

@@ -1,0 +1,125 @@
+"""Rows (medians over rounds), ratios to FastAPI, targets and the Markdown table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench.harness._stats import LatencySummary
+from bench.load._report import evaluate_targets, render_markdown, render_targets, rows_from
+from bench.load._results import Measurement
+
+
+def _m(server: str, users: int, tps: float, p99: float = 10.0, **kw: Any) -> Measurement:
+    values: dict[str, Any] = {
+        "server": server,
+        "users": users,
+        "round": kw.pop("round", 1),
+        "verdict": kw.pop("verdict", "ok"),
+        "turns": int(tps * 10),
+        "turns_per_s": tps,
+        "frames_per_s": tps * 6,
+        "connected": users,
+        "turn": LatencySummary(
+            count=10, p50=p99 / 2, p99=p99, p999=p99 * 1.5, mean=p99 / 2, max=p99 * 2
+        ),
+        "connect": LatencySummary(count=users, p50=1.0, p99=3.0, p999=4.0, mean=1.5, max=5.0),
+        "server_cpu": 0.9,
+        "server_cpu_us_per_turn": kw.pop("us", 1e6 * 0.9 / tps),
+        "rss_per_conn": kw.pop("rss", 20 * 1024.0),
+        "client_cpu": kw.pop("client_cpu", 0.3),
+    }
+    values.update(kw)
+    return Measurement(**values)
+
+
+def test_rows_take_medians_of_valid_rounds_and_ratios_to_fastapi() -> None:
+    ms = [
+        _m("fastapi", 1000, 1000.0, round=1),
+        _m("fastapi", 1000, 1200.0, round=2),
+        _m("fastapi", 1000, 1100.0, round=3),
+        _m("enclave-lean", 1000, 1500.0, round=1),
+        _m("enclave-lean", 1000, 9999.0, round=2, verdict="INVALID: client saturated (95%)"),
+        _m("enclave-lean", 1000, 1700.0, round=3),
+    ]
+    rows = rows_from(ms, order=["fastapi", "enclave-lean"])
+    assert [r.server for r in rows] == ["fastapi", "enclave-lean"]
+    fastapi, lean = rows
+    assert fastapi.turns_per_s == 1100.0
+    assert fastapi.ratio == pytest.approx(1.0)
+    assert lean.turns_per_s == 1600.0  # the invalid round is left out
+    assert lean.valid_rounds == 2
+    assert lean.ratio == pytest.approx(1600 / 1100)
+    assert lean.verdict.startswith("ok (1 of 3 rounds invalid)")
+    assert lean.client_cpu == 0.3
+
+
+def test_rows_when_no_round_is_valid_keep_the_reason() -> None:
+    rows = rows_from([_m("aiohttp", 100, 500.0, verdict="INVALID: only 90/100 users connected")])
+    assert rows[0].verdict.startswith("INVALID")
+    assert rows[0].turns_per_s == 500.0
+    assert rows[0].ratio is None  # no fastapi at this user count
+
+
+def test_unavailable_server_gets_an_empty_row() -> None:
+    ms = [Measurement("enclave-lean", 100, 1, "unavailable: not built")]
+    (row,) = rows_from(ms)
+    assert row.turns_per_s is None
+    assert row.verdict == "unavailable: not built"
+
+
+def test_markdown_table_has_one_line_per_row_and_escapes_cells() -> None:
+    ms = [
+        _m("fastapi", 100, 1000.0),
+        Measurement("enclave-lean", 100, 1, "unavailable: exited | code 2\nusage: ..."),
+    ]
+    text = render_markdown(rows_from(ms), {"fastapi": "FastAPI+uvicorn"})
+    lines = text.strip().splitlines()
+    assert len(lines) == 4
+    assert lines[0].startswith("| server | users | turns/s |")
+    assert "| FastAPI+uvicorn | 100 | 1,000 | 1.00x |" in lines[2]
+    assert "exited \\| code 2 usage: ..." in lines[3]
+    assert all(line.count(" | ") == lines[0].count(" | ") for line in lines[2:3])
+
+
+def test_targets_met() -> None:
+    ms = [
+        _m("fastapi", 1000, 1000.0, p99=50.0, us=900.0),
+        _m("enclave-lean", 1000, 1400.0, p99=40.0, us=700.0, rss=10 * 1024.0),
+        _m("bare-trio", 1000, 1500.0, p99=35.0, us=650.0),
+    ]
+    targets = {t.name: t for t in evaluate_targets(rows_from(ms))}
+    assert targets["lean throughput"].met is True
+    assert "1.40x" in targets["lean throughput"].measured
+    assert targets["memory per connection"].met is True
+    assert targets["session overhead"].met is True  # 700 / 650 - 1 = 7.7 %
+    assert targets["isolation"].met is True
+    assert "| lean throughput |" in render_targets(list(targets.values()))
+
+
+def test_targets_missed_and_not_measured() -> None:
+    ms = [
+        _m("fastapi", 1000, 1000.0, p99=50.0),
+        _m("enclave-lean", 1000, 1400.0, p99=60.0, us=1000.0, violations=2),
+        _m("bare-trio", 1000, 2000.0, us=500.0),
+    ]
+    targets = {t.name: t for t in evaluate_targets(rows_from(ms))}
+    assert targets["lean throughput"].met is False  # p99 worse
+    assert targets["session overhead"].met is False
+    assert targets["isolation"].met is False
+    none = {t.name: t for t in evaluate_targets([])}
+    assert all(t.met is None for name, t in none.items() if name != "isolation")
+
+
+def test_memory_target_prefers_the_capacity_run() -> None:
+    capacity = {"server": "enclave-lean", "rss_per_conn": 13 * 1024.0, "connected": 10000}
+    targets = {t.name: t for t in evaluate_targets([], capacity)}
+    assert targets["memory per connection"].met is False
+    assert "13.0 KiB" in targets["memory per connection"].measured
+
+
+def test_targets_use_the_closest_user_count_without_1000() -> None:
+    ms = [_m("fastapi", 200, 1000.0), _m("enclave-lean", 200, 1500.0, p99=5.0)]
+    (speed, *_) = evaluate_targets(rows_from(ms))
+    assert "at 200 users" in speed.measured

@@ -10,7 +10,7 @@ import pytest
 
 import isolation
 from isolation import CODES, Finding, check_paths, check_source
-from isolation._static import python_files
+from isolation.static._checker import python_files
 
 
 def findings(source: str) -> list[tuple[str, int]]:
@@ -41,11 +41,11 @@ def test_codes_are_an_immutable_mapping_of_stable_codes() -> None:
 
 
 def test_every_code_is_documented_in_the_module_docstring() -> None:
-    from isolation import _static
+    from isolation.static import _checker
 
-    assert _static.__doc__ is not None
+    assert _checker.__doc__ is not None
     for code in CODES:
-        assert code in _static.__doc__
+        assert code in _checker.__doc__
 
 
 def test_finding_is_frozen_and_formats_as_one_line() -> None:

@@ -20,10 +20,22 @@ import attrs
 import pytest
 
 from isolation import CODES
-from isolation import _mutants_cli as mutants_cli
 from isolation._cli import main
-from isolation._ledger import VIOLATION_KINDS
-from isolation._mutants import (
+from isolation.audit._ledger import VIOLATION_KINDS
+from isolation.mutants import _cli as mutants_cli
+from isolation.mutants._catalogue import CATALOGUE, CONTROL, by_name
+from isolation.mutants._model import Mutant, MutantError, Replacement
+from isolation.mutants._report import (
+    BEGIN_MARKER,
+    END_MARKER,
+    HEADER,
+    expected_columns,
+    format_markdown,
+    format_text,
+    generated_block,
+    replace_block,
+)
+from isolation.mutants._runner import (
     Attempt,
     MutantOptions,
     MutantResult,
@@ -34,21 +46,9 @@ from isolation._mutants import (
     build_copy,
     check_static,
 )
-from isolation._mutants_catalogue import CATALOGUE, CONTROL, by_name
-from isolation._mutants_model import Mutant, MutantError, Replacement
-from isolation._mutants_report import (
-    BEGIN_MARKER,
-    END_MARKER,
-    HEADER,
-    expected_columns,
-    format_markdown,
-    format_text,
-    generated_block,
-    replace_block,
-)
-from isolation._static import Finding
+from isolation.static import Finding
 
-DOC: Final = Path(__file__).resolve().parents[2] / "docs" / "isolation.md"
+DOC: Final = Path(__file__).resolve().parents[3] / "docs" / "isolation.md"
 #: Small audits: 24 users x 3 runs against a 50 ms agent; one 1 s attempt, then in full.
 OPTIONS: Final = MutantOptions(users=24, runs=3, agent_delay_ms=50.0, budgets_s=(1.0,))
 ALL: Final = (CONTROL, *CATALOGUE)

@@ -27,14 +27,14 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
 from app import RunningServer, Settings, serve
-from isolation._audit import AuditConfig, AuditError, AuditReport, lookalike_id, run_audit
-from isolation._audit_cli import add_audit_parser, run_audit_command
-from isolation._audit_link import Endpoint, Limits
-from isolation._audit_plan import make_plans
-from isolation._audit_report import reply_shape
+from isolation.audit._cli import add_audit_parser, run_audit_command
+from isolation.audit._link import Endpoint, Limits
+from isolation.audit._plan import make_plans
+from isolation.audit._report import reply_shape
+from isolation.audit._run import AuditConfig, AuditError, AuditReport, lookalike_id, run_audit
 
 SECRET: Final = b"audit-test-secret-0123456789abcdef"
-REPO: Final = Path(__file__).resolve().parents[2]
+REPO: Final = Path(__file__).resolve().parents[3]
 
 
 @asynccontextmanager
@@ -424,7 +424,7 @@ def test_c_cli_exit_2_on_usage_errors(capsys: pytest.CaptureFixture[str]) -> Non
 async def test_c_cli_exit_2_when_nothing_listens() -> None:
     code = (
         "import argparse, sys\n"
-        "from isolation._audit_cli import add_audit_parser\n"
+        "from isolation.audit._cli import add_audit_parser\n"
         "parser = argparse.ArgumentParser(prog='python -m isolation')\n"
         "add_audit_parser(parser.add_subparsers(dest='command'))\n"
         "args = parser.parse_args(sys.argv[1:])\n"
@@ -484,7 +484,7 @@ def test_the_cli_module_is_importable_without_the_app_package() -> None:
     # A foreign server's operator installs the isolation package; app must not be needed.
     code = (
         "import sys; sys.modules['app'] = None\n"
-        "import isolation._audit_cli, isolation._audit\n"
+        "import isolation.audit._cli, isolation.audit._run\n"
         "assert 'app' not in [m.split('.')[0] for m in sys.modules if sys.modules[m]]\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

@@ -13,9 +13,9 @@ import sys
 from collections.abc import Sequence
 from typing import Final
 
-from ._audit_cli import add_audit_parser
-from ._mutants_cli import add_mutants_parser
-from ._static import CODES, check_paths, python_files
+from .audit._cli import add_audit_parser
+from .mutants._cli import add_mutants_parser
+from .static import CODES, check_paths, python_files
 
 __all__ = ["EXIT_CLEAN", "EXIT_FINDINGS", "EXIT_USAGE", "build_parser", "main"]
 

@@ -13,8 +13,8 @@ from collections import Counter
 
 import attrs
 
-from isolation._audit_checks import cross_check
-from isolation._ledger import CanaryIndex, CanaryOwner, UserLedger, derive_canary
+from isolation.audit._checks import cross_check
+from isolation.audit._ledger import CanaryIndex, CanaryOwner, UserLedger, derive_canary
 
 __all__ = ["IsolationCheck", "UserCheck", "user_name"]
 

@@ -27,7 +27,7 @@ import attrs
 from websockets.uri import WebSocketURI, parse_uri
 
 from app._auth import mint_token
-from isolation._ledger import CanaryIndex, CanaryOwner, UserLedger, derive_canary
+from isolation.audit._ledger import CanaryIndex, CanaryOwner, UserLedger, derive_canary
 
 from ..harness import Commands, FastClient, emit, summarize, user_name
 

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import pytest
 
-from isolation._ledger import (
+from isolation.audit._ledger import (
     ANOMALY_KINDS,
     CANARY_PATTERN,
     VIOLATION_KINDS,

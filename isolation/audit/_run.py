@@ -6,7 +6,7 @@ overlapping runs whose texts and ids carry canaries, some cancelled right after
 ``agent_started``, some dropped mid-run (TCP reset, then reconnect and go on), some
 with ids drawn from a small pool shared with other users, and IDOR probes against
 another user's live run. Every received frame goes through that user's
-:class:`~isolation._ledger.UserLedger`; cross-user checks run at the end.
+:class:`~isolation.audit._ledger.UserLedger`; cross-user checks run at the end.
 
 The audit speaks only chat.v1 over WebSocket: it works against any server at a URL
 and imports nothing of this project's ``app`` package.
@@ -26,9 +26,11 @@ import attrs
 import trio
 from trio_websocket import WebSocketConnection
 
-from ._audit_board import Board, Target, raise_fd_limit
-from ._audit_checks import cross_check, lookalike_id, violations_with_owners
-from ._audit_link import (
+from .._markers import request_scoped
+from ._board import Board, Target, raise_fd_limit
+from ._checks import cross_check, lookalike_id, violations_with_owners
+from ._ledger import CanaryIndex, UserLedger
+from ._link import (
     INTERRUPTED,
     ConnectFailed,
     Endpoint,
@@ -38,11 +40,9 @@ from ._audit_link import (
     Stream,
     with_link,
 )
-from ._audit_plan import AuditConfig, AuditError, RunPlan, UserPlan, canary_index, fetch_tokens
-from ._audit_plan import make_plans as make_plans
-from ._audit_report import AuditReport, ProbeResult
-from ._ledger import CanaryIndex, UserLedger
-from ._markers import request_scoped
+from ._plan import AuditConfig, AuditError, RunPlan, UserPlan, canary_index, fetch_tokens
+from ._plan import make_plans as make_plans
+from ._report import AuditReport, ProbeResult
 
 __all__ = ["AuditConfig", "AuditError", "AuditReport", "lookalike_id", "run_audit"]
 

@@ -2,7 +2,7 @@
 
 :class:`ModuleChecks` holds the state of one file's check and the checks that look at
 what runs when the module is imported (module-level statements and class bodies);
-:class:`isolation._static_checks.FileChecker` adds the scope-aware checks.
+:class:`isolation.static._checks.FileChecker` adds the scope-aware checks.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Final
 
 import attrs
 
-from ._static_model import RawFinding
-from ._static_names import (
+from ._model import RawFinding
+from ._names import (
     ClassKind,
     Resolver,
     call_name,

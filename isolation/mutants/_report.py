@@ -9,8 +9,8 @@ from typing import Any, Final
 
 import attrs
 
-from ._mutants import MutantOptions, MutantResult, RuntimeOutcome
-from ._mutants_model import Mutant
+from ._model import Mutant
+from ._runner import MutantOptions, MutantResult, RuntimeOutcome
 
 __all__ = [
     "BEGIN_MARKER",

@@ -1,6 +1,6 @@
 """Checks across users after an audit, and the IDOR helpers: pure functions, no I/O.
 
-Per-user checks live in each :class:`~isolation._ledger.UserLedger`; what only shows
+Per-user checks live in each :class:`~isolation.audit._ledger.UserLedger`; what only shows
 when several users are compared lives here: an id handed to two users, a thread the
 server chose that another user also writes to, and the verdict on each IDOR probe.
 """
@@ -12,8 +12,8 @@ from collections.abc import Collection, Iterable, Sequence
 
 import attrs
 
-from ._audit_report import ProbeResult
 from ._ledger import UserLedger, Violation
+from ._report import ProbeResult
 
 __all__ = ["cross_check", "lookalike_id", "violations_with_owners"]
 

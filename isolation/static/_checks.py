@@ -3,9 +3,9 @@
 :class:`FileChecker` walks one file keeping track of scopes (module, class, function)
 so that a name is known to be module-level or local; it also records where
 module-level names are mutated, which the ISO101 check of
-:class:`isolation._static_module.ModuleChecks` reports. :meth:`FileChecker.run`
+:class:`isolation.static._module.ModuleChecks` reports. :meth:`FileChecker.run`
 returns :class:`RawFinding` values; pragmas, paths and sorting are applied by
-:mod:`isolation._static`.
+:mod:`isolation.static._checker`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Final
 
 import attrs
 
-from ._static_model import RawFinding
-from ._static_module import ModuleChecks, Mutation, stmt_first_line, walk_scope
-from ._static_names import (
+from ._model import RawFinding
+from ._module import ModuleChecks, Mutation, stmt_first_line, walk_scope
+from ._names import (
     MUTATING_FUNCTIONS,
     MUTATING_METHODS,
     ClassKind,

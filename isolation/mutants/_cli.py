@@ -16,10 +16,10 @@ from pathlib import Path
 
 import trio
 
-from ._mutants import MutantOptions, MutantResult, run_mutants
-from ._mutants_catalogue import CATALOGUE, by_name
-from ._mutants_model import MutantError
-from ._mutants_report import as_json, format_markdown, format_text, replace_block
+from ._catalogue import CATALOGUE, by_name
+from ._model import MutantError
+from ._report import as_json, format_markdown, format_text, replace_block
+from ._runner import MutantOptions, MutantResult, run_mutants
 
 __all__ = ["EXIT_UNEXPECTED", "add_mutants_parser", "run_mutants_command"]
 
@@ -45,7 +45,7 @@ _EPILOG = """\
 exit codes:
   0  every mutant caught as expected, the control clean in both checks
   1  a mutant not caught as expected, a dirty control, a mutant that no longer
-     applies to app/ (update isolation/_mutants_catalogue.py), or a server that
+     applies to app/ (update isolation/mutants/_catalogue.py), or a server that
      did not start
   2  usage error
 

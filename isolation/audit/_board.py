@@ -5,8 +5,8 @@ from __future__ import annotations
 import attrs
 import trio
 
-from ._audit_link import Link
-from ._markers import request_scoped
+from .._markers import request_scoped
+from ._link import Link
 
 __all__ = ["Board", "Target", "raise_fd_limit"]
 

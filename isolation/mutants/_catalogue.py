@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from ._mutants_model import Mutant, Replacement
+from ._model import Mutant, Replacement
 
 __all__ = ["CATALOGUE", "CONTROL", "by_name"]
 

@@ -73,10 +73,10 @@ from typing import Final
 
 import attrs
 
-from ._static_checks import FileChecker
-from ._static_model import CODES, Finding, RawFinding
-from ._static_module import ClassInfo, class_infos
-from ._static_names import DEFAULT_MUTABLE_CONSTRUCTORS
+from ._checks import FileChecker
+from ._model import CODES, Finding, RawFinding
+from ._module import ClassInfo, class_infos
+from ._names import DEFAULT_MUTABLE_CONSTRUCTORS
 
 __all__ = [
     "CODES",

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import trio
 
-from ._audit import run_audit
-from ._audit_plan import AuditConfig, AuditError
-from ._audit_report import EXIT_UNUSABLE
+from ._plan import AuditConfig, AuditError
+from ._report import EXIT_UNUSABLE
+from ._run import run_audit
 
 __all__ = ["add_audit_parser", "config_from_args", "run_audit_command"]
 

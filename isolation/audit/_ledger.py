@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import attrs
 
-from ._markers import request_scoped
+from .._markers import request_scoped
 
 __all__ = [
     "ANOMALY_KINDS",

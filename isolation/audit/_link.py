@@ -27,9 +27,9 @@ from trio_websocket import (
 )
 from wsproto.utilities import LocalProtocolError
 
-from ._audit_plan import RunPlan
+from .._markers import request_scoped
 from ._ledger import Observed, UserLedger
-from ._markers import request_scoped
+from ._plan import RunPlan
 
 __all__ = [
     "INTERRUPTED",

@@ -1,6 +1,6 @@
 """Mutants: proof that both isolation checks can fail.
 
-For each mutant of :mod:`isolation._mutants_catalogue` (and the unmodified control),
+For each mutant of :mod:`isolation.mutants._catalogue` (and the unmodified control),
 :func:`run_mutant`:
 
 1. copies the importable ``app`` package into a temporary directory and applies the
@@ -43,12 +43,12 @@ from typing import Any, Final
 import attrs
 import trio
 
-from ._audit import run_audit
-from ._audit_plan import AuditConfig, AuditError
-from ._audit_report import AuditReport
-from ._mutants_catalogue import CONTROL
-from ._mutants_model import Mutant, MutantError, Replacement
-from ._static import Finding, check_paths
+from ..audit._plan import AuditConfig, AuditError
+from ..audit._report import AuditReport
+from ..audit._run import run_audit
+from ..static._checker import Finding, check_paths
+from ._catalogue import CONTROL
+from ._model import Mutant, MutantError, Replacement
 
 __all__ = [
     "MutantOptions",
@@ -236,7 +236,7 @@ def apply_replacements(
             found = "file missing" if text is None else f"anchor found {count} times"
             raise MutantError(
                 f"mutant {name} no longer applies to app/{replacement.file} "
-                f"({found}: {first!r}); update isolation/_mutants_catalogue.py"
+                f"({found}: {first!r}); update isolation/mutants/_catalogue.py"
             )
         files[replacement.file] = text.replace(replacement.old, replacement.new, 1)
 

@@ -53,7 +53,7 @@ def _rate(name: str, value: float) -> str | None:
 
 @attrs.frozen(kw_only=True)
 class AuditConfig:
-    """Everything :func:`isolation._audit.run_audit` needs; see ``audit --help``."""
+    """Everything :func:`isolation.audit._run.run_audit` needs; see ``audit --help``."""
 
     url: str
     users: int = 10

@@ -12,6 +12,7 @@ from ._auth import AuthError as AuthError
 from ._auth import TokenVerifier as TokenVerifier
 from ._auth import VerifiedClaims as VerifiedClaims
 from ._auth import mint_token as mint_token
+from ._build import build_services as build_services
 from ._codes import PROTOCOL as PROTOCOL
 from ._codes import CloseCode as CloseCode
 from ._codes import CloseReason as CloseReason
@@ -26,7 +27,6 @@ from ._memory import MemoryTransport as MemoryTransport
 from ._memory import PeerClosed as PeerClosed
 from ._memory import memory_transport_pair as memory_transport_pair
 from ._server import RunningServer as RunningServer
-from ._server import build_services as build_services
 from ._server import serve as serve
 from ._services import ServerLifecycle as ServerLifecycle
 from ._services import Services as Services

@@ -19,50 +19,16 @@ from quart import Response, websocket
 from quart.wrappers import Websocket
 from quart_trio import QuartTrio
 
-from isolation import request_scoped
-
+from ._asgi_connection import QuartTransport
 from ._conformance import ECHO_PATH, log_startup_warning, serve_quart_echo
 from ._context import UserContext
-from ._frames import FrameQueue
 from ._handshake import Reject
 from ._routes import HttpReply, admit, decide, health_reply, ready_reply, rejection_reply
 from ._services import ServerLifecycle, Services
 from ._session import run_session
-from ._transport import HandshakeInfo, TransportClosed, UnsupportedFrame
+from ._transport import HandshakeInfo
 
 __all__ = ["QuartTransport", "create_app"]
-
-
-@request_scoped
-class QuartTransport(FrameQueue):
-    """:class:`Transport` over a Quart websocket. Keepalive is Hypercorn's (``pings`` false)."""
-
-    pings = False
-
-    def __init__(self, ws: Websocket) -> None:
-        self._ws = ws
-        self._closed = False
-        super().__init__()
-
-    async def receive(self) -> str:
-        data = await self._ws.receive()
-        if isinstance(data, str):
-            return data
-        raise UnsupportedFrame  # bytes, or None for an empty binary frame
-
-    async def _write(self, frame: bytes) -> None:
-        if self._closed:
-            raise TransportClosed
-        await self._ws.send(frame.decode())  # Quart sends str as text, bytes as binary
-
-    def ping(self) -> trio.Event:  # pragma: no cover - pings is False
-        raise NotImplementedError
-
-    async def close(self, code: int, reason: str) -> None:
-        if not self._closed:
-            await self.flush_before_close()
-            self._closed = True
-            await self._ws.close(code, reason)
 
 
 def _response(reply: HttpReply) -> Response:

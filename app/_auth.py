@@ -22,6 +22,8 @@ from joserfc import jws, jwt
 from joserfc.errors import BadSignatureError, JoseError, SecurityWarning
 from joserfc.jwk import ECKey, Key, OctKey, RSAKey, import_key
 
+from ._messages import MAX_TOKEN_CHARS
+
 __all__ = [
     "MAX_TOKEN_CHARS",
     "AuthConfig",
@@ -34,7 +36,6 @@ __all__ = [
     "mint_token",
 ]
 
-MAX_TOKEN_CHARS: Final = 8192
 MAX_SUBJECT_CHARS: Final = 256
 MIN_SECRET_BYTES: Final = 32
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import trio
 
 from ._auth import load_jwks, mint_token
+from ._build import build_services, read_secret
 from ._gc import FULL_COLLECTION_INTERVAL_S, collect_periodically, tune_gc_for_serving
-from ._server import RunningServer, build_services, read_secret, serve
+from ._server import RunningServer, serve
 from ._services import Services
 from ._settings import ConfigError, Settings, add_setting_arguments, load_settings
 

@@ -14,7 +14,6 @@ from typing import Any, Final
 
 import attrs
 
-from ._auth import MAX_TOKEN_CHARS
 from ._codes import ErrorCode
 
 __all__ = [
@@ -29,6 +28,9 @@ __all__ = [
     "UserMessage",
     "parse_client_message",
 ]
+
+#: Longest token accepted in an ``auth`` message (the handshake's limit too).
+MAX_TOKEN_CHARS: Final = 8192
 
 #: run_id, thread_id and client_id: 1-128 characters of a log-safe alphabet.
 ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")

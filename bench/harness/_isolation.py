@@ -1,4 +1,4 @@
-"""The isolation check of every frame, on top of :class:`isolation._ledger.UserLedger`.
+"""The isolation check of every frame, on top of :class:`isolation.audit._ledger.UserLedger`.
 
 Each simulated user carries two canaries: one in the text of every message it sends
 and one in its ``thread_id``. One index maps every user's canaries to their owner, so

@@ -1,44 +1,89 @@
-"""trio-enclave: one nursery, one context, one emitter per WebSocket connection."""
+"""trio-enclave: one nursery, one context, one emitter per WebSocket connection.
 
-from ._agent import Agent as Agent
-from ._agent import AgentOptions as AgentOptions
-from ._agent import EchoAgent as EchoAgent
-from ._agent import Emit as Emit
-from ._agent import RunContext as RunContext
-from ._agent import load_agent as load_agent
-from ._asgi import create_app as create_app
-from ._auth import AuthConfig as AuthConfig
-from ._auth import AuthError as AuthError
-from ._auth import TokenVerifier as TokenVerifier
-from ._auth import VerifiedClaims as VerifiedClaims
-from ._auth import mint_token as mint_token
-from ._build import build_services as build_services
-from ._codes import PROTOCOL as PROTOCOL
-from ._codes import CloseCode as CloseCode
-from ._codes import CloseReason as CloseReason
-from ._codes import ErrorCode as ErrorCode
-from ._context import UserContext as UserContext
-from ._events import AgentThinking as AgentThinking
-from ._events import ToolCompleted as ToolCompleted
-from ._events import ToolExecuting as ToolExecuting
-from ._lean_ws import LeanTransport as LeanTransport
-from ._memory import MemoryClient as MemoryClient
-from ._memory import MemoryTransport as MemoryTransport
-from ._memory import PeerClosed as PeerClosed
-from ._memory import memory_transport_pair as memory_transport_pair
-from ._server import RunningServer as RunningServer
-from ._server import serve as serve
-from ._services import ServerLifecycle as ServerLifecycle
-from ._services import Services as Services
-from ._session import run_session as run_session
-from ._settings import ConfigError as ConfigError
-from ._settings import Settings as Settings
-from ._settings import load_settings as load_settings
-from ._transport import HandshakeInfo as HandshakeInfo
-from ._transport import SendTimeout as SendTimeout
-from ._transport import Transport as Transport
-from ._transport import TransportClosed as TransportClosed
-from ._transport import UnsupportedFrame as UnsupportedFrame
+The tree is the architecture, lowest layer first; each layer imports only those above it
+in this list:
+
+- ``core/``: the chat.v1 protocol without I/O (messages, events, the state machine).
+- ``auth/``: tokens (joserfc) and the verified ``UserContext``.
+- ``agents/``: what a run does (the ``Agent`` interface, ``RunContext``, ``echo``).
+- ``services/``: what the process shares, built once (settings, services, lifecycle,
+  admission, the timer).
+- ``session/``: one connection's nursery around the state machine, and the small
+  ``Transport`` interface it needs.
+- ``transports/``: ``lean/`` (Trio sockets, the default) and ``asgi/`` (Quart-Trio on
+  Hypercorn), with the same file names in each.
+- ``server/``: ``serve()``: the process, its signals and its drain.
+- ``cli/``: the ``enclave`` command and its terminal chat client.
+- ``testing/``: the in-memory transport and the schema, for tests; not loaded here.
+
+``import app`` loads neither Quart nor Hypercorn (``create_app`` loads them when first
+used) nor ``app.testing`` (its names here load it when first used).
+"""
+
+import types as _types
+import typing as _typing
+
+from .agents import Agent as Agent
+from .agents import AgentOptions as AgentOptions
+from .agents import EchoAgent as EchoAgent
+from .agents import Emit as Emit
+from .agents import RunContext as RunContext
+from .agents import load_agent as load_agent
+from .auth import AuthConfig as AuthConfig
+from .auth import AuthError as AuthError
+from .auth import TokenVerifier as TokenVerifier
+from .auth import UserContext as UserContext
+from .auth import VerifiedClaims as VerifiedClaims
+from .auth import mint_token as mint_token
+from .core import PROTOCOL as PROTOCOL
+from .core import AgentThinking as AgentThinking
+from .core import CloseCode as CloseCode
+from .core import CloseReason as CloseReason
+from .core import ErrorCode as ErrorCode
+from .core import ToolCompleted as ToolCompleted
+from .core import ToolExecuting as ToolExecuting
+from .server import RunningServer as RunningServer
+from .server import serve as serve
+from .services import ConfigError as ConfigError
+from .services import ServerLifecycle as ServerLifecycle
+from .services import Services as Services
+from .services import Settings as Settings
+from .services import build_services as build_services
+from .services import load_settings as load_settings
+from .session import HandshakeInfo as HandshakeInfo
+from .session import SendTimeout as SendTimeout
+from .session import Transport as Transport
+from .session import TransportClosed as TransportClosed
+from .session import UnsupportedFrame as UnsupportedFrame
+from .session import run_session as run_session
+from .transports.lean import LeanTransport as LeanTransport
+
+if _typing.TYPE_CHECKING:
+    from .testing import MemoryClient as MemoryClient
+    from .testing import MemoryTransport as MemoryTransport
+    from .testing import PeerClosed as PeerClosed
+    from .testing import memory_transport_pair as memory_transport_pair
+    from .transports.asgi import create_app as create_app
+
+_LAZY = _types.MappingProxyType(
+    {
+        "create_app": "app.transports.asgi",
+        "MemoryClient": "app.testing",
+        "MemoryTransport": "app.testing",
+        "PeerClosed": "app.testing",
+        "memory_transport_pair": "app.testing",
+    }
+)
+
+
+def __getattr__(name: str) -> _typing.Any:
+    # Names whose modules the server does not need: loaded on first use.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'app' has no attribute {name!r}")
+
 
 __all__ = [
     "PROTOCOL",

@@ -18,7 +18,7 @@ __all__ = ["Window", "expectation", "judge_transport", "render_markdown", "windo
 HYPERCORN_KEEP_ALIVE_S = 5.0
 #: Attacker failures that are the bench's, not the server's doing.
 BROKEN = ("crashed:", "loop_stuck")
-#: How long the session may take to close after deciding to (app._session.CLOSE_TIMEOUT_S).
+#: How long the session may take to close after deciding to (app.session._session.CLOSE_TIMEOUT_S).
 CLOSE_S = 5.0
 
 

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from app._gc import tune_gc_for_serving
+from app.server._gc import tune_gc_for_serving
 
 from ._spawn import ProcessSet, python_argv, raise_nofile
 
@@ -117,7 +117,7 @@ def main() -> int:
         background()
     # The load generator measures latency: its own collector must not pause it. With
     # Python's defaults, 1,000 connections gave it full collections of 60-100 ms, taken
-    # for the server's latency. The serving process's settings (app/_gc.py) apply here too.
+    # for the server's latency. The serving process's settings (app/server/_gc.py) apply here too.
     tune_gc_for_serving()
     run = _role(job["role"])
     factory = _loop_factory(str(job.get("loop", "auto")))

@@ -32,7 +32,7 @@ from typing import Any
 import attrs
 from websockets.uri import WebSocketURI, parse_uri
 
-from app._auth import mint_token
+from app.auth._tokens import mint_token
 
 from ..harness import Commands, FastClient, IsolationCheck, UserCheck, emit
 from ._results import LoadResult

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import attrs
 
-from app._auth import AuthConfig, AuthError, TokenVerifier, extract_token
+from app.auth._tokens import AuthConfig, AuthError, TokenVerifier, extract_token
 
 __all__ = [
     "PROTOCOL",

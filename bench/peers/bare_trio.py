@@ -1,8 +1,8 @@
 """chat.v1 peer: the lean transport running a bare handler, with no session.
 
 The same Trio sockets and the same WebSocket layer as ``enclave serve --transport
-lean`` (:class:`app._lean_ws.LeanTransport`, websockets' sans-I/O protocol), the same
-token check, but after the upgrade only a minimal handler: a per-connection nursery
+lean`` (:class:`app.transports.lean.LeanTransport`, websockets' sans-I/O protocol), the
+same token check, but after the upgrade only a minimal handler: a per-connection nursery
 (one task per run, as the full server has), ``json.loads`` and the echo agent. No
 session, user context, validation, limits, keepalive or emitter queue. Against the
 full server on the lean transport this is what the session costs.
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 
 import trio
 
-from app._lean_ws import LeanTransport
-from app._transport import TransportClosed, UnsupportedFrame
+from app.session._transport import TransportClosed, UnsupportedFrame
+from app.transports.lean._connection import LeanTransport
 
 from ._chat import (
     PeerArgs,

@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 from websockets.uri import WebSocketURI, parse_uri
 
-from app._auth import mint_token
+from app.auth._tokens import mint_token
 from isolation.audit._ledger import CanaryIndex, CanaryOwner, UserLedger, derive_canary
 
 from ..harness import Commands, FastClient, emit, summarize, user_name

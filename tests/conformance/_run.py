@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 ROOT: Final = Path(__file__).resolve().parents[2]
-#: The echo route (app/_conformance.py); the runner does not import the app.
+#: The echo route (app/transports/_conformance.py); the runner does not import the app.
 ECHO_PATH: Final = "/conformance/echo"
 #: RFC 6455 itself: framing, pings, reserved bits, opcodes, fragments, UTF-8, close, limits.
 BASE_CASES: Final = tuple(f"{n}.*" for n in range(1, 11))

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trio
 
-from app._accept_log import ACCEPT_LOG_INTERVAL_S
+from app.transports._accept_log import ACCEPT_LOG_INTERVAL_S
 from tests.security._clients import (
     TERMINAL_TYPES,
     Rejected,

@@ -35,11 +35,10 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from wsproto.connection import Connection, ConnectionType
 
 from app import AgentThinking, RunningServer, build_services, serve
-from app._codes import CloseCode, CloseReason, ErrorCode
-from app._events import AgentCompleted, ErrorEvent, Pong
-from app._messages import ClientMessage, ProtocolError, parse_client_message
-from app._schema import validate_server_event
-from app._state import (
+from app.core._codes import CloseCode, CloseReason, ErrorCode
+from app.core._events import AgentCompleted, ErrorEvent, Pong
+from app.core._messages import ClientMessage, ProtocolError, parse_client_message
+from app.core._state import (
     Close,
     ConnectionState,
     EventRefused,
@@ -49,6 +48,7 @@ from app._state import (
     StartRun,
     StopRun,
 )
+from app.testing._schema import validate_server_event
 
 if TYPE_CHECKING:
     from tests.security.conftest import E2E, Endpoint, Hostile

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
-from app._codes import ErrorCode
-from app._messages import ProtocolError, parse_client_message
-from app._schema import load_schema
+from app.core._codes import ErrorCode
+from app.core._messages import ProtocolError, parse_client_message
+from app.testing._schema import load_schema
 
 if TYPE_CHECKING:
     from tests.security.conftest import E2E, Hostile

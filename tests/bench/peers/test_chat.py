@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from app._auth import mint_token
-from app._schema import validate_server_event
+from app.auth._tokens import mint_token
+from app.testing._schema import validate_server_event
 from bench.peers._chat import (
     Accepted,
     PeerAuth,

@@ -80,11 +80,11 @@ def test_the_command_prints_writes_and_updates_the_doc(
     assert [r["name"] for r in data["results"]] == [m.name for m in ALL]
 
     async def stale(*args: Any) -> tuple[MutantResult, ...]:
-        raise MutantError("mutant x no longer applies to app/_agent.py (anchor found 0 times)")
+        raise MutantError("mutant x no longer applies to app/agents/_agent.py (anchor: 0 times)")
 
     monkeypatch.setattr(mutants_cli, "run_mutants", stale)
     assert main(["mutants", "--only", "idor_cancel"]) == 1
-    assert "error: mutant x no longer applies to app/_agent.py" in capsys.readouterr().err
+    assert "error: mutant x no longer applies to app/agents/_agent.py" in capsys.readouterr().err
 
     async def missed(
         mutants: Sequence[Mutant], options: MutantOptions, progress: Any

@@ -1,0 +1,140 @@
+"""Agents: what a run does. Pluggable through a small interface.
+
+An agent receives the run's :class:`RunContext` and an ``emit`` function bound
+to that run -- never the server, the session or other connections.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+import trio
+
+from ..core._events import AgentThinking, ToolCompleted, ToolExecuting
+
+if TYPE_CHECKING:  # the timer is the server's; an agent only sleeps on it
+    from ..services._timer import Timer
+
+__all__ = [
+    "Agent",
+    "AgentLoadError",
+    "AgentOptions",
+    "EchoAgent",
+    "Emit",
+    "RunContext",
+    "load_agent",
+]
+
+AgentPayload = AgentThinking | ToolExecuting | ToolCompleted
+
+
+@attrs.frozen
+class RunContext:
+    """What an agent knows about the run it serves."""
+
+    run_id: str
+    thread_id: str
+    user_id: str
+    text: str
+    client_id: str | None = None
+    timer: Timer | None = attrs.field(default=None, repr=False, eq=False)
+
+    async def sleep(self, seconds: float) -> None:
+        """``trio.sleep``, woken by the server's timer: about a quarter of the CPU.
+
+        Cancellation: as ``trio.sleep`` (the run's cancel scope stops it).
+        """
+        if self.timer is None:
+            await trio.sleep(seconds)
+        else:
+            await self.timer.sleep(seconds)
+
+
+class Emit(Protocol):
+    async def __call__(self, payload: AgentPayload, /) -> None:
+        """Send one event of this run. Blocks while the client is not reading."""
+        ...
+
+
+class Agent(Protocol):
+    """A stateless service shared by all runs; per-run state lives in ``run``'s frame."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def run(self, run: RunContext, emit: Emit) -> Any:
+        """Do the work of one run and return its JSON ``result``.
+
+        Cancellation: the run's cancel scope is cancelled when the client sends
+        ``cancel``, when the run times out or when the connection ends; the agent
+        should let ``trio.Cancelled`` propagate. Raising any exception ends the run
+        with ``agent_error`` (code ``agent_failed``).
+        """
+        ...
+
+
+@attrs.frozen
+class AgentOptions:
+    """Settings an agent factory receives."""
+
+    delay_s: float = 0.0
+
+
+class AgentLoadError(ValueError):
+    """The ``--agent`` spec cannot be loaded."""
+
+
+@attrs.frozen
+class EchoAgent:
+    """The built-in agent: thinks, counts the words of the text with a tool, completes."""
+
+    delay_s: float = 0.0
+    name: str = "echo"
+
+    async def run(self, run: RunContext, emit: Emit) -> Any:
+        await self._step(run)
+        await emit(AgentThinking(thought="I will count the words of your message."))
+        await self._step(run)
+        await emit(ToolExecuting(tool_name="word_count", tool_input={"text": run.text}))
+        words = len(run.text.split())
+        await self._step(run)
+        await emit(ToolCompleted(tool_name="word_count", results={"words": words}))
+        await self._step(run)
+        return {"text": run.text, "words": words}
+
+    async def _step(self, run: RunContext) -> None:
+        if self.delay_s > 0:
+            await run.sleep(self.delay_s)
+
+
+def echo(options: AgentOptions) -> Agent:
+    """Factory of the built-in ``echo`` agent."""
+    return EchoAgent(delay_s=options.delay_s)
+
+
+def load_agent(spec: str, options: AgentOptions) -> Agent:
+    """Build the agent named by ``spec``: ``echo`` or ``module:attr`` of a factory.
+
+    The factory is called once at startup with ``options`` and returns an object
+    with a ``name`` and an async ``run(run, emit)``.
+    """
+    if spec == "echo":
+        return echo(options)
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise AgentLoadError(f"--agent {spec!r}: expected 'echo' or 'module:attr'")
+    try:
+        factory: Callable[[AgentOptions], Agent] = getattr(
+            importlib.import_module(module_name), attr
+        )
+    except (ImportError, AttributeError) as exc:
+        raise AgentLoadError(f"--agent {spec!r}: {exc}") from None
+    agent = factory(options)
+    if not isinstance(getattr(agent, "name", None), str) or not callable(
+        getattr(agent, "run", None)
+    ):
+        raise AgentLoadError(f"--agent {spec!r}: factory did not return an agent")
+    return agent

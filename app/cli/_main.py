@@ -1,0 +1,151 @@
+"""The ``enclave`` command: ``serve``, ``token`` and ``chat``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from functools import partial
+from pathlib import Path
+
+import trio
+
+from ..auth._tokens import load_jwks, mint_token
+from ..server._gc import FULL_COLLECTION_INTERVAL_S, collect_periodically, tune_gc_for_serving
+from ..server._serve import RunningServer, serve
+from ..services._build import build_services, read_secret
+from ..services._services import Services
+from ..services._settings import ConfigError, Settings, add_setting_arguments, load_settings
+
+__all__ = ["DEV_SECRET_FILE", "ensure_dev_secret", "main"]
+
+#: Where ``serve --dev`` keeps its generated secret (git-ignored, mode 0600).
+DEV_SECRET_FILE = ".enclave/dev-secret"
+EXIT_CONFIG = 2
+
+
+def ensure_dev_secret(path: str | os.PathLike[str] = DEV_SECRET_FILE) -> Path:
+    """Create the dev secret file (0600) unless it exists; return its path."""
+    file = Path(path)
+    if not file.exists():
+        file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(48) + "\n")
+    return file
+
+
+def _key_configured(values: Mapping[str, str | None], environ: Mapping[str, str]) -> bool:
+    names = ("jwt_secret", "jwt_secret_file", "jwks")
+    return any(values.get(n) or environ.get("ENCLAVE_" + n.upper()) for n in names)
+
+
+def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    values = {k: v for k, v in vars(args).items() if isinstance(v, str) or v is None}
+    overrides = {}
+    if getattr(args, "dev", False) and not _key_configured(values, environ):
+        overrides["jwt_secret_file"] = str(ensure_dev_secret())
+    return load_settings(values, environ, **overrides)
+
+
+def _mint(settings: Settings, sub: str, ttl_s: float) -> str:
+    algorithm = settings.effective_algorithms()[0]
+    common = {
+        "algorithm": algorithm,
+        "subject": sub,
+        "ttl_s": ttl_s,
+        "now": time.time(),
+        "audience": settings.audience,
+        "issuer": settings.issuer,
+    }
+    if settings.jwks:
+        return mint_token(jwks=load_jwks(settings.jwks), **common)  # type: ignore[arg-type]
+    return mint_token(secret=read_secret(settings), **common)  # type: ignore[arg-type]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="enclave", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_serve = sub.add_parser("serve", help="run the WebSocket server")
+    p_serve.add_argument(
+        "--dev",
+        action="store_true",
+        help=f"without a configured key, use (and create) {DEV_SECRET_FILE}; print a token",
+    )
+    add_setting_arguments(p_serve)
+
+    p_token = sub.add_parser("token", help="mint a token with the configured key")
+    p_token.add_argument("--sub", required=True, help="subject (user id)")
+    p_token.add_argument("--ttl", type=float, default=3600.0, help="lifetime in seconds")
+    p_token.add_argument("--dev", action="store_true", help=f"use {DEV_SECRET_FILE}")
+    add_setting_arguments(p_token)
+
+    p_chat = sub.add_parser("chat", help="interactive terminal client")
+    p_chat.add_argument("--url", default="ws://127.0.0.1:8000/ws", help="server WebSocket URL")
+    p_chat.add_argument("--token", help="bearer token [ENCLAVE_TOKEN]")
+    p_chat.add_argument("--json", action="store_true", help="print raw events")
+    p_chat.add_argument("--thread", default=None, help="thread_id for every message")
+    return parser
+
+
+def _dev_banner(server: RunningServer, settings: Settings) -> str:
+    token = _mint(settings, "dev-user", 24 * 3600)
+    ws_url = server.ws_url + settings.path
+    return (
+        f"trio-enclave (dev mode) listening on {server.url}\n"
+        f"  a token for user 'dev-user' (24 h):\n    {token}\n"
+        f"  chat from another terminal:\n"
+        f"    .venv/bin/enclave chat --url {ws_url} --token {token}\n"
+        f"  more tokens: .venv/bin/enclave token --dev --sub alice\n"
+    )
+
+
+async def _serve_main(settings: Settings, services: Services, dev: bool) -> None:
+    async with trio.open_nursery() as process:
+        process.start_soon(collect_periodically, FULL_COLLECTION_INTERVAL_S, services.log)
+        async with trio.open_nursery() as nursery:
+            server: RunningServer = await nursery.start(
+                partial(serve, settings, services=services, handle_signals=True)
+            )
+            if dev:
+                print(_dev_banner(server, settings), flush=True)
+        process.cancel_scope.cancel()  # serve() has returned: the collector goes with it
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Entry point of ``enclave``; returns the process exit code."""
+    environ = os.environ if environ is None else environ
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "chat":
+            token = args.token or environ.get("ENCLAVE_TOKEN")
+            if not token:
+                print("enclave chat: --token or ENCLAVE_TOKEN is required", file=sys.stderr)
+                return EXIT_CONFIG
+            from ._chat import run_chat
+
+            return trio.run(
+                partial(run_chat, args.url, token, json_mode=args.json, thread_id=args.thread)
+            )
+        settings = _settings(args, environ)
+        if args.command == "token":
+            print(_mint(settings, args.sub, args.ttl))
+            return 0
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        services = build_services(settings)  # every key/agent problem surfaces before serving
+        tune_gc_for_serving()
+        trio.run(_serve_main, settings, services, args.dev)
+    except ConfigError as exc:
+        print(f"enclave: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:  # pragma: no cover - second Ctrl-C during startup
+        return 130
+    return 0

@@ -1,0 +1,102 @@
+"""``serve()``: build the process's services, run a transport, drain on signals.
+
+``settings.transport`` picks Hypercorn's trio worker serving the Quart-Trio app
+(``asgi``) or Trio sockets with websockets' sans-IO protocol (``lean``).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import attrs
+import trio
+
+from ..services._admission import SubjectGuard
+from ..services._build import build_services
+from ..services._services import ServerLifecycle, Services
+from ..services._settings import Settings
+from ..transports._accept_log import throttle_accept_errors
+from ..transports.lean._server import serve_lean
+
+__all__ = ["RunningServer", "serve"]
+
+
+@attrs.frozen
+class RunningServer:
+    """Handed to ``task_status`` once the server listens."""
+
+    url: str
+    port: int
+    lifecycle: ServerLifecycle
+
+    @property
+    def ws_url(self) -> str:
+        return "ws" + self.url.removeprefix("http")
+
+    def shutdown(self, grace_s: float) -> None:
+        """Begin the graceful shutdown a SIGTERM would."""
+        self.lifecycle.begin_drain(grace_s)
+
+
+async def serve(
+    settings: Settings,
+    *,
+    services: Services | None = None,
+    handle_signals: bool = False,
+    task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until shut down, then return.
+
+    With ``handle_signals``, SIGTERM/SIGINT begin a graceful shutdown: ``/ready``
+    turns 503, new handshakes get 503, runs get ``shutdown_grace_s`` to finish,
+    then every connection is closed 1001; a second signal skips the grace.
+    Cancellation: the server stops at once; connections are dropped without a
+    close frame.
+    """
+    services = services or build_services(settings)
+    lifecycle = ServerLifecycle(
+        max_connections=settings.max_connections,
+        subjects=SubjectGuard(
+            settings.connect_rate_per_s, settings.connect_burst, settings.abuse_cooldown_s
+        ),
+    )
+    if settings.transport == "lean":
+        transport = serve_lean
+    else:  # imported here: only an ASGI server loads Quart and Hypercorn
+        from ..transports.asgi._hypercorn import serve_asgi as transport
+
+    async with trio.open_nursery() as outer:
+        await outer.start(lifecycle.timer.run)
+        if handle_signals:
+            outer.start_soon(
+                _watch_signals, lifecycle, settings.shutdown_grace_s, outer, services.log
+            )
+        # Out of file descriptors, accept() fails and is retried every 0.1 s: log it rarely.
+        with throttle_accept_errors():
+            async with trio.open_nursery() as inner:
+                url: str = await inner.start(transport, services, lifecycle)
+                port = int(url.rsplit(":", 1)[1])
+                services.log.info("listening on %s (websocket path %s)", url, settings.path)
+                task_status.started(RunningServer(url=url, port=port, lifecycle=lifecycle))
+        services.log.info("stopped")
+        outer.cancel_scope.cancel()
+
+
+async def _watch_signals(
+    lifecycle: ServerLifecycle, grace_s: float, server: trio.Nursery, log: logging.Logger
+) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if lifecycle.draining.is_set():
+                log.warning("%s again: stopping now without waiting for the grace period", name)
+                server.cancel_scope.cancel()
+                return
+            log.info(
+                "%s: draining %d connection(s), grace %.1f s",
+                name,
+                lifecycle.open_connections,
+                grace_s,
+            )
+            lifecycle.begin_drain(grace_s)

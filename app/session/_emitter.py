@@ -1,0 +1,80 @@
+"""The per-connection event emitter: stamps, checks and encodes outbound events once."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+import attrs
+
+from isolation import request_scoped
+
+from ..core._events import RunEvent, RunPayload, ServerEvent, serialize
+from ..core._state import ConnectionState, EventRefused
+
+__all__ = ["EventEmitter", "InvalidEvent", "Write"]
+
+#: The connection's outbound path: (the connection the frames were stamped for, frames,
+#: whether writing may wait until the calling task is about to wait).
+Write = Callable[[str, Sequence[bytes], bool], Awaitable[None]]
+
+
+class InvalidEvent(Exception):
+    """An event whose payload cannot be sent (not JSON, or not allowed here)."""
+
+
+@request_scoped
+@attrs.define
+class EventEmitter:
+    """Turns events into frames for exactly one connection and hands them to ``write``.
+
+    Every frame is stamped with this connection's id; run events are numbered by this
+    connection's :class:`ConnectionState`, which refuses runs it does not own. ``write``
+    (the session's) checks the stamp again before the transport gets the frame
+    (defence in depth). Each event is serialized and encoded once.
+    """
+
+    connection_id: str
+    state: ConnectionState
+    write: Write
+    log: logging.Logger
+
+    async def send_event(self, event: ServerEvent) -> None:
+        """Send a connection-level event; returns once it is written.
+
+        Cancellation: the frame stays queued and goes out.
+        """
+        await self.write(self.connection_id, (serialize(event).encode(),), False)
+
+    async def emit_run(self, run_id: str, payload: RunPayload, *, deferred: bool = False) -> None:
+        """Send the next event of ``run_id``; returns once it is written.
+
+        With ``deferred``, returns once it is queued: the caller writes before it waits
+        (a run's task, see ``app/session/_session.py``), unless the queue is long.
+
+        Raises :class:`EventRefused` (logged as an isolation violation) for a run
+        this connection does not own, :class:`InvalidEvent` for a payload that is
+        not JSON (nothing used then). Cancellation: the frame stays queued, with its
+        sequence number, and goes out.
+        """
+        try:
+            event = self.state.prepare(run_id, payload)
+        except EventRefused:
+            self.log.error(
+                "isolation violation: refused %s for run %s on connection %s",
+                payload.TYPE,
+                run_id,
+                self.connection_id,
+            )
+            raise
+        frame = _encode(event)
+        self.state.commit(event)
+        await self.write(self.connection_id, (frame,), deferred)
+
+
+def _encode(event: RunEvent) -> bytes:
+    try:
+        # Encoding is the check too: a lone surrogate from an agent cannot go out as UTF-8.
+        return serialize(event).encode()
+    except (TypeError, ValueError) as exc:
+        raise InvalidEvent(f"{event.payload.TYPE} payload is not JSON: {exc}") from None

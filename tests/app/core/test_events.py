@@ -1,0 +1,84 @@
+import json
+
+import pytest
+
+from app.core._events import (
+    AgentCompleted,
+    AgentError,
+    AgentStarted,
+    AuthOk,
+    ConnectionReady,
+    ErrorEvent,
+    Pong,
+    RunCancelled,
+    RunEvent,
+    ToolExecuting,
+    serialize,
+    to_wire,
+)
+
+
+def test_run_event_carries_run_fields() -> None:
+    event = RunEvent("run_1", "thr_1", 3, ToolExecuting("word_count", {"text": "hi"}))
+    assert to_wire(event) == {
+        "type": "tool_executing",
+        "tool_name": "word_count",
+        "tool_input": {"text": "hi"},
+        "run_id": "run_1",
+        "thread_id": "thr_1",
+        "seq": 3,
+    }
+    assert not event.terminal
+
+
+def test_agent_error_nests_error() -> None:
+    event = RunEvent("r", "t", 2, AgentError("agent_failed", "the agent failed"))
+    assert to_wire(event)["error"] == {"code": "agent_failed", "message": "the agent failed"}
+    assert event.terminal
+
+
+def test_optional_fields_are_omitted() -> None:
+    assert to_wire(RunEvent("r", "t", 1, AgentStarted("echo"))) == {
+        "type": "agent_started",
+        "agent": "echo",
+        "run_id": "r",
+        "thread_id": "t",
+        "seq": 1,
+    }
+    assert to_wire(ErrorEvent("invalid_json", "bad")) == {
+        "type": "error",
+        "code": "invalid_json",
+        "message": "bad",
+    }
+    assert to_wire(ErrorEvent("invalid_message", "m", "c1", "text"))["field"] == "text"
+
+
+def test_connection_level_events() -> None:
+    ready = to_wire(ConnectionReady("conn_1", "alice", {"max_runs": 4}))
+    assert ready == {
+        "type": "connection_ready",
+        "connection_id": "conn_1",
+        "user_id": "alice",
+        "limits": {"max_runs": 4},
+        "protocol": "chat.v1",
+    }
+    assert to_wire(Pong()) == {"type": "pong"}
+    assert to_wire(AuthOk(12.0)) == {"type": "auth_ok", "expires_at": 12.0}
+
+
+def test_serialize_is_compact_unicode_json() -> None:
+    text = serialize(RunEvent("r", "t", 5, AgentCompleted({"text": "héllo"})))
+    assert " " not in text.replace("héllo", "")
+    assert json.loads(text)["result"] == {"text": "héllo"}
+    assert "héllo" in text
+
+
+@pytest.mark.parametrize("bad", [{1, 2}, float("nan"), object()])
+def test_serialize_refuses_non_json(bad: object) -> None:
+    with pytest.raises((TypeError, ValueError)):
+        serialize(RunEvent("r", "t", 1, AgentCompleted(bad)))
+
+
+def test_terminal_payloads() -> None:
+    assert RunEvent("r", "t", 1, RunCancelled("x")).terminal
+    assert RunEvent("r", "t", 1, AgentCompleted(None)).terminal

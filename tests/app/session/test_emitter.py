@@ -1,0 +1,95 @@
+import logging
+from collections.abc import Sequence
+
+import attrs
+import pytest
+import trio
+
+from app.core._codes import ErrorCode
+from app.core._events import AgentCompleted, AgentThinking, ErrorEvent
+from app.core._state import ConnectionState, EventRefused, RunLimits, StartRun
+from app.session._emitter import EventEmitter, InvalidEvent
+
+
+@attrs.define
+class Recorder:
+    """The session's outbound path, recorded: (stamp, frame) per frame written."""
+
+    written: list[tuple[str, bytes]] = attrs.Factory(list)
+    gate: trio.Event | None = None
+
+    async def write(self, connection_id: str, frames: Sequence[bytes], deferred: bool) -> None:
+        self.written += [(connection_id, frame) for frame in frames]
+        if self.gate is not None:
+            await self.gate.wait()
+
+
+def make() -> tuple[EventEmitter, ConnectionState, Recorder]:
+    state = ConnectionState(RunLimits(), new_run_id=lambda: "run_1")
+    recorder = Recorder()
+    emitter = EventEmitter("conn_a", state, recorder.write, logging.getLogger("test.emitter"))
+    return emitter, state, recorder
+
+
+def start(state: ConnectionState) -> str:
+    [action] = state.receive_text('{"type":"user_message","text":"x"}', 0.0)
+    assert isinstance(action, StartRun)
+    return action.run_id
+
+
+async def test_events_are_stamped_with_the_connection_and_encoded_once() -> None:
+    emitter, state, recorder = make()
+    await emitter.send_event(ErrorEvent(ErrorCode.INVALID_JSON, "bad"))
+    run_id = start(state)
+    await emitter.emit_run(run_id, AgentThinking("hmm é"))
+    (first_stamp, _), (second_stamp, second) = recorder.written
+    assert first_stamp == second_stamp == "conn_a"
+    assert b'"seq":1' in second
+    assert "hmm é".encode() in second
+
+
+async def test_foreign_run_is_refused_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    emitter, _, recorder = make()
+    with pytest.raises(EventRefused):
+        await emitter.emit_run("run_of_another_user", AgentThinking("leak"))
+    assert "isolation violation" in caplog.text
+    assert recorder.written == []
+
+
+async def test_non_json_payload_uses_no_sequence_number() -> None:
+    emitter, state, recorder = make()
+    run_id = start(state)
+    with pytest.raises(InvalidEvent):
+        await emitter.emit_run(run_id, AgentCompleted({1, 2}))
+    await emitter.emit_run(run_id, AgentThinking("ok"))
+    [(_, frame)] = recorder.written
+    assert b'"seq":1' in frame
+
+
+async def test_a_cancelled_emit_keeps_its_frame_and_its_number() -> None:
+    # The transport keeps a cancelled sender's frames queued: they go out, numbered.
+    emitter, state, recorder = make()
+    recorder.gate = trio.Event()
+    run_id = start(state)
+    with trio.move_on_after(0.01):
+        await emitter.emit_run(run_id, AgentThinking("blocked"))
+    assert len(recorder.written) == 1
+    assert state.prepare(run_id, AgentThinking("next")).seq == 2
+
+
+async def test_unencodable_text_is_invalid_and_nothing_is_written() -> None:
+    emitter, state, recorder = make()
+    run_id = start(state)
+    with pytest.raises(InvalidEvent):
+        await emitter.emit_run(run_id, AgentThinking("\ud800"))
+    assert recorder.written == []
+    assert state.prepare(run_id, AgentThinking("next")).seq == 1
+
+
+async def test_events_of_a_run_are_numbered_in_order() -> None:
+    emitter, state, recorder = make()
+    run_id = start(state)
+    await emitter.emit_run(run_id, AgentThinking("one"))
+    await emitter.emit_run(run_id, AgentThinking("two"))
+    assert [b'"seq":1' in f for _, f in recorder.written] == [True, False]
+    assert b'"seq":2' in recorder.written[1][1]

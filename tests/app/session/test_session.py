@@ -1,0 +1,488 @@
+import logging
+import math
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from app import (
+    AgentThinking,
+    AuthConfig,
+    EchoAgent,
+    MemoryClient,
+    PeerClosed,
+    RunContext,
+    ServerLifecycle,
+    Services,
+    Settings,
+    TokenVerifier,
+    UserContext,
+    memory_transport_pair,
+    mint_token,
+    run_session,
+)
+from app.agents._agent import Emit
+from app.session._session import CLOCK_TICK_S
+from app.transports._frames import CLOSE_FLUSH_S
+
+SECRET = b"k" * 32
+NOW = 1_800_000_000.0
+
+
+@attrs.define
+class Connection:
+    client: MemoryClient
+    lifecycle: ServerLifecycle
+    ended: trio.Event
+
+    async def expect(self, kind: str) -> dict[str, Any]:
+        event = await self.client.receive_json()
+        assert event["type"] == kind, event
+        return event
+
+    async def closed(self) -> PeerClosed:
+        while True:
+            try:
+                await self.client.receive()
+            except PeerClosed as closed:
+                return closed
+
+    async def run_to_end(self, text: str = "hello there") -> list[dict[str, Any]]:
+        await self.client.send_json({"type": "user_message", "text": text})
+        events = [await self.client.receive_json()]
+        while events[-1]["type"] not in {"agent_completed", "agent_error", "run_cancelled"}:
+            events.append(await self.client.receive_json())
+        return events
+
+
+def token(sub: str = "alice", ttl: float = 3600) -> str:
+    return mint_token(secret=SECRET, algorithm="HS256", subject=sub, ttl_s=ttl, now=NOW)
+
+
+@asynccontextmanager
+async def connect(
+    *,
+    agent: Any = None,
+    client_buffer: float = math.inf,
+    expires_in: float = 3600,
+    lifecycle: ServerLifecycle | None = None,
+    log: logging.Logger | None = None,
+    wrap: Any = None,
+    **overrides: Any,
+) -> AsyncIterator[Connection]:
+    settings = Settings(jwt_secret=SECRET, **overrides)
+    verifier = TokenVerifier.from_secret(SECRET, AuthConfig(algorithms=("HS256",), leeway_s=0))
+    services = Services(
+        settings=settings,
+        verifier=verifier,
+        agent=agent or EchoAgent(delay_s=settings.agent_delay_ms / 1000),
+        log=log or logging.getLogger("test.session"),
+        wall_clock=lambda: NOW,
+    )
+    lifecycle = lifecycle or ServerLifecycle(max_connections=10)
+    transport, client = memory_transport_pair(client_buffer=client_buffer)
+    if wrap is not None:
+        transport = wrap(transport)
+    context = UserContext("alice", "conn_test", NOW + expires_in, "authorization")
+    ended = trio.Event()
+
+    async def session() -> None:
+        try:
+            await run_session(transport, context, services, lifecycle)
+        finally:
+            ended.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(session)
+        conn = Connection(client, lifecycle, ended)
+        ready = await conn.expect("connection_ready")
+        assert (ready["user_id"], ready["protocol"]) == ("alice", "chat.v1")
+        yield conn
+        nursery.cancel_scope.cancel()
+
+
+async def test_round_trip() -> None:
+    async with connect() as conn:
+        events = await conn.run_to_end("hello big world")
+    assert [e["type"] for e in events] == [
+        "agent_started",
+        "agent_thinking",
+        "tool_executing",
+        "tool_completed",
+        "agent_completed",
+    ]
+    assert [e["seq"] for e in events] == [1, 2, 3, 4, 5]
+    assert len({e["run_id"] for e in events}) == 1
+    assert events[2]["tool_name"] == "word_count"
+    assert events[3]["results"] == {"words": 3}
+    assert events[-1]["result"] == {"text": "hello big world", "words": 3}
+
+
+async def test_idle_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    async with connect(idle_timeout_s=30) as conn:
+        start = trio.current_time()
+        closed = await conn.closed()
+        assert (closed.code, closed.reason) == (1000, "idle_timeout")
+        assert trio.current_time() - start == pytest.approx(30)
+        await conn.ended.wait()
+
+
+async def test_client_frames_reset_idle_timer(autojump_clock: trio.testing.MockClock) -> None:
+    async with connect(idle_timeout_s=30) as conn:
+        start = trio.current_time()
+        for _ in range(3):
+            await trio.sleep(20)
+            await conn.client.send_json({"type": "ping"})
+            await conn.expect("pong")
+        closed = await conn.closed()
+        assert closed.reason == "idle_timeout"
+        assert trio.current_time() - start == pytest.approx(90)
+
+
+async def test_pong_timeout_closes_dead_peer(autojump_clock: trio.testing.MockClock) -> None:
+    async with connect(ping_interval_s=10, pong_timeout_s=5) as conn:
+        await trio.sleep(25)  # two healthy pings
+        assert not conn.ended.is_set()
+        conn.client.responsive = False
+        start = trio.current_time()
+        closed = await conn.closed()
+        assert (closed.code, closed.reason) == (1001, "pong_timeout")
+        assert trio.current_time() - start <= 15 + 1e-6
+
+
+class PingRecorder:
+    """A memory transport that notes when each ping is sent."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.pings = inner.pings
+        self.sent_at: list[float] = []
+
+    async def receive(self) -> str:
+        text: str = await self._inner.receive()
+        return text
+
+    def queue(self, frames: Sequence[bytes]) -> None:
+        self._inner.queue(frames)
+
+    def backlog(self) -> int:
+        backlog: int = self._inner.backlog()
+        return backlog
+
+    def write_now(self) -> bool:
+        done: bool = self._inner.write_now()
+        return done
+
+    async def flush(self, deadline: float) -> None:
+        await self._inner.flush(deadline)
+
+    async def send(self, frames: Sequence[bytes], deadline: float) -> None:
+        await self._inner.send(frames, deadline)
+
+    def ping(self) -> trio.Event:
+        self.sent_at.append(trio.current_time())
+        pong: trio.Event = self._inner.ping()
+        return pong
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._inner.close(code, reason)
+
+
+async def test_connections_opened_together_do_not_ping_together(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    recorders: list[PingRecorder] = []
+
+    def record(transport: Any) -> PingRecorder:
+        recorders.append(PingRecorder(transport))
+        return recorders[-1]
+
+    start = trio.current_time()
+    async with AsyncExitStack() as stack:
+        for _ in range(8):
+            await stack.enter_async_context(connect(ping_interval_s=10, wrap=record))
+        await trio.sleep(35)
+    firsts = [r.sent_at[0] - start for r in recorders]
+    # The first ping at a random point of the first interval, then every interval.
+    assert all(0 <= first <= 10 for first in firsts), firsts
+    assert len({round(first, 3) for first in firsts}) > 1, firsts
+    for r in recorders:
+        gaps = [b - a for a, b in zip(r.sent_at, r.sent_at[1:], strict=False)]
+        assert len(gaps) >= 2, r.sent_at
+        assert all(gap == pytest.approx(10, abs=CLOCK_TICK_S) for gap in gaps), r.sent_at
+
+
+async def test_token_expiry(autojump_clock: trio.testing.MockClock) -> None:
+    async with connect(expires_in=60, leeway_s=5) as conn:
+        start = trio.current_time()
+        closed = await conn.closed()
+        assert (closed.code, closed.reason) == (1008, "token_expired")
+        assert trio.current_time() - start == pytest.approx(65)
+
+
+async def test_reauthentication_moves_deadline(autojump_clock: trio.testing.MockClock) -> None:
+    async with connect(expires_in=60, leeway_s=0, idle_timeout_s=10_000) as conn:
+        await conn.client.send_json({"type": "auth", "token": token(ttl=600)})
+        ok = await conn.expect("auth_ok")
+        assert ok["expires_at"] == int(NOW + 600)
+        start = trio.current_time()
+        closed = await conn.closed()
+        assert closed.reason == "token_expired"
+        assert trio.current_time() - start == pytest.approx(600)
+
+
+async def test_reauthentication_with_other_subject_closes() -> None:
+    async with connect() as conn:
+        await conn.client.send_json({"type": "auth", "token": token(sub="mallory")})
+        closed = await conn.closed()
+        assert (closed.code, closed.reason) == (1008, "subject_mismatch")
+
+
+async def test_reauthentication_with_bad_token_keeps_connection() -> None:
+    async with connect() as conn:
+        await conn.client.send_json({"type": "auth", "token": "not-a-jwt"})
+        error = await conn.expect("error")
+        assert error["code"] == "invalid_token"
+        await conn.client.send_json({"type": "ping"})
+        await conn.expect("pong")
+
+
+async def test_binary_frame_closes_1003() -> None:
+    async with connect() as conn:
+        await conn.client.send_binary(b"\x00")
+        closed = await conn.closed()
+        assert (closed.code, closed.reason) == (1003, "binary_not_supported")
+
+
+async def test_slow_consumer(autojump_clock: trio.testing.MockClock) -> None:
+    async with connect(client_buffer=1, send_timeout_s=7) as conn:
+        # connection_ready sits unread in the client's one-frame buffer.
+        for i in range(3):
+            await conn.client.send_json({"type": "user_message", "text": f"run {i}"})
+        start = trio.current_time()
+        await conn.ended.wait()
+        # Closed at the send timeout; the close then gives the peer CLOSE_FLUSH_S to take
+        # what is queued ahead of the close frame (as the lean transport's linger does).
+        assert trio.current_time() - start == pytest.approx(7 + CLOSE_FLUSH_S)
+        # The close frame could not be delivered to a client that does not read;
+        # the session still ended and released everything.
+
+
+async def test_cancel_mid_run(autojump_clock: trio.testing.MockClock) -> None:
+    async with connect(agent_delay_ms=1000) as conn:
+        await conn.client.send_json({"type": "user_message", "text": "x", "client_id": "c1"})
+        started = await conn.expect("agent_started")
+        assert started["client_id"] == "c1"
+        await conn.client.send_json({"type": "cancel", "run_id": started["run_id"]})
+        cancelled = await conn.expect("run_cancelled")
+        assert (cancelled["seq"], cancelled["reason"]) == (2, "cancelled_by_client")
+        await conn.client.send_json({"type": "cancel", "run_id": started["run_id"]})
+        assert (await conn.expect("error"))["code"] == "run_not_found"
+
+
+@attrs.frozen
+class ScriptedAgent:
+    """An agent whose behaviour a test chooses."""
+
+    behaviour: str
+    name: str = "scripted"
+
+    async def run(self, run: RunContext, emit: Emit) -> Any:
+        if self.behaviour == "raise":
+            raise RuntimeError("secret internal detail")
+        if self.behaviour == "hang":
+            await trio.sleep_forever()
+        if self.behaviour == "bad_event":
+            await emit("not an event")  # type: ignore[arg-type]
+        if self.behaviour == "not_json":
+            await emit(AgentThinking(thought=object()))  # type: ignore[arg-type]
+        if self.behaviour == "bad_result":
+            return {"x": {1, 2}}
+        if self.behaviour == "swallow_cancel":
+            try:
+                await trio.sleep(100)
+            except trio.Cancelled:
+                return {"pretended": "done"}
+        return {"ok": True}
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "code"),
+    [
+        ("raise", "agent_failed"),
+        ("hang", "run_timeout"),
+        ("bad_event", "invalid_event"),
+        ("not_json", "invalid_event"),
+        ("bad_result", "invalid_result"),
+    ],
+)
+async def test_agent_failures_end_run_not_connection(
+    behaviour: str, code: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    agent = ScriptedAgent(behaviour)
+    async with connect(agent=agent, run_timeout_s=60) as conn:
+        events = await conn.run_to_end()
+        assert events[-1]["type"] == "agent_error"
+        assert events[-1]["error"]["code"] == code
+        assert "secret internal detail" not in str(events)
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+        # The connection lives on.
+        assert (await conn.run_to_end())[-1]["type"] == "agent_error"
+
+
+async def test_agent_that_swallows_cancel_still_ends_cancelled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with connect(agent=ScriptedAgent("swallow_cancel")) as conn:
+        await conn.client.send_json({"type": "user_message", "text": "x"})
+        started = await conn.expect("agent_started")
+        await conn.client.send_json({"type": "cancel", "run_id": started["run_id"]})
+        assert (await conn.expect("run_cancelled"))["seq"] == 2
+
+
+async def test_drain_lets_runs_finish_then_closes_1001(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with connect(agent_delay_ms=1000) as conn:
+        await conn.client.send_json({"type": "user_message", "text": "x"})
+        await conn.expect("agent_started")
+        conn.lifecycle.begin_drain(grace_s=10)
+        await conn.client.send_json({"type": "user_message", "text": "late"})
+        assert (await conn.expect("error"))["code"] == "shutting_down"
+        kinds = [(await conn.client.receive_json())["type"] for _ in range(4)]
+        assert kinds[-1] == "agent_completed"
+        closed = await conn.closed()
+        assert (closed.code, closed.reason) == (1001, "server_shutdown")
+
+
+async def test_drain_cancels_runs_past_grace(autojump_clock: trio.testing.MockClock) -> None:
+    async with connect(agent_delay_ms=60_000) as conn:
+        await conn.client.send_json({"type": "user_message", "text": "x"})
+        await conn.expect("agent_started")
+        start = trio.current_time()
+        conn.lifecycle.begin_drain(grace_s=10)
+        cancelled = await conn.expect("run_cancelled")
+        assert cancelled["reason"] == "server_shutdown"
+        assert trio.current_time() - start == pytest.approx(10)
+        closed = await conn.closed()
+        assert closed.code == 1001
+
+
+async def test_peer_disconnect_ends_session_and_runs() -> None:
+    async with connect(agent_delay_ms=60_000) as conn:
+        await conn.client.send_json({"type": "user_message", "text": "x"})
+        await conn.expect("agent_started")
+        await conn.client.disconnect()
+        with trio.fail_after(5):
+            await conn.ended.wait()
+
+
+class FailingTransport:
+    """A real memory transport whose send has a bug for frames containing ``marker``."""
+
+    def __init__(self, inner: Any, marker: str) -> None:
+        self._inner = inner
+        self._marker = marker
+        self.pings = inner.pings
+
+    async def receive(self) -> str:
+        text: str = await self._inner.receive()
+        return text
+
+    def queue(self, frames: Sequence[bytes]) -> None:
+        if any(self._marker.encode() in frame for frame in frames):
+            raise RuntimeError("bug in the transport")
+        self._inner.queue(frames)
+
+    def backlog(self) -> int:
+        backlog: int = self._inner.backlog()
+        return backlog
+
+    def write_now(self) -> bool:
+        done: bool = self._inner.write_now()
+        return done
+
+    async def flush(self, deadline: float) -> None:
+        await self._inner.flush(deadline)
+
+    async def send(self, frames: Sequence[bytes], deadline: float) -> None:
+        self.queue(frames)
+        await self.flush(deadline)
+
+    def ping(self) -> trio.Event:
+        pong: trio.Event = self._inner.ping()
+        return pong
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._inner.close(code, reason)
+
+
+async def test_internal_error_closes_1011(caplog: pytest.LogCaptureFixture) -> None:
+    async with connect(wrap=lambda t: FailingTransport(t, "pong")) as conn:
+        await conn.client.send_json({"type": "ping"})
+        closed = await conn.closed()
+        assert (closed.code, closed.reason) == (1011, "internal_error")
+    assert "internal error on connection conn_test" in caplog.text
+
+
+def count_tasks() -> int:
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    todo, seen = [root], 0
+    while todo:
+        task = todo.pop()
+        seen += 1
+        for nursery in task.child_nurseries:
+            todo.extend(nursery.child_tasks)
+    return seen
+
+
+async def test_nothing_survives_the_session(autojump_clock: trio.testing.MockClock) -> None:
+    baseline = count_tasks()
+    async with connect(agent_delay_ms=1000, idle_timeout_s=5) as conn:
+        for _ in range(3):
+            await conn.client.send_json({"type": "user_message", "text": "x"})
+        await trio.testing.wait_all_tasks_blocked()
+        # The connection's own task (reading), its clock, and one task per run.
+        assert count_tasks() == baseline + 2 + 3
+        await conn.closed()
+        await conn.ended.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        assert count_tasks() == baseline
+
+
+@attrs.frozen
+class FanOutAgent:
+    """Emits from several tasks at once, more events than the outbound queue holds."""
+
+    tasks: int = 4
+    each: int = 20
+    name: str = "fan_out"
+
+    async def run(self, run: RunContext, emit: Emit) -> Any:
+        async def burst(n: int) -> None:
+            for i in range(self.each):
+                await emit(AgentThinking(thought=f"{n}.{i}"))
+
+        async with trio.open_nursery() as nursery:
+            for n in range(self.tasks):
+                nursery.start_soon(burst, n)
+        return {"ok": True}
+
+
+async def test_concurrent_emits_keep_seq_and_each_task_order() -> None:
+    # A small queue and a slow reader mix the queue-at-once path with the blocking one.
+    async with connect(agent=FanOutAgent()) as conn:
+        await conn.client.send_json({"type": "user_message", "text": "x"})
+        events: list[dict[str, Any]] = []
+        while not events or events[-1]["type"] != "agent_completed":
+            events.append(await conn.client.receive_json())
+            await trio.lowlevel.checkpoint()
+    assert [e["seq"] for e in events] == list(range(1, 2 + 4 * 20 + 1))
+    for n in range(4):
+        mine = [e["thought"] for e in events if e.get("thought", "").startswith(f"{n}.")]
+        assert mine == [f"{n}.{i}" for i in range(20)]

@@ -32,12 +32,12 @@ _SINGLETON_MANAGER: Final = Mutant(
     ),
     replacements=(
         Replacement(
-            "_services.py",
+            "services/_services.py",
             "from collections.abc import Callable\n",
             "from collections.abc import Callable\nfrom typing import Any\n",
         ),
         Replacement(
-            "_services.py",
+            "services/_services.py",
             "@attrs.frozen\nclass Services:\n",
             '''\
 class EventDispatcher:
@@ -68,43 +68,39 @@ class Services:
 ''',
         ),
         Replacement(
-            "_services.py",
+            "services/_services.py",
             "    wall_clock: Callable[[], float] = time.time\n",
             "    wall_clock: Callable[[], float] = time.time\n"
             "    dispatcher: EventDispatcher = attrs.field(factory=EventDispatcher)\n",
         ),
-        Replacement("_emitter.py", "import logging\n", "import logging\nfrom typing import Any\n"),
         Replacement(
-            "_emitter.py",
+            "session/_emitter.py", "import logging\n", "import logging\nfrom typing import Any\n"
+        ),
+        Replacement(
+            "session/_emitter.py",
             "    log: logging.Logger\n",
             "    log: logging.Logger\n    dispatcher: Any = None\n",
         ),
         Replacement(
-            "_emitter.py",
-            "        await self.channel.send(item)\n",
-            "        connection_id, channel = self.dispatcher.route()\n"
-            "        await channel.send(Outbound(connection_id, item.text))\n",
+            "session/_emitter.py",
+            "        await self.write(self.connection_id, (frame,), deferred)\n",
+            "        connection_id, write = self.dispatcher.route()\n"
+            "        await write(connection_id, (frame,), False)\n",
         ),
         Replacement(
-            "_emitter.py",
-            "            self.channel.send_nowait(item)\n",
-            "            connection_id, channel = self.dispatcher.route()\n"
-            "            channel.send_nowait(Outbound(connection_id, item.text))\n",
-        ),
-        Replacement(
-            "_session.py",
+            "session/_session.py",
             """\
-        self._emitter = EventEmitter(context.connection_id, self._state, send, self._log)
+        self._emitter = EventEmitter(self._connection_id, self._state, self._write, self._log)
 """,
             """\
         self._emitter = EventEmitter(
-            context.connection_id, self._state, send, self._log, services.dispatcher
+            self._connection_id, self._state, self._write, self._log, services.dispatcher
         )
-        services.dispatcher.connect(context.user_id, context.connection_id, send)
+        services.dispatcher.connect(context.user_id, self._connection_id, self._write)
 """,
         ),
         Replacement(
-            "_session.py",
+            "session/_session.py",
             "        agent = self._services.agent\n",
             "        self._services.dispatcher.use(self._context.user_id)\n"
             "        agent = self._services.agent\n",
@@ -126,53 +122,47 @@ _REGISTRY_BY_CLIENT_ID: Final = Mutant(
     ),
     replacements=(
         Replacement(
-            "_emitter.py",
-            "from ._events import RunEvent, RunPayload, ServerEvent, serialize\n",
-            "from ._events import AgentStarted, RunEvent, RunPayload, ServerEvent, serialize\n",
+            "session/_emitter.py",
+            "from ..core._events import RunEvent, RunPayload, ServerEvent, serialize\n",
+            "from ..core._events import AgentStarted, RunEvent, RunPayload, ServerEvent, serialize\n",
         ),
         Replacement(
-            "_emitter.py",
+            "session/_emitter.py",
             "class InvalidEvent(Exception):\n",
             """\
 #: client_id -> the connection that last used it: a client that reconnects with the
 #: same client_id gets the rest of its run's events there.
-_ROUTES: dict[str, tuple[str, trio.MemorySendChannel[Outbound | Flush]]] = {}
+_ROUTES: dict[str, tuple[str, Write]] = {}
 
 
 class InvalidEvent(Exception):
 """,
         ),
         Replacement(
-            "_emitter.py",
+            "session/_emitter.py",
             "    log: logging.Logger\n",
             "    log: logging.Logger\n    routes: dict[str, str] = attrs.field(factory=dict)\n",
         ),
         Replacement(
-            "_emitter.py",
-            "        await self.channel.send(item)\n",
-            "        connection_id, channel = self._route(run_id, payload)\n"
-            "        await channel.send(Outbound(connection_id, item.text))\n",
+            "session/_emitter.py",
+            "        await self.write(self.connection_id, (frame,), deferred)\n",
+            "        connection_id, write = self._route(run_id, payload)\n"
+            "        await write(connection_id, (frame,), False)\n",
         ),
         Replacement(
-            "_emitter.py",
-            "            self.channel.send_nowait(item)\n",
-            "            connection_id, channel = self._route(run_id, payload)\n"
-            "            channel.send_nowait(Outbound(connection_id, item.text))\n",
-        ),
-        Replacement(
-            "_emitter.py",
-            "    def _stamp(self, ",
-            """\
-    def _route(
-        self, run_id: str, payload: RunPayload
-    ) -> tuple[str, trio.MemorySendChannel[Outbound | Flush]]:
+            "session/_emitter.py",
+            "\n\ndef _encode(",
+            """
+
+    def _route(self, run_id: str, payload: RunPayload) -> tuple[str, Write]:
         if isinstance(payload, AgentStarted) and payload.client_id is not None:
-            _ROUTES[payload.client_id] = (self.connection_id, self.channel)
+            _ROUTES[payload.client_id] = (self.connection_id, self.write)
             self.routes[run_id] = payload.client_id
-        home = (self.connection_id, self.channel)
+        home = (self.connection_id, self.write)
         return _ROUTES.get(self.routes.get(run_id, ""), home)
 
-    def _stamp(self, """,
+
+def _encode(""",
         ),
     ),
     expected_static=frozenset({"ISO101"}),
@@ -191,10 +181,12 @@ _POOLED_DESYNC: Final = Mutant(
     ),
     replacements=(
         Replacement(
-            "_agent.py", "import importlib\n", "import importlib\nfrom collections import deque\n"
+            "agents/_agent.py",
+            "import importlib\n",
+            "import importlib\nfrom collections import deque\n",
         ),
         Replacement(
-            "_agent.py",
+            "agents/_agent.py",
             "@attrs.frozen\nclass EchoAgent:\n",
             '''\
 class _ModelConnection:
@@ -231,10 +223,10 @@ class EchoAgent:
 ''',
         ),
         Replacement(
-            "_agent.py",
+            "agents/_agent.py",
             """\
     async def run(self, run: RunContext, emit: Emit) -> Any:
-        await self._step()
+        await self._step(run)
         await emit(AgentThinking(thought="I will count the words of your message."))
 """,
             """\
@@ -245,7 +237,7 @@ class EchoAgent:
 """,
         ),
         Replacement(
-            "_agent.py",
+            "agents/_agent.py",
             """\
         return {"text": run.text, "words": words}
 """,
@@ -270,9 +262,11 @@ _LRU_CACHE_USER_DATA: Final = Mutant(
         "(per-user data cached under a shared key, e.g. Steam store, 25 Dec 2015)"
     ),
     replacements=(
-        Replacement("_agent.py", "import importlib\n", "import functools\nimport importlib\n"),
         Replacement(
-            "_agent.py",
+            "agents/_agent.py", "import importlib\n", "import functools\nimport importlib\n"
+        ),
+        Replacement(
+            "agents/_agent.py",
             "@attrs.frozen\nclass EchoAgent:\n",
             '''\
 @functools.lru_cache(maxsize=1024)
@@ -286,10 +280,10 @@ class EchoAgent:
 ''',
         ),
         Replacement(
-            "_agent.py",
+            "agents/_agent.py",
             """\
     async def run(self, run: RunContext, emit: Emit) -> Any:
-        await self._step()
+        await self._step(run)
         await emit(AgentThinking(thought="I will count the words of your message."))
 """,
             """\
@@ -297,7 +291,7 @@ class EchoAgent:
         history = _thread_history(run.thread_id)
         earlier = " / ".join(history[-2:]) or "nothing"
         history.append(run.text)
-        await self._step()
+        await self._step(run)
         thought = f"I will count the words of your message. Earlier on this thread: {earlier}"
         await emit(AgentThinking(thought=thought))
 """,
@@ -319,12 +313,12 @@ _CONTEXTVAR_SHARED_MUTABLE: Final = Mutant(
     ),
     replacements=(
         Replacement(
-            "_agent.py",
+            "agents/_agent.py",
             "import importlib\n",
             "import importlib\nfrom contextvars import ContextVar\n",
         ),
         Replacement(
-            "_agent.py",
+            "agents/_agent.py",
             "AgentPayload = AgentThinking | ToolExecuting | ToolCompleted\n",
             """\
 AgentPayload = AgentThinking | ToolExecuting | ToolCompleted
@@ -333,7 +327,7 @@ CURRENT_RUN: ContextVar[dict[str, str]] = ContextVar("current_run", default={})
 """,
         ),
         Replacement(
-            "_agent.py",
+            "agents/_agent.py",
             """\
         await emit(ToolExecuting(tool_name="word_count", tool_input={"text": run.text}))
         words = len(run.text.split())
@@ -345,12 +339,12 @@ CURRENT_RUN: ContextVar[dict[str, str]] = ContextVar("current_run", default={})
 """,
         ),
         Replacement(
-            "_session.py",
-            "from ._agent import RunContext\n",
-            "from ._agent import CURRENT_RUN, RunContext\n",
+            "session/_session.py",
+            "from ..agents._agent import RunContext\n",
+            "from ..agents._agent import CURRENT_RUN, RunContext\n",
         ),
         Replacement(
-            "_session.py",
+            "session/_session.py",
             "        terminal: RunPayload | None = None\n",
             '        CURRENT_RUN.get()["text"] = run.text\n'
             "        terminal: RunPayload | None = None\n",
@@ -372,73 +366,55 @@ _IDOR_CANCEL: Final = Mutant(
     ),
     replacements=(
         Replacement(
-            "_state.py",
+            "core/_state.py",
             """\
         run = self._runs.get(run_id)
-        if run is None or run.cancel_requested:
+        if run is None or run.cancel_reason is not None:
             return _error(ErrorCode.RUN_NOT_FOUND, _RUN_NOT_FOUND, run_id)
-        run.cancel_requested = True
-        return StopRun(run_id)
 """,
             """\
         run = self._runs.get(run_id)
-        if run is not None and run.cancel_requested:
+        if run is None:
+            return StopRun(run_id, None)  # the session finds it, on this connection or another
+        if run.cancel_reason is not None:
             return _error(ErrorCode.RUN_NOT_FOUND, _RUN_NOT_FOUND, run_id)
-        if run is not None:
-            run.cancel_requested = True
-        return StopRun(run_id)  # the session finds the run, on this connection or another
 """,
         ),
         Replacement(
-            "_session.py",
-            "\n\nasync def run_session(\n",
+            "session/_session.py",
+            "\n\ndef run_session(\n",
             """
 
 #: Every live run of the process, so that a cancel sent from another tab reaches it.
-_RUN_SCOPES: dict[str, tuple[trio.CancelScope, list[CancelReason]]] = {}
+_RUN_SCOPES: dict[str, trio.CancelScope] = {}
 
 
-async def run_session(
+def run_session(
 """,
         ),
         Replacement(
-            "_session.py",
-            "            self._cancel_run(action.run_id, CancelReason.CANCELLED_BY_CLIENT)\n",
+            "session/_session.py",
+            "            action.handle.cancel()\n",
             """\
-            if not self._cancel_run(action.run_id, CancelReason.CANCELLED_BY_CLIENT):
+            handle = action.handle or _RUN_SCOPES.get(action.run_id)
+            if handle is None:
                 await self._emitter.send_event(
                     ErrorEvent(ErrorCode.RUN_NOT_FOUND, "no such run", action.run_id)
                 )
+            else:
+                handle.cancel()
 """,
         ),
         Replacement(
-            "_session.py",
-            "        self._runs[start.run_id] = (scope, [])\n",
-            "        self._runs[start.run_id] = _RUN_SCOPES[start.run_id] = (scope, [])\n",
+            "session/_session.py",
+            "        self._state.attach(start.run_id, scope)\n",
+            "        self._state.attach(start.run_id, scope)\n"
+            "        _RUN_SCOPES[start.run_id] = scope\n",
         ),
         Replacement(
-            "_session.py",
-            """\
-    def _cancel_run(self, run_id: str, reason: CancelReason) -> None:
-        entry = self._runs.get(run_id)
-        if entry is not None:
-            entry[1].append(reason)
-            entry[0].cancel()
-""",
-            """\
-    def _cancel_run(self, run_id: str, reason: CancelReason) -> bool:
-        entry = self._runs.get(run_id) or _RUN_SCOPES.get(run_id)
-        if entry is None:
-            return False
-        entry[1].append(reason)
-        entry[0].cancel()
-        return True
-""",
-        ),
-        Replacement(
-            "_session.py",
-            "            del self._runs[run_id]\n",
-            "            del self._runs[run_id]\n            _RUN_SCOPES.pop(run_id, None)\n",
+            "session/_session.py",
+            "            state.discard(run_id)\n",
+            "            state.discard(run_id)\n            _RUN_SCOPES.pop(run_id, None)\n",
         ),
     ),
     expected_static=frozenset({"ISO101"}),
@@ -457,7 +433,7 @@ _GLOBAL_LAST_CONTEXT: Final = Mutant(
     ),
     replacements=(
         Replacement(
-            "_agent.py",
+            "agents/_agent.py",
             "@attrs.frozen\nclass EchoAgent:\n",
             """\
 #: The last run the agent served, for the crash report.
@@ -469,12 +445,12 @@ class EchoAgent:
 """,
         ),
         Replacement(
-            "_agent.py",
+            "agents/_agent.py",
             """\
     async def run(self, run: RunContext, emit: Emit) -> Any:
-        await self._step()
+        await self._step(run)
         await emit(AgentThinking(thought="I will count the words of your message."))
-        await self._step()
+        await self._step(run)
         await emit(ToolExecuting(tool_name="word_count", tool_input={"text": run.text}))
         words = len(run.text.split())
 """,
@@ -482,9 +458,9 @@ class EchoAgent:
     async def run(self, run: RunContext, emit: Emit) -> Any:
         global _last_run
         _last_run = run
-        await self._step()
+        await self._step(run)
         await emit(AgentThinking(thought="I will count the words of your message."))
-        await self._step()
+        await self._step(run)
         await emit(ToolExecuting(tool_name="word_count", tool_input={"text": _last_run.text}))
         words = len(_last_run.text.split())
 """,
@@ -505,24 +481,29 @@ _DEBUG_SESSION_REGISTRY: Final = Mutant(
         "reachable from any code (the precondition of the delivery bugs above)"
     ),
     replacements=(
-        Replacement("_session.py", "import math\n", "import math\nimport weakref\n"),
+        Replacement("session/_session.py", "import math\n", "import math\nimport weakref\n"),
         Replacement(
-            "_session.py",
-            "\n\nasync def run_session(\n",
+            "session/_session.py",
+            "\n\ndef run_session(\n",
             """
 
 #: Open sessions by connection id, for the debug endpoint (weak: never keeps one alive).
 _OPEN_SESSIONS: weakref.WeakValueDictionary[str, _Session] = weakref.WeakValueDictionary()
 
 
-async def run_session(
+def run_session(
 """,
         ),
         Replacement(
-            "_session.py",
-            "        self._cancel_scope = trio.CancelScope()\n",
-            "        _OPEN_SESSIONS[context.connection_id] = self\n"
-            "        self._cancel_scope = trio.CancelScope()\n",
+            "session/_session.py",
+            "        self._alarm = Alarm()  # wakes the clock when a deadline moves earlier\n",
+            "        self._alarm = Alarm()  # wakes the clock when a deadline moves earlier\n"
+            "        _OPEN_SESSIONS[context.connection_id] = self\n",
+        ),
+        Replacement(
+            "session/_session.py",
+            '        "_alarm",\n',
+            '        "__weakref__",\n        "_alarm",\n',
         ),
     ),
     expected_static=frozenset({"ISO101"}),

@@ -124,7 +124,8 @@ _REGISTRY_BY_CLIENT_ID: Final = Mutant(
         Replacement(
             "session/_emitter.py",
             "from ..core._events import RunEvent, RunPayload, ServerEvent, serialize\n",
-            "from ..core._events import AgentStarted, RunEvent, RunPayload, ServerEvent, serialize\n",
+            "from ..core._events import AgentStarted, RunEvent, RunPayload, ServerEvent\n"
+            "from ..core._events import serialize\n",
         ),
         Replacement(
             "session/_emitter.py",

@@ -384,7 +384,7 @@ def run_benchmark(
                         on_measurement(m)
     progress.clear()
     rows = rows_from(measurements, order=[s.name for s in plan.servers] or ORDER)
-    targets = evaluate_targets(rows)
+    targets = evaluate_targets(rows, agent_delay_ms=plan.agent_delay_ms)
     labels = {s.name: s.label for s in plan.servers}
     results = {
         "kind": "run",

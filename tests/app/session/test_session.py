@@ -486,3 +486,41 @@ async def test_concurrent_emits_keep_seq_and_each_task_order() -> None:
     for n in range(4):
         mine = [e["thought"] for e in events if e.get("thought", "").startswith(f"{n}.")]
         assert mine == [f"{n}.{i}" for i in range(20)]
+
+
+async def test_a_run_writes_what_it_queued_before_its_agent_waits(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with connect(agent_delay_ms=1000) as conn:
+        start = trio.current_time()
+        await conn.client.send_json({"type": "user_message", "text": "x"})
+        await conn.expect("agent_started")  # queued by the run, written as its agent waits
+        assert trio.current_time() - start < 1
+        await conn.expect("agent_thinking")
+        assert trio.current_time() - start == pytest.approx(1)
+        await conn.expect("tool_executing")
+        assert trio.current_time() - start == pytest.approx(2)
+
+
+@attrs.frozen
+class CatchingAgent:
+    """Catches the first cancellation and goes on: what it yields and gets passes through."""
+
+    name: str = "catching"
+
+    async def run(self, run: RunContext, emit: Emit) -> Any:
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            await emit(AgentThinking(thought="cleaning up"))
+            raise
+        return None
+
+
+async def test_a_cancelled_agent_sees_the_cancellation_and_may_emit_on_its_way_out() -> None:
+    async with connect(agent=CatchingAgent()) as conn:
+        await conn.client.send_json({"type": "user_message", "text": "x"})
+        started = await conn.expect("agent_started")
+        await conn.client.send_json({"type": "cancel", "run_id": started["run_id"]})
+        cancelled = await conn.expect("run_cancelled")
+        assert cancelled["seq"] == 2  # the emit after the cancel was refused at its checkpoint

@@ -1,0 +1,132 @@
+import math
+
+import pytest
+import trio
+import trio.testing
+
+from app.services import Alarm, Timer
+
+
+async def test_sleepers_wake_in_deadline_order(autojump_clock: trio.testing.MockClock) -> None:
+    timer = Timer()
+    woke: list[tuple[str, float]] = []
+
+    async def sleeper(name: str, seconds: float) -> None:
+        await timer.sleep(seconds)
+        woke.append((name, trio.current_time()))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(timer.run)
+        start = trio.current_time()
+        for name, seconds in (("c", 3.0), ("a", 1.0), ("b", 2.0), ("a2", 1.0)):
+            nursery.start_soon(sleeper, name, seconds)
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    assert [t - start for _, t in woke] == [1.0, 1.0, 2.0, 3.0]  # in order of their time
+    assert {n: t - start for n, t in woke} == {"a": 1.0, "a2": 1.0, "b": 2.0, "c": 3.0}
+
+
+async def test_a_later_sleeper_does_not_delay_an_earlier_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    timer = Timer()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(timer.run)
+        nursery.start_soon(timer.sleep, 100.0)
+        await trio.testing.wait_all_tasks_blocked()
+        start = trio.current_time()
+        await timer.sleep(0.5)  # earlier than the timer's current wake-up
+        assert trio.current_time() - start == pytest.approx(0.5)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_cancelled_sleeper_is_forgotten(autojump_clock: trio.testing.MockClock) -> None:
+    timer = Timer()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(timer.run)
+        with trio.move_on_after(1) as scope:
+            await timer.sleep(10)
+        assert scope.cancelled_caught
+        await timer.sleep(20)  # the forgotten entry is skipped when its time comes
+        nursery.cancel_scope.cancel()
+
+
+async def test_without_a_running_timer_sleep_is_trio_sleep(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    timer = Timer()
+    start = trio.current_time()
+    await timer.sleep(2)
+    await timer.sleep(0)
+    with pytest.raises(ValueError, match="NaN"):
+        await timer.sleep(math.nan)
+    assert trio.current_time() - start == pytest.approx(2)
+
+
+@pytest.mark.parametrize("running", [True, False])
+async def test_sleep_until_ends_at_the_deadline_the_event_or_the_alarm(
+    autojump_clock: trio.testing.MockClock, running: bool
+) -> None:
+    timer = Timer()
+    event, alarm = trio.Event(), Alarm()
+    async with trio.open_nursery() as nursery:
+        if running:
+            await nursery.start(timer.run)
+        start = trio.current_time()
+        await timer.sleep_until(start + 3, unless=event, alarm=alarm)
+        assert trio.current_time() - start == pytest.approx(3)
+
+        async def ring_then_interrupt() -> None:
+            await trio.sleep(1)
+            alarm.ring()
+            await trio.sleep(1)
+            event.set()
+            timer.interrupt()
+
+        nursery.start_soon(ring_then_interrupt)
+        start = trio.current_time()
+        await timer.sleep_until(start + 100, unless=event, alarm=alarm)
+        assert trio.current_time() - start == pytest.approx(1)  # the alarm rang
+        await timer.sleep_until(start + 100, unless=event, alarm=alarm)
+        assert trio.current_time() - start == pytest.approx(2)  # the event, with interrupt()
+        await timer.sleep_until(start + 100, unless=event, alarm=alarm)  # already set
+        assert trio.current_time() - start == pytest.approx(2)
+        nursery.cancel_scope.cancel()
+
+
+async def test_interrupt_leaves_plain_sleepers_asleep(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    timer = Timer()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(timer.run)
+        start = trio.current_time()
+
+        async def interrupt_soon() -> None:
+            await trio.sleep(1)
+            timer.interrupt()
+
+        nursery.start_soon(interrupt_soon)
+        await timer.sleep(5)
+        assert trio.current_time() - start == pytest.approx(5)
+        nursery.cancel_scope.cancel()
+
+
+async def test_stopping_the_timer_wakes_whoever_still_sleeps(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    timer = Timer()
+    woke = trio.Event()
+
+    async def sleeper() -> None:
+        await timer.sleep(1_000)
+        woke.set()
+
+    async with trio.open_nursery() as outer:
+        async with trio.open_nursery() as inner:
+            await inner.start(timer.run)
+            outer.start_soon(sleeper)
+            await trio.testing.wait_all_tasks_blocked()
+            inner.cancel_scope.cancel()
+        with trio.fail_after(1):
+            await woke.wait()

@@ -216,7 +216,7 @@ class _Session:
         transport = self._transport
         try:
             transport.queue(frames)
-            if deferred and transport.backlog() < DEFER_BYTES:
+            if deferred and transport.immediate_writes and transport.backlog() < DEFER_BYTES:
                 return
             await transport.flush(trio.current_time() + self._send_timeout_s)
         except TransportClosed:

@@ -56,6 +56,15 @@ class Transport(Protocol):
     @property
     def pings(self) -> bool: ...
 
+    @property
+    def immediate_writes(self) -> bool:
+        """Whether :meth:`write_now` writes without waiting (a socket it owns).
+
+        Only then does a run queue its events and write them at its waits; otherwise
+        each event is flushed as it is emitted.
+        """
+        ...
+
     async def receive(self) -> str:
         """The next text message. Raises TransportClosed or UnsupportedFrame."""
         ...

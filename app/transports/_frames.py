@@ -30,6 +30,9 @@ class FrameQueue:
     when the peer is gone.
     """
 
+    #: Writes need a task (``_write`` is async): the session flushes each event.
+    immediate_writes = False
+
     def __init__(self) -> None:
         self._queue: collections.deque[bytes] = collections.deque()
         self._queued = 0  # frames ever queued

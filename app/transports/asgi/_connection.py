@@ -40,6 +40,7 @@ class QuartTransport(FrameQueue):
 
     async def close(self, code: int, reason: str) -> None:
         if not self._closed:
-            await self.flush_before_close()
+            # No flush first: each event was flushed when emitted, so what is still queued
+            # waits behind a write Hypercorn shields, to a peer that does not read.
             self._closed = True
             await self._ws.close(code, reason)

@@ -131,6 +131,7 @@ class LeanTransport:
     """
 
     pings = True
+    immediate_writes = True
 
     def __init__(
         self,

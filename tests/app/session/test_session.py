@@ -160,6 +160,7 @@ class PingRecorder:
     def __init__(self, inner: Any) -> None:
         self._inner = inner
         self.pings = inner.pings
+        self.immediate_writes = inner.immediate_writes
         self.sent_at: list[float] = []
 
     async def receive(self) -> str:
@@ -388,6 +389,7 @@ class FailingTransport:
         self._inner = inner
         self._marker = marker
         self.pings = inner.pings
+        self.immediate_writes = inner.immediate_writes
 
     async def receive(self) -> str:
         text: str = await self._inner.receive()

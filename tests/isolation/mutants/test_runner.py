@@ -65,7 +65,7 @@ def test_the_mutant_applies_and_the_static_check_reports_exactly_the_expected_co
 def test_an_anchor_that_no_longer_matches_fails_loudly() -> None:
     files = {"_agent.py": "a = 1\nb = 2\nb = 2\n"}
     missing = Replacement("_agent.py", "c = 3\n", "c = 4\n")
-    with pytest.raises(MutantError, match=r"mutant m no longer applies to app/agents/_agent.py"):
+    with pytest.raises(MutantError, match=r"mutant m no longer applies to app/_agent.py"):
         apply_replacements("m", dict(files), [missing])
     twice = Replacement("_agent.py", "b = 2\n", "b = 3\n")
     with pytest.raises(MutantError, match=r"anchor found 2 times: 'b = 2'"):

@@ -14,6 +14,7 @@ from app import (
     AuthConfig,
     EchoAgent,
     MemoryClient,
+    MemoryTransport,
     PeerClosed,
     RunContext,
     ServerLifecycle,
@@ -154,43 +155,50 @@ async def test_pong_timeout_closes_dead_peer(autojump_clock: trio.testing.MockCl
         assert trio.current_time() - start <= 15 + 1e-6
 
 
-class PingRecorder:
-    """A memory transport that notes when each ping is sent."""
+class Wrapped:
+    """A memory transport seen through a wrapper; the subclasses below change one call."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: MemoryTransport) -> None:
         self._inner = inner
         self.pings = inner.pings
         self.immediate_writes = inner.immediate_writes
-        self.sent_at: list[float] = []
 
     async def receive(self) -> str:
-        text: str = await self._inner.receive()
-        return text
+        return await self._inner.receive()
 
     def queue(self, frames: Sequence[bytes]) -> None:
         self._inner.queue(frames)
 
     def backlog(self) -> int:
-        backlog: int = self._inner.backlog()
-        return backlog
+        return self._inner.backlog()
 
     def write_now(self) -> bool:
-        done: bool = self._inner.write_now()
-        return done
+        return self._inner.write_now()
 
     async def flush(self, deadline: float) -> None:
         await self._inner.flush(deadline)
 
     async def send(self, frames: Sequence[bytes], deadline: float) -> None:
-        await self._inner.send(frames, deadline)
+        self.queue(frames)
+        await self.flush(deadline)
 
     def ping(self) -> trio.Event:
-        self.sent_at.append(trio.current_time())
-        pong: trio.Event = self._inner.ping()
-        return pong
+        return self._inner.ping()
 
     async def close(self, code: int, reason: str) -> None:
         await self._inner.close(code, reason)
+
+
+class PingRecorder(Wrapped):
+    """A memory transport that notes when each ping is sent."""
+
+    def __init__(self, inner: MemoryTransport) -> None:
+        super().__init__(inner)
+        self.sent_at: list[float] = []
+
+    def ping(self) -> trio.Event:
+        self.sent_at.append(trio.current_time())
+        return super().ping()
 
 
 async def test_connections_opened_together_do_not_ping_together(
@@ -382,45 +390,17 @@ async def test_peer_disconnect_ends_session_and_runs() -> None:
             await conn.ended.wait()
 
 
-class FailingTransport:
+class FailingTransport(Wrapped):
     """A real memory transport whose send has a bug for frames containing ``marker``."""
 
-    def __init__(self, inner: Any, marker: str) -> None:
-        self._inner = inner
+    def __init__(self, inner: MemoryTransport, marker: str) -> None:
+        super().__init__(inner)
         self._marker = marker
-        self.pings = inner.pings
-        self.immediate_writes = inner.immediate_writes
-
-    async def receive(self) -> str:
-        text: str = await self._inner.receive()
-        return text
 
     def queue(self, frames: Sequence[bytes]) -> None:
         if any(self._marker.encode() in frame for frame in frames):
             raise RuntimeError("bug in the transport")
-        self._inner.queue(frames)
-
-    def backlog(self) -> int:
-        backlog: int = self._inner.backlog()
-        return backlog
-
-    def write_now(self) -> bool:
-        done: bool = self._inner.write_now()
-        return done
-
-    async def flush(self, deadline: float) -> None:
-        await self._inner.flush(deadline)
-
-    async def send(self, frames: Sequence[bytes], deadline: float) -> None:
-        self.queue(frames)
-        await self.flush(deadline)
-
-    def ping(self) -> trio.Event:
-        pong: trio.Event = self._inner.ping()
-        return pong
-
-    async def close(self, code: int, reason: str) -> None:
-        await self._inner.close(code, reason)
+        super().queue(frames)
 
 
 async def test_internal_error_closes_1011(caplog: pytest.LogCaptureFixture) -> None:

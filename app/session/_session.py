@@ -216,9 +216,21 @@ class _Session:
         transport = self._transport
         try:
             transport.queue(frames)
-            if deferred and transport.immediate_writes and transport.backlog() < DEFER_BYTES:
-                return
-            await transport.flush(trio.current_time() + self._send_timeout_s)
+        except TransportClosed:
+            self._peer_gone()
+            return
+        if deferred and transport.immediate_writes and transport.backlog() < DEFER_BYTES:
+            return
+        await self._flush()
+
+    async def _flush(self) -> None:
+        """Wait until everything queued is written, within ``send_timeout_s``.
+
+        A peer gone ends the session; a peer that does not read is closed 1008.
+        Cancellation: what is not written stays queued.
+        """
+        try:
+            await self._transport.flush(trio.current_time() + self._send_timeout_s)
         except TransportClosed:
             self._peer_gone()
         except SendTimeout:
@@ -228,15 +240,11 @@ class _Session:
         """Write what runs queued, without waiting; a task finishes what the peer left."""
         if not self._transport.write_now() and not self._flushing and self._nursery:
             self._flushing = True
-            self._nursery.start_soon(self._flush)
+            self._nursery.start_soon(self._flusher)
 
-    async def _flush(self) -> None:
+    async def _flusher(self) -> None:
         try:
-            await self._transport.flush(trio.current_time() + self._send_timeout_s)
-        except TransportClosed:
-            self._peer_gone()
-        except SendTimeout:
-            self._request_close(CloseCode.POLICY_VIOLATION, CloseReason.SLOW_CONSUMER)
+            await self._flush()
         finally:
             self._flushing = False
 
@@ -302,12 +310,12 @@ class _Session:
         transport = self._transport
         timer = self._lifecycle.timer
         alarm = self._alarm
-        ping_s = s.ping_interval_s if transport.pings else math.inf
+        ping_s = s.ping_interval_s
         # The first ping at a random point of the first interval: connections opened
         # together (a restart, a reconnect storm, bench's 1,000 users) would otherwise
         # ping together every interval, 1,000 pings and pongs in one burst (bench attacks
         # saw the server at 85-100 % for half a second every 20 s).
-        next_ping = trio.current_time() + ping_s * random.random()
+        next_ping = trio.current_time() + ping_s * random.random() if transport.pings else math.inf
         pong: trio.Event | None = None
         pong_due = math.inf
         draining = self._lifecycle.draining

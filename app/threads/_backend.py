@@ -1,0 +1,116 @@
+"""What a thread store's storage engine does: the interface both backends implement.
+
+A backend keeps the event log of every (user, thread): entries numbered by
+``thread_seq`` from 1, each the event's wire JSON as it was sent. It does no
+numbering, no caching and no waiting of its own: :mod:`app.threads._logs` assigns
+``thread_seq``, batches appends (one writer, group commit) and decides when a frame
+may be sent. Every method is keyed by the *verified* user id first: a thread of
+another user is simply not there.
+
+The contract test suite (``tests/app/threads/test_contract.py``) runs against every
+backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import attrs
+
+__all__ = ["Backend", "Entry", "Retention", "ThreadHead", "ThreadSummary"]
+
+
+@attrs.frozen
+class Entry:
+    """One event of a thread's log."""
+
+    user_id: str
+    thread_id: str
+    thread_seq: int
+    #: The event type (``user_message``, ``agent_started``, ...).
+    kind: str
+    run_id: str | None
+    #: Only on ``user_message`` entries: the client's id of the message, if it gave one.
+    client_id: str | None
+    #: The wire JSON of the event, exactly as sent.
+    text: str
+    #: Wall-clock seconds (``time.time()``) when it was appended.
+    at: float
+
+
+@attrs.frozen
+class ThreadHead:
+    """Where a thread stands: what :mod:`app.threads._logs` needs to append to it."""
+
+    #: The last ``thread_seq`` ever given in the thread (0: no such thread).
+    last_seq: int
+    #: The oldest ``thread_seq`` still retained (``last_seq + 1`` when none is).
+    first_seq: int
+    #: ``client_id -> run_id`` of the retained ``user_message`` entries.
+    client_ids: Mapping[str, str]
+
+
+@attrs.frozen
+class ThreadSummary:
+    """One line of a user's thread list."""
+
+    thread_id: str
+    last_seq: int
+    #: Wall-clock seconds of the last entry.
+    updated_at: float
+
+
+@attrs.frozen
+class Retention:
+    """How much of each thread a backend keeps. 0 means no limit."""
+
+    max_events: int = 0
+    ttl_s: float = 0.0
+
+
+class Backend(Protocol):
+    """A storage engine of thread logs (``memory`` or ``sqlite``).
+
+    Calls are never concurrent with each other: the thread logs serialize them.
+    Cancellation: a cancelled call either happened whole or not at all.
+    """
+
+    @property
+    def epoch(self) -> str:
+        """Changes only when the store lost data (a new memory store, a new database)."""
+        ...
+
+    async def head(self, user_id: str, thread_id: str) -> ThreadHead:
+        """Where ``thread_id`` of ``user_id`` stands (``last_seq == 0`` if unknown)."""
+        ...
+
+    async def append(self, entries: Sequence[Entry]) -> None:
+        """Write ``entries`` in one transaction; when it returns they survive the
+        process being killed (SIGKILL). Applies ``max_events`` to the threads written.
+        """
+        ...
+
+    async def page(
+        self, user_id: str, thread_id: str, before: int | None, limit: int
+    ) -> tuple[list[Entry], bool]:
+        """Up to ``limit`` entries with ``thread_seq < before`` (any when ``None``),
+        the newest such ones, returned oldest first; and whether older ones remain.
+        """
+        ...
+
+    async def after(self, user_id: str, thread_id: str, after: int, limit: int) -> list[Entry]:
+        """Up to ``limit`` entries with ``thread_seq > after``, oldest first."""
+        ...
+
+    async def threads(self, user_id: str, limit: int) -> list[ThreadSummary]:
+        """The user's threads that still hold entries, most recently updated first."""
+        ...
+
+    async def prune(self, now: float) -> int:
+        """Drop entries older than ``ttl_s`` at wall-clock ``now``; return how many."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release files and connections. Idempotent."""
+        ...

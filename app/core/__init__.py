@@ -17,6 +17,7 @@ from ._codes import CancelReason as CancelReason
 from ._codes import CloseCode as CloseCode
 from ._codes import CloseReason as CloseReason
 from ._codes import ErrorCode as ErrorCode
+from ._codes import ResumeFailure as ResumeFailure
 from ._codes import RunErrorCode as RunErrorCode
 from ._events import AgentCompleted as AgentCompleted
 from ._events import AgentError as AgentError
@@ -24,25 +25,35 @@ from ._events import AgentStarted as AgentStarted
 from ._events import AgentThinking as AgentThinking
 from ._events import AuthOk as AuthOk
 from ._events import ConnectionReady as ConnectionReady
+from ._events import DuplicateMessage as DuplicateMessage
 from ._events import ErrorEvent as ErrorEvent
+from ._events import HistoryPage as HistoryPage
+from ._events import MessageAccepted as MessageAccepted
 from ._events import Pong as Pong
+from ._events import Resumed as Resumed
 from ._events import RunCancelled as RunCancelled
 from ._events import RunEvent as RunEvent
 from ._events import ServerEvent as ServerEvent
+from ._events import ThreadList as ThreadList
 from ._events import ToolCompleted as ToolCompleted
 from ._events import ToolExecuting as ToolExecuting
 from ._events import serialize as serialize
 from ._events import to_wire as to_wire
 from ._messages import Authenticate as Authenticate
 from ._messages import CancelRun as CancelRun
+from ._messages import HistoryRequest as HistoryRequest
 from ._messages import Ping as Ping
 from ._messages import ProtocolError as ProtocolError
+from ._messages import ResumeRequest as ResumeRequest
+from ._messages import ThreadsRequest as ThreadsRequest
 from ._messages import UserMessage as UserMessage
 from ._messages import parse_client_message as parse_client_message
 from ._state import Action as Action
+from ._state import CancelElsewhere as CancelElsewhere
 from ._state import Close as Close
 from ._state import ConnectionState as ConnectionState
 from ._state import EventRefused as EventRefused
+from ._state import Lookup as Lookup
 from ._state import Reauthenticate as Reauthenticate
 from ._state import Reply as Reply
 from ._state import RunLimits as RunLimits
@@ -59,6 +70,7 @@ __all__ = [
     "AgentThinking",
     "AuthOk",
     "Authenticate",
+    "CancelElsewhere",
     "CancelReason",
     "CancelRun",
     "Close",
@@ -66,14 +78,22 @@ __all__ = [
     "CloseReason",
     "ConnectionReady",
     "ConnectionState",
+    "DuplicateMessage",
     "ErrorCode",
     "ErrorEvent",
     "EventRefused",
+    "HistoryPage",
+    "HistoryRequest",
+    "Lookup",
+    "MessageAccepted",
     "Ping",
     "Pong",
     "ProtocolError",
     "Reauthenticate",
     "Reply",
+    "ResumeFailure",
+    "ResumeRequest",
+    "Resumed",
     "RunCancelled",
     "RunErrorCode",
     "RunEvent",
@@ -81,6 +101,8 @@ __all__ = [
     "ServerEvent",
     "StartRun",
     "StopRun",
+    "ThreadList",
+    "ThreadsRequest",
     "TokenBucket",
     "ToolCompleted",
     "ToolExecuting",

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["PROTOCOL", "CancelReason", "CloseCode", "CloseReason", "ErrorCode", "RunErrorCode"]
+__all__ = [
+    "PROTOCOL",
+    "CancelReason",
+    "CloseCode",
+    "CloseReason",
+    "ErrorCode",
+    "ResumeFailure",
+    "RunErrorCode",
+]
 
 PROTOCOL = "chat.v1"
 
@@ -62,3 +70,17 @@ class CancelReason(enum.StrEnum):
 
     CANCELLED_BY_CLIENT = "cancelled_by_client"
     SERVER_SHUTDOWN = "server_shutdown"
+    #: The connection that started the run left and no connection of the user
+    #: followed its thread again within ``resume_grace_s``.
+    CLIENT_GONE = "client_gone"
+
+
+class ResumeFailure(enum.StrEnum):
+    """``reason`` of a ``resumed`` event with ``recovered: false``."""
+
+    #: No such thread for this user: identical for another user's thread.
+    UNKNOWN_THREAD = "unknown_thread"
+    #: The store lost data since the client's ``epoch``: its ``after`` means nothing now.
+    EPOCH_CHANGED = "epoch_changed"
+    #: Events after ``after`` are gone (``history_max_events`` / ``history_ttl_s``).
+    RETENTION = "retention"

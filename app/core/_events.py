@@ -19,12 +19,17 @@ __all__ = [
     "AgentThinking",
     "AuthOk",
     "ConnectionReady",
+    "DuplicateMessage",
     "ErrorEvent",
+    "HistoryPage",
+    "MessageAccepted",
     "Pong",
+    "Resumed",
     "RunCancelled",
     "RunEvent",
     "RunPayload",
     "ServerEvent",
+    "ThreadList",
     "ToolCompleted",
     "ToolExecuting",
     "encode_json",
@@ -134,12 +139,17 @@ TERMINAL_PAYLOADS: Final = (AgentCompleted, AgentError, RunCancelled)
 
 @attrs.frozen
 class RunEvent:
-    """A run payload stamped with its run, thread and per-run sequence number (from 1)."""
+    """A run payload stamped with its run, thread and per-run sequence number (from 1).
+
+    ``thread_seq`` numbers every event of the thread (from 1, across runs and
+    connections); the thread log gives it just before the event is encoded (0: none).
+    """
 
     run_id: str
     thread_id: str
     seq: int
     payload: RunPayload
+    thread_seq: int = 0
 
     @property
     def terminal(self) -> bool:
@@ -150,6 +160,33 @@ class RunEvent:
         out["run_id"] = self.run_id
         out["thread_id"] = self.thread_id
         out["seq"] = self.seq
+        if self.thread_seq:
+            out["thread_seq"] = self.thread_seq
+        return out
+
+
+@attrs.frozen
+class MessageAccepted:
+    """A ``user_message`` a thread accepted, as its log keeps it (history, resume, and
+    the user's other connections following the thread; not sent to its sender)."""
+
+    TYPE: ClassVar[str] = "message_accepted"
+    run_id: str
+    thread_id: str
+    thread_seq: int
+    text: str
+    client_id: str | None = None
+
+    def wire(self) -> dict[str, JSON]:
+        out: dict[str, JSON] = {
+            "type": self.TYPE,
+            "run_id": self.run_id,
+            "thread_id": self.thread_id,
+            "thread_seq": self.thread_seq,
+            "text": self.text,
+        }
+        if self.client_id is not None:
+            out["client_id"] = self.client_id
         return out
 
 
@@ -163,15 +200,20 @@ class ConnectionReady:
     user_id: str
     limits: Mapping[str, int | float]
     protocol: str = PROTOCOL
+    #: The thread store's epoch: changes only when the store lost data.
+    epoch: str | None = None
 
     def wire(self) -> dict[str, JSON]:
-        return {
+        out: dict[str, JSON] = {
             "type": self.TYPE,
             "connection_id": self.connection_id,
             "user_id": self.user_id,
             "limits": dict(self.limits),
             "protocol": self.protocol,
         }
+        if self.epoch is not None:
+            out["epoch"] = self.epoch
+        return out
 
 
 @attrs.frozen
@@ -208,7 +250,91 @@ class AuthOk:
         return {"type": self.TYPE, "expires_at": self.expires_at}
 
 
-ServerEvent = RunEvent | ConnectionReady | ErrorEvent | Pong | AuthOk
+@attrs.frozen
+class HistoryPage:
+    """The answer to ``history``: events as sent (oldest first), and whether older remain."""
+
+    TYPE: ClassVar[str] = "history_page"
+    thread_id: str
+    events: tuple[Mapping[str, JSON], ...]
+    has_more: bool
+
+    def wire(self) -> dict[str, JSON]:
+        return {
+            "type": self.TYPE,
+            "thread_id": self.thread_id,
+            "events": [dict(event) for event in self.events],
+            "has_more": self.has_more,
+        }
+
+
+@attrs.frozen
+class ThreadList:
+    """The answer to ``threads``: ``{thread_id, last_seq, updated_at}``, most recent first."""
+
+    TYPE: ClassVar[str] = "thread_list"
+    threads: tuple[Mapping[str, JSON], ...]
+
+    def wire(self) -> dict[str, JSON]:
+        return {"type": self.TYPE, "threads": [dict(item) for item in self.threads]}
+
+
+@attrs.frozen
+class Resumed:
+    """The end of a ``resume``'s replay: live events follow; or why nothing was recovered."""
+
+    TYPE: ClassVar[str] = "resumed"
+    thread_id: str
+    recovered: bool
+    #: The last ``thread_seq`` of the replay (when recovered).
+    last_seq: int | None = None
+    #: A :class:`~app.core._codes.ResumeFailure` (when not recovered).
+    reason: str | None = None
+
+    def wire(self) -> dict[str, JSON]:
+        out: dict[str, JSON] = {
+            "type": self.TYPE,
+            "thread_id": self.thread_id,
+            "recovered": self.recovered,
+        }
+        if self.last_seq is not None:
+            out["last_seq"] = self.last_seq
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out
+
+
+@attrs.frozen
+class DuplicateMessage:
+    """A ``user_message`` whose ``client_id`` the thread already accepted: no new run."""
+
+    TYPE: ClassVar[str] = "duplicate_message"
+    thread_id: str
+    client_id: str
+    #: The run the first copy started.
+    run_id: str
+
+    def wire(self) -> dict[str, JSON]:
+        return {
+            "type": self.TYPE,
+            "thread_id": self.thread_id,
+            "client_id": self.client_id,
+            "run_id": self.run_id,
+        }
+
+
+ServerEvent = (
+    RunEvent
+    | ConnectionReady
+    | ErrorEvent
+    | Pong
+    | AuthOk
+    | MessageAccepted
+    | HistoryPage
+    | ThreadList
+    | Resumed
+    | DuplicateMessage
+)
 
 
 def to_wire(event: ServerEvent) -> dict[str, JSON]:

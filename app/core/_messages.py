@@ -17,14 +17,21 @@ import attrs
 from ._codes import ErrorCode
 
 __all__ = [
+    "DEFAULT_HISTORY_LIMIT",
+    "DEFAULT_THREADS_LIMIT",
     "ID_PATTERN",
+    "MAX_PAGE",
+    "MAX_SEQ",
     "MAX_TEXT_CHARS",
     "MAX_TOKEN_CHARS",
     "Authenticate",
     "CancelRun",
     "ClientMessage",
+    "HistoryRequest",
     "Ping",
     "ProtocolError",
+    "ResumeRequest",
+    "ThreadsRequest",
     "UserMessage",
     "parse_client_message",
 ]
@@ -35,6 +42,12 @@ MAX_TOKEN_CHARS: Final = 8192
 #: run_id, thread_id and client_id: 1-128 characters of a log-safe alphabet.
 ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 MAX_TEXT_CHARS: Final = 32_768
+#: Largest page of ``history`` and ``threads``, and their defaults.
+MAX_PAGE: Final = 200
+DEFAULT_HISTORY_LIMIT: Final = 50
+DEFAULT_THREADS_LIMIT: Final = 20
+#: Largest ``thread_seq`` a client may name (JSON numbers above 2**53 lose precision).
+MAX_SEQ: Final = 2**53
 
 
 @attrs.frozen
@@ -65,7 +78,34 @@ class Authenticate:
     token: str = attrs.field(repr=False)
 
 
-ClientMessage = UserMessage | CancelRun | Ping | Authenticate
+@attrs.frozen
+class HistoryRequest:
+    """``history``: a page of a thread's events, oldest first, before ``before``."""
+
+    thread_id: str
+    before: int | None = None
+    limit: int = DEFAULT_HISTORY_LIMIT
+
+
+@attrs.frozen
+class ThreadsRequest:
+    """``threads``: the user's threads, most recently updated first."""
+
+    limit: int = DEFAULT_THREADS_LIMIT
+
+
+@attrs.frozen
+class ResumeRequest:
+    """``resume``: the events of a thread after ``after``, then its live events."""
+
+    thread_id: str
+    after: int
+    epoch: str | None = None
+
+
+ClientMessage = (
+    UserMessage | CancelRun | Ping | Authenticate | HistoryRequest | ThreadsRequest | ResumeRequest
+)
 
 
 @attrs.frozen
@@ -120,6 +160,52 @@ def _identifier(obj: Mapping[str, Any], name: str, *, required: bool) -> str | N
     return value
 
 
+def _integer(
+    obj: Mapping[str, Any],
+    name: str,
+    *,
+    low: int,
+    high: int,
+    default: int | None = None,
+    required: bool = False,
+) -> int | None:
+    value = obj.get(name)
+    if value is None:
+        if required:
+            raise _Invalid(name, f"field '{name}' is required")
+        return default
+    # bool is an int in Python, not in the protocol.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _Invalid(name, f"field '{name}' must be an integer")
+    if not low <= value <= high:
+        raise _Invalid(name, f"field '{name}' must be {low}..{high}")
+    return value
+
+
+def _history(obj: Mapping[str, Any]) -> HistoryRequest:
+    thread_id = _identifier(obj, "thread_id", required=True)
+    assert thread_id is not None
+    limit = _integer(obj, "limit", low=1, high=MAX_PAGE, default=DEFAULT_HISTORY_LIMIT)
+    assert limit is not None
+    before = _integer(obj, "before", low=1, high=MAX_SEQ)
+    return HistoryRequest(thread_id=thread_id, before=before, limit=limit)
+
+
+def _threads(obj: Mapping[str, Any]) -> ThreadsRequest:
+    limit = _integer(obj, "limit", low=1, high=MAX_PAGE, default=DEFAULT_THREADS_LIMIT)
+    assert limit is not None
+    return ThreadsRequest(limit=limit)
+
+
+def _resume(obj: Mapping[str, Any]) -> ResumeRequest:
+    thread_id = _identifier(obj, "thread_id", required=True)
+    assert thread_id is not None
+    after = _integer(obj, "after", low=0, high=MAX_SEQ, required=True)
+    assert after is not None
+    epoch = _string(obj, "epoch", max_chars=128, required=False)
+    return ResumeRequest(thread_id=thread_id, after=after, epoch=epoch)
+
+
 def _user_message(obj: Mapping[str, Any]) -> UserMessage:
     text = _string(obj, "text", max_chars=MAX_TEXT_CHARS, required=True)
     assert text is not None
@@ -153,6 +239,9 @@ _PARSERS: Final[Mapping[str, tuple[frozenset[str], _Parser]]] = {
     "cancel": (frozenset({"type", "run_id"}), _cancel),
     "ping": (frozenset({"type"}), _ping),
     "auth": (frozenset({"type", "token"}), _auth),
+    "history": (frozenset({"type", "thread_id", "before", "limit"}), _history),
+    "threads": (frozenset({"type", "limit"}), _threads),
+    "resume": (frozenset({"type", "thread_id", "after", "epoch"}), _resume),
 }
 
 #: Message types a client may send.

@@ -27,17 +27,23 @@ from ._events import (
 from ._messages import (
     Authenticate,
     CancelRun,
+    HistoryRequest,
     Ping,
     ProtocolError,
+    ResumeRequest,
+    ThreadsRequest,
     UserMessage,
     parse_client_message,
 )
 
 __all__ = [
+    "RUN_NOT_FOUND",
     "Action",
+    "CancelElsewhere",
     "Close",
     "ConnectionState",
     "EventRefused",
+    "Lookup",
     "Reauthenticate",
     "Reply",
     "RunLimits",
@@ -89,7 +95,23 @@ class Close:
     reason: CloseReason
 
 
-Action = Reply | StartRun | StopRun | Reauthenticate | Close
+@attrs.frozen
+class Lookup:
+    """Answer this question about the user's threads (it needs the thread store)."""
+
+    request: HistoryRequest | ThreadsRequest | ResumeRequest
+
+
+@attrs.frozen
+class CancelElsewhere:
+    """``cancel`` of a run this connection does not have: perhaps one of the same user's
+    runs on a thread this connection follows (its connection left); else ``run_not_found``.
+    """
+
+    run_id: str
+
+
+Action = Reply | StartRun | StopRun | Reauthenticate | Close | Lookup | CancelElsewhere
 
 
 class EventRefused(Exception):
@@ -144,7 +166,8 @@ def _new_thread_id() -> str:
     return "thr_" + secrets.token_urlsafe(12)
 
 
-_RUN_NOT_FOUND = "no such run"
+#: The message of ``run_not_found``: the same for another connection's run.
+RUN_NOT_FOUND = "no such run"
 
 
 @request_scoped
@@ -197,6 +220,19 @@ class ConnectionState:
                 stops.append(StopRun(run_id, run.handle))
         return stops
 
+    def stop(self, run_id: str, reason: CancelReason) -> StopRun | None:
+        """Stop ``run_id`` for ``reason`` unless it is unknown or already stopping."""
+        run = self._runs.get(run_id)
+        if run is None or run.cancel_reason is not None:
+            return None
+        run.cancel_reason = reason
+        return StopRun(run_id, run.handle)
+
+    def thread_of(self, run_id: str) -> str | None:
+        """The thread of ``run_id``, if this connection has that run."""
+        run = self._runs.get(run_id)
+        return None if run is None else run.thread_id
+
     def cancel_reason(self, run_id: str) -> CancelReason | None:
         """Why ``run_id`` was stopped, if it was; the first reason wins."""
         run = self._runs.get(run_id)
@@ -230,8 +266,9 @@ class ConnectionState:
             return [self._cancel(message.run_id)]
         if isinstance(message, Ping):
             return [Reply(Pong())]
-        assert isinstance(message, Authenticate)
-        return [Reauthenticate(message.token)]
+        if isinstance(message, Authenticate):
+            return [Reauthenticate(message.token)]
+        return [Lookup(message)]
 
     def _start(self, message: UserMessage) -> Action:
         ref = message.client_id
@@ -252,10 +289,10 @@ class ConnectionState:
 
     def _cancel(self, run_id: str) -> Action:
         run = self._runs.get(run_id)
-        if run is None or run.cancel_reason is not None:
-            return _error(ErrorCode.RUN_NOT_FOUND, _RUN_NOT_FOUND, run_id)
-        run.cancel_reason = CancelReason.CANCELLED_BY_CLIENT
-        return StopRun(run_id, run.handle)
+        if run is None:
+            return CancelElsewhere(run_id)
+        stop = self.stop(run_id, CancelReason.CANCELLED_BY_CLIENT)
+        return stop or _error(ErrorCode.RUN_NOT_FOUND, RUN_NOT_FOUND, run_id)
 
     def prepare(self, run_id: str, payload: RunPayload) -> RunEvent:
         """The next event of ``run_id`` carrying ``payload``; nothing changes until :meth:`commit`.

@@ -16,6 +16,7 @@ import trio
 
 from ..agents._agent import Agent
 from ..auth._tokens import TokenVerifier
+from ..threads._logs import ThreadLogs
 from ._admission import SubjectGuard
 from ._settings import Settings
 from ._timer import Timer
@@ -49,6 +50,8 @@ class ServerLifecycle:
     open_connections: int = 0
     #: Wakes sleeping runs (``RunContext.sleep``); ``serve()`` runs it.
     timer: Timer = attrs.field(factory=Timer)
+    #: Every thread's log; ``serve()`` runs its writer. Default: in memory.
+    threads: ThreadLogs = attrs.field(factory=ThreadLogs.in_memory)
     _idle: trio.Event = attrs.field(factory=trio.Event)
 
     def __attrs_post_init__(self) -> None:

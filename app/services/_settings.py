@@ -100,6 +100,16 @@ class Settings:
     run_timeout_s: float = _field(300.0, float, "longest a single run may take")
     agent: str = _field("echo", str, "agent: 'echo' or 'module:attr' of an agent factory")
     agent_delay_ms: float = _field(0.0, float, "simulated model latency per agent step, ms")
+    store: str = _field(
+        "memory",
+        str,
+        "thread store: 'memory' or 'sqlite:PATH' ('serve --dev': .enclave/threads.db)",
+    )
+    resume_grace_s: float = _field(
+        30.0, float, "seconds a run outlives its connection, for a resume (0: cancel at once)"
+    )
+    history_max_events: int = _field(10_000, int, "events kept per thread (0: no limit)")
+    history_ttl_s: float = _field(0.0, float, "seconds an event is kept (0: forever)")
     log_level: str = _field("info", str, "debug, info, warning or error")
     conformance_echo: bool = _field(
         False,
@@ -167,12 +177,18 @@ def _problems(s: Settings) -> list[str]:
         "agent_delay_ms",
         "connect_rate_per_s",
         "abuse_cooldown_s",
+        "resume_grace_s",
+        "history_ttl_s",
     ):
         value = getattr(s, name)
         if not (math.isfinite(value) and value >= 0):
             out.append(f"{_names(name)} must be a number >= 0")
     if not 0 <= s.port <= 65_535:
         out.append(f"{_names('port')} must be 0..65535")
+    if s.history_max_events < 0:
+        out.append(f"{_names('history_max_events')} must be >= 0")
+    if s.store != "memory" and not (s.store.startswith("sqlite:") and len(s.store) > 7):
+        out.append(f"{_names('store')} must be 'memory' or 'sqlite:PATH'")
     if s.retry_after_s < 0:
         out.append(f"{_names('retry_after_s')} must be >= 0")
     if not s.path.startswith("/"):

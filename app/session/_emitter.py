@@ -12,11 +12,14 @@ from isolation import request_scoped
 from ..core._events import RunEvent, RunPayload, ServerEvent, serialize
 from ..core._state import ConnectionState, EventRefused
 
-__all__ = ["EventEmitter", "InvalidEvent", "Write"]
+__all__ = ["EventEmitter", "InvalidEvent", "Record", "Write", "encode_run_event"]
 
 #: The connection's outbound path: (the connection the frames were stamped for, frames,
-#: whether writing may wait until the calling task is about to wait).
-Write = Callable[[str, Sequence[bytes], bool], Awaitable[None]]
+#: whether writing may wait until the calling task is about to wait, the thread-log
+#: ticket the frames must wait for).
+Write = Callable[[str, Sequence[bytes], bool, int], Awaitable[None]]
+#: Appends a run event to its thread's log: its frame and ticket (the session's).
+Record = Callable[[RunEvent], tuple[bytes, int]]
 
 
 class InvalidEvent(Exception):
@@ -38,13 +41,15 @@ class EventEmitter:
     state: ConnectionState
     write: Write
     log: logging.Logger
+    #: Without it (tests of the emitter alone) events are encoded and not logged.
+    record: Record | None = None
 
     async def send_event(self, event: ServerEvent) -> None:
         """Send a connection-level event; returns once it is written.
 
         Cancellation: the frame stays queued and goes out.
         """
-        await self.write(self.connection_id, (serialize(event).encode(),), False)
+        await self.write(self.connection_id, (serialize(event).encode(),), False, 0)
 
     async def emit_run(self, run_id: str, payload: RunPayload, *, deferred: bool = False) -> None:
         """Send the next event of ``run_id``; returns once it is written.
@@ -67,14 +72,23 @@ class EventEmitter:
                 self.connection_id,
             )
             raise
-        frame = _encode(event)
+        try:
+            if self.record is None:
+                frame, ticket = encode_run_event(event).encode(), 0
+            else:
+                frame, ticket = self.record(event)
+        except UnicodeEncodeError as exc:  # a lone surrogate from an agent
+            raise InvalidEvent(f"{payload.TYPE} payload is not UTF-8: {exc}") from None
         self.state.commit(event)
-        await self.write(self.connection_id, (frame,), deferred)
+        await self.write(self.connection_id, (frame,), deferred, ticket)
 
 
-def _encode(event: RunEvent) -> bytes:
+def encode_run_event(event: RunEvent) -> str:
+    """The JSON text of a run event; :class:`InvalidEvent` if its payload is not JSON.
+
+    Encoding it to UTF-8 may still fail (a lone surrogate): the caller encodes.
+    """
     try:
-        # Encoding is the check too: a lone surrogate from an agent cannot go out as UTF-8.
-        return serialize(event).encode()
+        return serialize(event)
     except (TypeError, ValueError) as exc:
         raise InvalidEvent(f"{event.payload.TYPE} payload is not JSON: {exc}") from None

@@ -17,6 +17,7 @@ queued, else a flushing task started for it.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 import types
@@ -30,7 +31,14 @@ from isolation import request_scoped
 from ..agents._agent import RunContext
 from ..auth._context import UserContext
 from ..auth._tokens import AuthError
-from ..core._codes import CancelReason, CloseCode, CloseReason, ErrorCode, RunErrorCode
+from ..core._codes import (
+    CancelReason,
+    CloseCode,
+    CloseReason,
+    ErrorCode,
+    ResumeFailure,
+    RunErrorCode,
+)
 from ..core._events import (
     AGENT_PAYLOADS,
     AgentCompleted,
@@ -38,15 +46,26 @@ from ..core._events import (
     AgentStarted,
     AuthOk,
     ConnectionReady,
+    DuplicateMessage,
     ErrorEvent,
+    HistoryPage,
+    MessageAccepted,
+    Resumed,
     RunCancelled,
+    RunEvent,
     RunPayload,
+    ThreadList,
+    serialize,
 )
+from ..core._messages import HistoryRequest, ResumeRequest, ThreadsRequest
 from ..core._state import (
+    RUN_NOT_FOUND,
     Action,
+    CancelElsewhere,
     Close,
     ConnectionState,
     EventRefused,
+    Lookup,
     Reauthenticate,
     Reply,
     RunLimits,
@@ -55,7 +74,8 @@ from ..core._state import (
 )
 from ..services._services import ServerLifecycle, Services
 from ..services._timer import Alarm
-from ._emitter import EventEmitter, InvalidEvent
+from ..threads._logs import MAX_REPLAY_PAGE, ThreadLog
+from ._emitter import EventEmitter, InvalidEvent, encode_run_event
 from ._transport import SendTimeout, Transport, TransportClosed, UnsupportedFrame
 
 __all__ = ["CLOCK_TICK_S", "CLOSE_TIMEOUT_S", "DEFER_BYTES", "run_session"]
@@ -67,6 +87,13 @@ CLOSE_TIMEOUT_S = 5.0
 CLOCK_TICK_S: Final = 0.05
 #: Queued bytes past which a run's event is written before ``emit`` returns.
 DEFER_BYTES: Final = 65_536
+#: Threads one connection follows at once; past it the least recently used one
+#: without a run of the connection is let go.
+MAX_FOLLOWED: Final = 16
+#: How often a connection whose peer left checks whether its runs are still followed.
+DETACHED_TICK_S: Final = 0.25
+#: Largest ``history`` frame (characters of events); older events go to the next page.
+MAX_PAGE_BYTES: Final = 512 * 1024
 
 T = TypeVar("T")
 
@@ -99,15 +126,19 @@ class _Session:
         "_emitter",
         "_expires_at",
         "_flushing",
+        "_followed",
         "_last_seen",
         "_lifecycle",
         "_log",
         "_nursery",
         "_peer_left",
+        "_replaying",
         "_runs_idle",
         "_send_timeout_s",
         "_services",
         "_state",
+        "_threads",
+        "_ticket",
         "_transport",
     )
 
@@ -135,7 +166,14 @@ class _Session:
                 rate_abuse_limit=s.rate_abuse_limit,
             )
         )
-        self._emitter = EventEmitter(self._connection_id, self._state, self._write, self._log)
+        self._emitter = EventEmitter(
+            self._connection_id, self._state, self._write, self._log, self._record
+        )
+        # The store as this user sees it: every thread read and written is the user's.
+        self._threads = lifecycle.threads.for_user(context.user_id)
+        self._followed: dict[str, ThreadLog] = {}  # in order of last use
+        self._replaying: dict[str, list[tuple[bytes, int]]] = {}  # live frames held back
+        self._ticket = 0  # the last thread-log ticket among the frames queued
         self._runs_idle: trio.Event | None = None  # made by the drain, set by the last run
         self._flushing = False  # a flusher task writes what a run left queued
         self._close: Close | None = None
@@ -161,16 +199,23 @@ class _Session:
                         connection_id=self._connection_id,
                         user_id=self._context.user_id,
                         limits=self._services.settings.limits(),
+                        epoch=self._threads.epoch,
                     )
                 )
                 nursery.start_soon(self._clock)
                 await self._reader()
+                if self._peer_left and self._state.has_runs:
+                    await self._detached()
                 nursery.cancel_scope.cancel()
         except Exception:
             self._log.exception("internal error on connection %s", self._connection_id)
             self._request_close(CloseCode.INTERNAL_ERROR, CloseReason.INTERNAL_ERROR)
         finally:
             self._nursery = None
+            for thread in self._followed.values():
+                thread.unfollow(self)
+                self._threads.release(thread)
+            self._followed.clear()
             await self._close_transport()
 
     def _cancel(self) -> None:
@@ -187,7 +232,15 @@ class _Session:
 
     def _peer_gone(self) -> None:
         self._peer_left = True
-        self._cancel()
+        # Runs outlive their peer for the resume grace: the reader ends the connection
+        # once they are over (see ``_detached``).
+        if self._services.settings.resume_grace_s <= 0 or not self._state.has_runs:
+            self._cancel()
+
+    @property
+    def attached(self) -> bool:
+        """Whether the peer is still there (a :class:`~app.threads.Follower`)."""
+        return not self._peer_left
 
     async def _close_transport(self) -> None:
         if self._close is None or self._peer_left:
@@ -199,12 +252,15 @@ class _Session:
 
     # -- the outbound path ---------------------------------------------------
 
-    async def _write(self, connection_id: str, frames: Sequence[bytes], deferred: bool) -> None:
+    async def _write(
+        self, connection_id: str, frames: Sequence[bytes], deferred: bool, ticket: int = 0
+    ) -> None:
         """Queue ``frames`` and write them within ``send_timeout_s``; any task may call.
 
         ``deferred`` (a run's events): return once queued, unless :data:`DEFER_BYTES`
-        are waiting; the run writes before it waits. Cancellation: the frames stay
-        queued in the transport and go out.
+        are waiting; the run writes before it waits. ``ticket``: the thread-log entry
+        the frames carry; nothing queued goes out before the log holds it.
+        Cancellation: the frames stay queued in the transport and go out.
         """
         if connection_id != self._connection_id:
             self._log.error(
@@ -219,26 +275,40 @@ class _Session:
         except TransportClosed:
             self._peer_gone()
             return
+        if ticket > self._ticket:
+            self._ticket = ticket
         if deferred and transport.immediate_writes and transport.backlog() < DEFER_BYTES:
             return
         await self._flush()
 
     async def _flush(self) -> None:
-        """Wait until everything queued is written, within ``send_timeout_s``.
+        """Wait until everything queued is in the log and written, within ``send_timeout_s``.
 
-        A peer gone ends the session; a peer that does not read is closed 1008.
-        Cancellation: what is not written stays queued.
+        A peer gone ends the session; a peer that does not read is closed 1008; a store
+        that does not commit in that time closes it 1011. Cancellation: what is not
+        written stays queued.
         """
+        deadline = trio.current_time() + self._send_timeout_s
+        if not self._threads.sendable(self._ticket):
+            with trio.move_on_at(deadline):
+                await self._threads.wait_sendable(self._ticket)
+            if not self._threads.sendable(self._ticket):
+                self._log.error("thread store too slow on connection %s", self._connection_id)
+                self._request_close(CloseCode.INTERNAL_ERROR, CloseReason.INTERNAL_ERROR)
+                return
         try:
-            await self._transport.flush(trio.current_time() + self._send_timeout_s)
+            await self._transport.flush(deadline)
         except TransportClosed:
             self._peer_gone()
         except SendTimeout:
             self._request_close(CloseCode.POLICY_VIOLATION, CloseReason.SLOW_CONSUMER)
 
     def _write_queued(self) -> None:
-        """Write what runs queued, without waiting; a task finishes what the peer left."""
-        if not self._transport.write_now() and not self._flushing and self._nursery:
+        """Write what runs queued, without waiting; a task finishes what the peer left
+        (or what the thread log has not committed yet)."""
+        if self._flushing or self._nursery is None:
+            return
+        if not self._threads.sendable(self._ticket) or not self._transport.write_now():
             self._flushing = True
             self._nursery.start_soon(self._flusher)
 
@@ -278,6 +348,10 @@ class _Session:
             action.handle.cancel()
         elif isinstance(action, Reauthenticate):
             await self._reauthenticate(action.token)
+        elif isinstance(action, Lookup):
+            await self._lookup(action.request)
+        elif isinstance(action, CancelElsewhere):
+            await self._cancel_elsewhere(action.run_id)
         else:
             self._request_close(action.code, action.reason)
 
@@ -320,6 +394,8 @@ class _Session:
         pong_due = math.inf
         draining = self._lifecycle.draining
         while not draining.is_set():
+            if self._peer_left:  # its runs outlive it: ``_detached`` keeps them
+                return
             now = trio.current_time()
             idle_at = self._last_seen + s.idle_timeout_s
             if now >= self._expires_at:
@@ -362,6 +438,184 @@ class _Session:
                 await idle.wait()
         self._request_close(CloseCode.GOING_AWAY, CloseReason.SERVER_SHUTDOWN)
 
+    async def _detached(self) -> None:
+        """The peer left while runs were live: keep each while another connection of the
+        user follows its thread, and for ``resume_grace_s`` after none does; then cancel
+        it (``client_gone``). Returns once no run is left.
+
+        The runs stay where they were started, in this connection's nursery: nothing of
+        them is reachable but through the user's own threads.
+        """
+        grace = self._services.settings.resume_grace_s
+        state, draining = self._state, self._lifecycle.draining
+        self._runs_idle = idle = trio.Event()
+        alone_since: dict[str, float] = {}
+        while state.has_runs:
+            if draining.is_set():
+                await self._drain()
+                return
+            now = trio.current_time()
+            for run_id in state.active_runs:
+                thread = self._followed.get(state.thread_of(run_id) or "")
+                if thread is not None and thread.followed_by_another(self):
+                    alone_since.pop(run_id, None)
+                elif now - alone_since.setdefault(run_id, now) >= grace:
+                    stop = state.stop(run_id, CancelReason.CLIENT_GONE)
+                    if stop is not None:
+                        stop.handle.cancel()
+            with trio.move_on_after(DETACHED_TICK_S):
+                await idle.wait()
+
+    # -- threads ---------------------------------------------------------------
+
+    def _record(self, event: RunEvent) -> tuple[bytes, int]:
+        """Append a run's event to its thread's log: its frame (with ``thread_seq``) and
+        ticket. Raises :class:`InvalidEvent` (nothing appended) if it is not JSON."""
+        thread = self._followed[event.thread_id]
+        return thread.append(
+            event.payload.TYPE,
+            event.run_id,
+            lambda seq: encode_run_event(
+                RunEvent(event.run_id, event.thread_id, event.seq, event.payload, seq)
+            ),
+            origin=self,
+        )
+
+    def deliver(self, thread_id: str, frame: bytes, ticket: int) -> None:
+        """An event of a followed thread, appended by another connection of the user."""
+        held = self._replaying.get(thread_id)
+        if held is not None:  # a resume is replaying this thread: after the replay
+            held.append((frame, ticket))
+            return
+        if self._peer_left:
+            return
+        try:
+            self._transport.queue((frame,))
+        except TransportClosed:
+            self._peer_gone()
+            return
+        if ticket > self._ticket:
+            self._ticket = ticket
+        self._write_queued()
+
+    async def _follow(self, thread_id: str, *, fresh: bool = False) -> ThreadLog:
+        """Follow ``thread_id`` of this user (pinning it) and return its log.
+
+        ``fresh``: an id this server just made up; nothing to read. Cancellation:
+        nothing is followed.
+        """
+        followed = self._followed
+        thread = followed.pop(thread_id, None)
+        if thread is None:
+            if fresh:
+                thread = self._threads.create(thread_id)
+            else:
+                thread = await self._threads.open(thread_id)
+                if thread_id in followed:  # another of this connection's tasks opened it
+                    self._threads.release(thread)
+                    thread = followed.pop(thread_id)
+            thread.follow(self)
+        followed[thread_id] = thread  # the most recently used last
+        if len(followed) > MAX_FOLLOWED:
+            busy = {self._state.thread_of(run_id) for run_id in self._state.active_runs}
+            for old in followed:
+                if old != thread_id and old not in busy and old not in self._replaying:
+                    self._unfollow(old)
+                    break
+        return thread
+
+    def _unfollow(self, thread_id: str) -> None:
+        thread = self._followed.pop(thread_id, None)
+        if thread is not None:
+            thread.unfollow(self)
+            self._threads.release(thread)
+
+    async def _lookup(self, request: HistoryRequest | ThreadsRequest | ResumeRequest) -> None:
+        if isinstance(request, ResumeRequest):
+            await self._resume(request)
+        elif isinstance(request, HistoryRequest):
+            entries, has_more = await self._threads.page(
+                request.thread_id, request.before, request.limit
+            )
+            events = [json.loads(entry.text) for entry in entries]
+            # A page stays a frame any client takes: the oldest events wait for the next.
+            size = sum(len(entry.text) for entry in entries)
+            while size > MAX_PAGE_BYTES and len(events) > 1:
+                size -= len(entries[len(entries) - len(events)].text)
+                events.pop(0)
+                has_more = True
+            await self._emitter.send_event(HistoryPage(request.thread_id, tuple(events), has_more))
+        else:
+            summaries = await self._threads.threads(request.limit)
+            await self._emitter.send_event(
+                ThreadList(
+                    tuple(
+                        {
+                            "thread_id": summary.thread_id,
+                            "last_seq": summary.last_seq,
+                            "updated_at": summary.updated_at,
+                        }
+                        for summary in summaries
+                    )
+                )
+            )
+
+    async def _resume(self, request: ResumeRequest) -> None:
+        """Replay ``thread_id`` after ``after``, then ``resumed``, then its live events.
+
+        Live events appended meanwhile are held back and follow the replay: no gap, no
+        duplicate. Cancellation: the connection is ending; nothing to undo.
+        """
+        thread_id, after = request.thread_id, request.after
+        emitter = self._emitter
+        failure: ResumeFailure | None = None
+        if request.epoch is not None and request.epoch != self._threads.epoch:
+            failure = ResumeFailure.EPOCH_CHANGED
+        else:
+            thread = await self._follow(thread_id)
+            upto = thread.last_seq
+            if not thread.exists:
+                failure = ResumeFailure.UNKNOWN_THREAD
+            elif after > upto:  # the client saw more than the log holds: it lost data
+                failure = ResumeFailure.EPOCH_CHANGED
+            elif after + 1 < thread.first_seq:
+                failure = ResumeFailure.RETENTION
+            else:
+                failure = await self._replay(thread_id, after, upto)
+        if failure is not None:
+            if not any(
+                self._state.thread_of(run_id) == thread_id for run_id in self._state.active_runs
+            ):
+                self._unfollow(thread_id)
+            await emitter.send_event(Resumed(thread_id, False, reason=failure))
+
+    async def _replay(self, thread_id: str, after: int, upto: int) -> ResumeFailure | None:
+        held = self._replaying[thread_id] = []
+        try:
+            while after < upto:
+                entries = await self._threads.after(thread_id, after, MAX_REPLAY_PAGE)
+                if not entries or entries[0].thread_seq != after + 1:
+                    return ResumeFailure.RETENTION  # pruned while replaying
+                frames = [entry.text.encode() for entry in entries if entry.thread_seq <= upto]
+                await self._write(self._connection_id, frames, False)
+                after = entries[-1].thread_seq
+        finally:
+            del self._replaying[thread_id]
+        # No wait from here to the queueing of what was held: its order is the log's.
+        frames = [serialize(Resumed(thread_id, True, last_seq=upto)).encode()]
+        frames.extend(frame for frame, _ in held)
+        ticket = max((ticket for _, ticket in held), default=0)
+        await self._write(self._connection_id, frames, False, ticket)
+        return None
+
+    async def _cancel_elsewhere(self, run_id: str) -> None:
+        # A run of this user whose connection left, on a thread this connection follows.
+        for thread in self._followed.values():
+            stop = thread.live_runs.get(run_id)
+            if stop is not None and stop():
+                return
+        await self._emitter.send_event(ErrorEvent(ErrorCode.RUN_NOT_FOUND, RUN_NOT_FOUND, run_id))
+
     # -- runs ----------------------------------------------------------------
 
     def _start_run(self, start: StartRun) -> None:
@@ -373,6 +627,48 @@ class _Session:
         self._nursery.start_soon(self._run, start, scope)
 
     async def _run(self, start: StartRun, scope: trio.CancelScope) -> None:
+        run_id, message = start.run_id, start.message
+        emitter, state = self._emitter, self._state
+        thread: ThreadLog | None = None
+        try:
+            thread = await self._follow(start.thread_id, fresh=message.thread_id is None)
+            client_id = message.client_id
+            first = None if client_id is None else thread.client_ids.get(client_id)
+            if first is not None:
+                # A retried send (after a reconnect, say): the first copy's run answers it.
+                assert client_id is not None
+                await emitter.send_event(DuplicateMessage(thread.thread_id, client_id, first))
+                return
+            if client_id is not None:
+                thread.client_ids[client_id] = run_id
+            _, ticket = thread.append(
+                MessageAccepted.TYPE,
+                run_id,
+                lambda seq: serialize(
+                    MessageAccepted(run_id, start.thread_id, seq, message.text, client_id)
+                ),
+                origin=self,
+                client_id=client_id,
+            )
+            self._ticket = max(self._ticket, ticket)
+            thread.live_runs[run_id] = lambda: self._stop_run(run_id)
+            await self._run_agent(start, scope)
+        finally:
+            if thread is not None:
+                thread.live_runs.pop(run_id, None)
+            state.discard(run_id)
+            if self._runs_idle is not None and not state.has_runs:
+                self._runs_idle.set()
+
+    def _stop_run(self, run_id: str) -> bool:
+        """Cancel ``run_id`` for a client (perhaps on another connection of the user)."""
+        stop = self._state.stop(run_id, CancelReason.CANCELLED_BY_CLIENT)
+        if stop is None:
+            return False
+        stop.handle.cancel()
+        return True
+
+    async def _run_agent(self, start: StartRun, scope: trio.CancelScope) -> None:
         run_id = start.run_id
         emitter, state = self._emitter, self._state
 
@@ -393,30 +689,25 @@ class _Session:
         terminal: RunPayload | None = None
         agent = self._services.agent
         started = AgentStarted(agent=agent.name, client_id=start.message.client_id)
-        try:
-            await emitter.emit_run(run_id, started, deferred=True)
-            with scope:
-                try:
-                    result = await _before_each_wait(agent.run(run, emit), self._write_queued)
-                    terminal = AgentCompleted(result=result)
-                except (InvalidEvent, EventRefused) as exc:
-                    terminal = AgentError(RunErrorCode.INVALID_EVENT, str(exc))
-                except Exception:
-                    self._log.exception("agent failed in run %s", run_id)
-                    terminal = AgentError(RunErrorCode.AGENT_FAILED, "the agent failed")
-            reason = state.cancel_reason(run_id)
-            if reason is not None:  # a cancel always records its reason before cancelling
-                terminal = RunCancelled(reason=reason)
-            elif terminal is None:  # the deadline expired
-                terminal = AgentError(RunErrorCode.RUN_TIMEOUT, "the run took too long")
+        await emitter.emit_run(run_id, started, deferred=True)
+        with scope:
             try:
-                await emitter.emit_run(run_id, terminal)
-            except InvalidEvent as exc:
-                await emitter.emit_run(run_id, AgentError(RunErrorCode.INVALID_RESULT, str(exc)))
-        finally:
-            state.discard(run_id)
-            if self._runs_idle is not None and not state.has_runs:
-                self._runs_idle.set()
+                result = await _before_each_wait(agent.run(run, emit), self._write_queued)
+                terminal = AgentCompleted(result=result)
+            except (InvalidEvent, EventRefused) as exc:
+                terminal = AgentError(RunErrorCode.INVALID_EVENT, str(exc))
+            except Exception:
+                self._log.exception("agent failed in run %s", run_id)
+                terminal = AgentError(RunErrorCode.AGENT_FAILED, "the agent failed")
+        reason = state.cancel_reason(run_id)
+        if reason is not None:  # a cancel always records its reason before cancelling
+            terminal = RunCancelled(reason=reason)
+        elif terminal is None:  # the deadline expired
+            terminal = AgentError(RunErrorCode.RUN_TIMEOUT, "the run took too long")
+        try:
+            await emitter.emit_run(run_id, terminal)
+        except InvalidEvent as exc:
+            await emitter.emit_run(run_id, AgentError(RunErrorCode.INVALID_RESULT, str(exc)))
 
 
 @types.coroutine

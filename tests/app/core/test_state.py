@@ -7,6 +7,7 @@ from app.core._codes import CancelReason, CloseCode, CloseReason, ErrorCode
 from app.core._events import AgentCompleted, AgentThinking, ErrorEvent, Pong, RunCancelled
 from app.core._messages import UserMessage
 from app.core._state import (
+    CancelElsewhere,
     Close,
     ConnectionState,
     EventRefused,
@@ -129,14 +130,9 @@ def test_foreign_and_missing_run_ids_get_identical_answers() -> None:
     bob.new_run_id = lambda: "run_other"
     [foreign] = send(bob, {"type": "cancel", "run_id": alice_run.run_id})
     [missing] = send(bob, {"type": "cancel", "run_id": "run_never"})
-    assert isinstance(foreign, Reply)
-    assert isinstance(missing, Reply)
-    assert isinstance(foreign.event, ErrorEvent)
-    assert isinstance(missing.event, ErrorEvent)
-    assert (foreign.event.code, foreign.event.message) == (
-        missing.event.code,
-        missing.event.message,
-    )
+    # Both go to the session's search of the user's own followed threads: the same way.
+    assert foreign == CancelElsewhere(alice_run.run_id)
+    assert missing == CancelElsewhere("run_never")
     assert alice.active_runs == {alice_run.run_id}
 
 

@@ -18,7 +18,9 @@ class Recorder:
     written: list[tuple[str, bytes]] = attrs.Factory(list)
     gate: trio.Event | None = None
 
-    async def write(self, connection_id: str, frames: Sequence[bytes], deferred: bool) -> None:
+    async def write(
+        self, connection_id: str, frames: Sequence[bytes], deferred: bool, ticket: int
+    ) -> None:
         self.written += [(connection_id, frame) for frame in frames]
         if self.gate is not None:
             await self.gate.wait()

@@ -381,8 +381,8 @@ async def test_drain_cancels_runs_past_grace(autojump_clock: trio.testing.MockCl
         assert closed.code == 1001
 
 
-async def test_peer_disconnect_ends_session_and_runs() -> None:
-    async with connect(agent_delay_ms=60_000) as conn:
+async def test_peer_disconnect_ends_session_and_runs_without_a_resume_grace() -> None:
+    async with connect(agent_delay_ms=60_000, resume_grace_s=0) as conn:
         await conn.client.send_json({"type": "user_message", "text": "x"})
         await conn.expect("agent_started")
         await conn.client.disconnect()

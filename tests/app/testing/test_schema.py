@@ -35,26 +35,38 @@ from app.core._events import (
     AgentThinking,
     AuthOk,
     ConnectionReady,
+    DuplicateMessage,
     ErrorEvent,
+    HistoryPage,
+    MessageAccepted,
     Pong,
+    Resumed,
     RunCancelled,
     RunEvent,
     RunPayload,
     ServerEvent,
+    ThreadList,
     ToolCompleted,
     ToolExecuting,
     serialize,
 )
 from app.core._messages import (
     CLIENT_TYPES,
+    DEFAULT_HISTORY_LIMIT,
+    DEFAULT_THREADS_LIMIT,
     ID_PATTERN,
+    MAX_PAGE,
+    MAX_SEQ,
     MAX_TEXT_CHARS,
     MAX_TOKEN_CHARS,
     Authenticate,
     CancelRun,
     ClientMessage,
+    HistoryRequest,
     Ping,
     ProtocolError,
+    ResumeRequest,
+    ThreadsRequest,
     UserMessage,
     parse_client_message,
 )
@@ -86,15 +98,21 @@ SERVER_TYPES = frozenset(cls.TYPE for cls in RUN_PAYLOADS + CONNECTION_EVENTS)
 
 #: Values the session writes as bare strings (``_session.py``), not enums.
 AGENT_ERROR_CODES = ("agent_failed", "run_timeout", "invalid_event", "invalid_result")
-CANCEL_REASONS = ("cancelled_by_client", "server_shutdown")
+CANCEL_REASONS = ("cancelled_by_client", "server_shutdown", "client_gone")
 
 MESSAGE_TYPE: Mapping[type[Any], str] = {
     UserMessage: "user_message",
     CancelRun: "cancel",
     Ping: "ping",
     Authenticate: "auth",
+    HistoryRequest: "history",
+    ThreadsRequest: "threads",
+    ResumeRequest: "resume",
 }
 
+
+#: The ``limit`` a message without one gets.
+DEFAULTS: Mapping[str, int] = {"history": DEFAULT_HISTORY_LIMIT, "threads": DEFAULT_THREADS_LIMIT}
 
 #: One validator per definition, built once (``validate`` builds one per call).
 VALIDATORS: Mapping[str, Any] = {name: validator(name) for name in DEFS}
@@ -184,8 +202,8 @@ def test_limits_match_the_constants() -> None:
 # -- server -> client --------------------------------------------------------
 
 
-def run(payload: RunPayload, seq: int = 2) -> RunEvent:
-    return RunEvent("run_Ab-_0123456789xy", "thr_Q:1.x", seq, payload)
+def run(payload: RunPayload, seq: int = 2, thread_seq: int = 0) -> RunEvent:
+    return RunEvent("run_Ab-_0123456789xy", "thr_Q:1.x", seq, payload, thread_seq)
 
 
 EVENTS: tuple[ServerEvent, ...] = (
@@ -213,6 +231,30 @@ EVENTS: tuple[ServerEvent, ...] = (
     Pong(),
     AuthOk(1_800_000_000.0),
     AuthOk(0),
+    ConnectionReady("conn_abc", "alice", Settings().limits(), epoch="e" * 16),
+    run(AgentStarted("echo"), seq=1, thread_seq=2),
+    run(AgentThinking("hm"), thread_seq=3),
+    run(ToolExecuting("t", None), thread_seq=4),
+    run(ToolCompleted("t", None), thread_seq=5),
+    run(AgentCompleted(None), thread_seq=6),
+    run(AgentError("agent_failed", "x"), thread_seq=2**53),
+    run(RunCancelled("client_gone"), thread_seq=1),
+    MessageAccepted("run_1", "thr_1", 1, "hello", "c1"),
+    MessageAccepted("run_1", "thr_1", 2**53, "x" * MAX_TEXT_CHARS),
+    HistoryPage("thr_1", (), False),
+    HistoryPage(
+        "thr_1",
+        (
+            {"type": "message_accepted", "run_id": "r", "thread_id": "t", "thread_seq": 1},
+            {"type": "agent_started", "thread_seq": 2, "seq": 1},
+        ),
+        True,
+    ),
+    ThreadList(()),
+    ThreadList(({"thread_id": "thr_1", "last_seq": 3, "updated_at": 1_800_000_000.5},)),
+    Resumed("thr_1", True, last_seq=5),
+    *(Resumed("thr_1", False, reason=r) for r in ("unknown_thread", "epoch_changed", "retention")),
+    DuplicateMessage("thr_1", "c1", "run_1"),
 )
 
 
@@ -400,11 +442,25 @@ def assert_same_message(obj: Mapping[str, Any], message: ClientMessage) -> None:
     assert MESSAGE_TYPE[type(message)] == obj["type"]
     assert is_valid(obj, obj["type"])
     fields = {k: v for k, v in attrs.asdict(message).items() if v is not None}
-    assert fields == {k: v for k, v in obj.items() if k != "type" and v is not None}
+    given = {k: v for k, v in obj.items() if k != "type" and v is not None}
+    if "limit" in fields and "limit" not in given:  # the default page size
+        given["limit"] = DEFAULTS[obj["type"]]
+    assert fields == given
 
 
 #: Every field any client message has, and one nobody has.
-FIELDS = ("text", "thread_id", "client_id", "run_id", "token", "extra")
+FIELDS = (
+    "text",
+    "thread_id",
+    "client_id",
+    "run_id",
+    "token",
+    "before",
+    "after",
+    "limit",
+    "epoch",
+    "extra",
+)
 #: The longest valid value of each string field.
 LIMITS: Mapping[str, int] = {
     "text": MAX_TEXT_CHARS,
@@ -413,6 +469,13 @@ LIMITS: Mapping[str, int] = {
     "run_id": 128,
     "token": MAX_TOKEN_CHARS,
     "extra": 128,
+    "epoch": 128,
+}
+#: Integer fields: (smallest, largest) valid value.
+INT_LIMITS: Mapping[str, tuple[int, int]] = {
+    "before": (1, MAX_SEQ),
+    "after": (0, MAX_SEQ),
+    "limit": (1, MAX_PAGE),
 }
 
 
@@ -425,7 +488,15 @@ def edge_strings(limit: int) -> tuple[str, ...]:
     )
 
 
-EDGE_STRINGS: Mapping[str, tuple[str, ...]] = {name: edge_strings(n) for name, n in LIMITS.items()}
+def edge_ints(low: int, high: int) -> tuple[Any, ...]:
+    """Integers at and around a range, and numbers that are not integers."""
+    return (low - 1, low, low + 1, high - 1, high, high + 1, -1, 2.5, True, False, "1")
+
+
+EDGE_STRINGS: Mapping[str, tuple[Any, ...]] = {
+    **{name: edge_strings(n) for name, n in LIMITS.items()},
+    **{name: edge_ints(low, high) for name, (low, high) in INT_LIMITS.items()},
+}
 good_value: Mapping[str, st.SearchStrategy[Any]] = {
     "text": st.text(min_size=1, max_size=30) | st.sampled_from(("x" * MAX_TEXT_CHARS, "\n")),
     "thread_id": ids,
@@ -433,6 +504,8 @@ good_value: Mapping[str, st.SearchStrategy[Any]] = {
     "run_id": ids,
     "token": st.text(min_size=1, max_size=30) | st.just("t" * MAX_TOKEN_CHARS),
     "extra": ids,
+    "epoch": st.text(min_size=1, max_size=30),
+    **{name: st.integers(low, high) for name, (low, high) in INT_LIMITS.items()},
 }
 not_strings = st.one_of(
     st.booleans(),
@@ -516,6 +589,22 @@ def near_valid_cases() -> Iterator[dict[str, Any]]:
     yield {"type": "auth", "token": "t" * MAX_TOKEN_CHARS}
     yield {"type": "auth", "token": "t" * (MAX_TOKEN_CHARS + 1)}
     yield {"type": "auth", "token": ""}
+    yield {"type": "history", "thread_id": "thr_1"}
+    yield {"type": "history", "thread_id": "thr_1", "before": 1, "limit": MAX_PAGE}
+    yield {"type": "history", "thread_id": "thr_1", "before": 0}
+    yield {"type": "history", "thread_id": "thr_1", "limit": MAX_PAGE + 1}
+    yield {"type": "history", "thread_id": "thr_1", "limit": True}
+    yield {"type": "history"}
+    yield {"type": "threads"}
+    yield {"type": "threads", "limit": 1}
+    yield {"type": "threads", "limit": 0}
+    yield {"type": "threads", "limit": 1.5}
+    yield {"type": "resume", "thread_id": "thr_1", "after": 0}
+    yield {"type": "resume", "thread_id": "thr_1", "after": MAX_SEQ, "epoch": "e1"}
+    yield {"type": "resume", "thread_id": "thr_1", "after": MAX_SEQ + 1}
+    yield {"type": "resume", "thread_id": "thr_1", "after": -1}
+    yield {"type": "resume", "thread_id": "thr_1"}
+    yield {"type": "resume", "thread_id": "thr_1", "after": 0, "epoch": ""}
     yield {"type": "Ping"}
     yield {"type": None}
     yield {"text": "hi"}
@@ -629,7 +718,9 @@ def test_state_machine_replies_conform() -> None:
         data = wire(action.event)
         validate_server_event(data)
         codes.add(data.get("code"))
-    assert codes - {None} == set(ErrorCode) - {ErrorCode.INVALID_TOKEN}
+    # invalid_token needs the verifier, run_not_found the session's search of the
+    # user's followed threads: both are the session's replies (test_session_frames_conform).
+    assert codes - {None} == set(ErrorCode) - {ErrorCode.INVALID_TOKEN, ErrorCode.RUN_NOT_FOUND}
 
 
 SECRET = b"s" * 32
@@ -698,6 +789,17 @@ async def test_session_frames_conform(autojump_clock: trio.testing.MockClock) ->
         await until("error", code="invalid_token")
         await send({"type": "auth", "token": good})
         await until("auth_ok")
+        thread = started["thread_id"]
+        await send({"type": "history", "thread_id": thread, "limit": 2})
+        await until("history_page", thread_id=thread)
+        await send({"type": "threads"})
+        await until("thread_list")
+        await send({"type": "resume", "thread_id": thread, "after": 0})
+        await until("resumed", recovered=True)
+        await send({"type": "resume", "thread_id": "thr_none", "after": 0})
+        await until("resumed", reason="unknown_thread")
+        await send({"type": "user_message", "text": "wait", "client_id": "c3", "thread_id": thread})
+        await until("duplicate_message", client_id="c3")
         await send({"type": "user_message", "text": "wait"})
         await until("agent_started")
         lifecycle.begin_drain(grace_s=1)

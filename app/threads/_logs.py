@@ -1,0 +1,359 @@
+"""The thread logs: numbering, group commit and live delivery of every thread's events.
+
+One :class:`ThreadLogs` per running server, built by ``serve()`` and passed down. It
+gives each event of a thread its ``thread_seq`` at the moment the event is encoded,
+collects the entries of every connection into batches that one writer task commits
+to the backend (group commit), and tells a connection when a frame may be sent:
+with a durable backend only once its entry is committed (*write before send*: what
+a client saw is in the log after a crash), with the memory backend at once.
+
+A thread is loaded (its head read from the backend) when a connection follows it and
+stays pinned while any connection or run of its user holds it. The key of every
+record, read and write is ``(user_id, thread_id)`` where ``user_id`` is the verified
+subject: callers get a :class:`UserThreads` bound to one user, and this module is the
+only place that keys the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Protocol
+
+import attrs
+import trio
+
+from ._backend import Backend, Entry, Retention, ThreadSummary
+from ._memory import MemoryBackend
+
+__all__ = [
+    "MAX_REPLAY_PAGE",
+    "Follower",
+    "ThreadLog",
+    "ThreadLogs",
+    "UserThreads",
+]
+
+#: Entries read from the backend per page of a replay.
+MAX_REPLAY_PAGE: Final = 500
+#: How often expired entries are pruned when ``history_ttl_s`` is set (seconds).
+PRUNE_EVERY_S: Final = 60.0
+
+
+class Follower(Protocol):
+    """A connection following a thread: it receives the thread's events live."""
+
+    @property
+    def attached(self) -> bool:
+        """False once its peer has left (its runs may still be running)."""
+        ...
+
+    def deliver(self, thread_id: str, frame: bytes, ticket: int) -> None:
+        """Queue ``frame`` (an event of ``thread_id``) to be sent once ``ticket`` is sendable.
+
+        Called from the task that appended the event (a run of the same user); must not block.
+        """
+        ...
+
+
+@attrs.define(eq=False)
+class ThreadLog:
+    """One thread of one user while it is pinned: its head, followers and live runs."""
+
+    user_id: str
+    thread_id: str
+    last_seq: int
+    first_seq: int
+    #: ``client_id -> run_id`` of the messages the thread accepted (idempotency).
+    client_ids: dict[str, str]
+    _logs: ThreadLogs = attrs.field(repr=False)
+    followers: list[Follower] = attrs.field(factory=list, repr=False)
+    #: ``run_id -> stop`` of the runs live in this thread (a resuming connection cancels).
+    live_runs: dict[str, Callable[[], bool]] = attrs.field(factory=dict, repr=False)
+    refs: int = 0
+
+    @property
+    def exists(self) -> bool:
+        return self.last_seq > 0
+
+    def append(
+        self,
+        kind: str,
+        run_id: str | None,
+        build: Callable[[int], str],
+        *,
+        origin: object = None,
+        client_id: str | None = None,
+    ) -> tuple[bytes, int]:
+        """Give the next ``thread_seq`` to the event ``build(thread_seq)`` encodes.
+
+        Returns its frame and the ticket to wait for before sending it. Every follower
+        but ``origin`` (which sends the frame itself) has it queued. If ``build``
+        raises, or its text is not UTF-8 (``UnicodeEncodeError``), nothing is used.
+        """
+        seq = self.last_seq + 1
+        text = build(seq)
+        frame = text.encode()  # UnicodeEncodeError here too leaves the log untouched
+        self.last_seq = seq
+        logs = self._logs
+        ticket = logs.push(
+            Entry(
+                user_id=self.user_id,
+                thread_id=self.thread_id,
+                thread_seq=seq,
+                kind=kind,
+                run_id=run_id,
+                client_id=client_id,
+                text=text,
+                at=logs.wall_clock(),
+            )
+        )
+        for follower in self.followers:
+            if follower is not origin:
+                follower.deliver(self.thread_id, frame, ticket)
+        return frame, ticket
+
+    def follow(self, follower: Follower) -> None:
+        if follower not in self.followers:
+            self.followers.append(follower)
+
+    def unfollow(self, follower: Follower) -> None:
+        if follower in self.followers:
+            self.followers.remove(follower)
+
+    def followed_by_another(self, follower: Follower) -> bool:
+        """Whether a connection other than ``follower`` whose peer is there follows it."""
+        return any(f is not follower and f.attached for f in self.followers)
+
+
+class ThreadLogs:
+    """Every thread's log for one running server (see the module docstring).
+
+    ``run`` (the writer) must be running in the server's nursery for appends to
+    become durable; ``serve()`` starts it first and stops it last.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        durable: bool = True,
+        ttl_s: float = 0.0,
+        wall_clock: Callable[[], float] = time.time,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self._backend = backend
+        #: A durable backend: frames wait for their commit. Memory: nothing to wait for.
+        self._durable = durable
+        # The memory backend is written at once, in the appending task: no writer, no wait.
+        self._append_now: Callable[[Entry], None] | None = None
+        self._ttl_s = ttl_s
+        self.wall_clock = wall_clock
+        self._log = log or logging.getLogger("app.threads")
+        self._open: dict[tuple[str, str], ThreadLog] = {}
+        self._pending: list[Entry] = []
+        self._given = 0  # tickets handed out
+        self._written = 0  # tickets in the backend
+        self._wake = trio.Event()  # the writer has something to write
+        self._progress = trio.Event()  # ``_written`` moved; replaced each time
+        self._lock = trio.Lock()  # one backend call at a time
+        self.batches = 0
+        self.entries = 0
+
+    @classmethod
+    def in_memory(
+        cls, retention: Retention | None = None, *, wall_clock: Callable[[], float] = time.time
+    ) -> ThreadLogs:
+        """Logs kept in this process only: lost on restart (the epoch tells clients)."""
+        backend = MemoryBackend(retention or Retention())
+        logs = cls(backend, durable=False, ttl_s=backend.ttl_s, wall_clock=wall_clock)
+        logs._append_now = backend.append_now
+        return logs
+
+    @property
+    def epoch(self) -> str:
+        return self._backend.epoch
+
+    @property
+    def open_threads(self) -> int:
+        return len(self._open)
+
+    def for_user(self, user_id: str) -> UserThreads:
+        """The logs as one user sees them: every call keyed by ``user_id``."""
+        return UserThreads(self, user_id)
+
+    # -- appending ------------------------------------------------------------
+
+    def push(self, entry: Entry) -> int:
+        """Queue ``entry`` for the writer; its ticket."""
+        self._given += 1
+        if self._append_now is not None:
+            self._append_now(entry)
+            self._written = self._given
+        else:
+            self._pending.append(entry)
+            self._wake.set()
+        return self._given
+
+    def sendable(self, ticket: int) -> bool:
+        """Whether a frame of ``ticket`` may be sent now."""
+        return ticket <= self._written or not self._durable
+
+    async def wait_sendable(self, ticket: int) -> None:
+        """Return once a frame of ``ticket`` may be sent. Cancellation: just stops waiting."""
+        if self._durable:
+            await self.wait_written(ticket)
+
+    async def wait_written(self, ticket: int) -> None:
+        """Return once ``ticket`` is in the backend. Cancellation: just stops waiting."""
+        while self._written < ticket:
+            await self._progress.wait()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The writer: commit what was appended, in batches, until cancelled.
+
+        A failing backend ends it with the error (and with it the server): a store
+        that cannot write must not let the server send what it did not keep.
+        Cancellation: what is not committed yet is lost; :meth:`flush` first.
+        """
+        async with trio.open_nursery() as nursery:
+            if self._ttl_s > 0:
+                nursery.start_soon(self._pruner)
+            task_status.started()
+            while True:
+                if not self._pending:
+                    await self._wake.wait()
+                    self._wake = trio.Event()
+                    continue
+                await self._write_batch()
+
+    async def _write_batch(self) -> None:
+        batch, self._pending = self._pending, []
+        last = self._given
+        async with self._lock:
+            await self._backend.append(batch)
+        self.batches += 1
+        self.entries += len(batch)
+        self._written = last
+        self._progress.set()
+        self._progress = trio.Event()
+
+    async def flush(self) -> None:
+        """Commit what is pending now. Cancellation: a batch started completes."""
+        while self._pending:
+            await self._write_batch()
+
+    async def _pruner(self) -> None:
+        while True:
+            await trio.sleep(PRUNE_EVERY_S)
+            async with self._lock:
+                dropped = await self._backend.prune(self.wall_clock())
+            if dropped:
+                self._log.info("pruned %d expired thread events", dropped)
+
+    # -- pinning --------------------------------------------------------------
+
+    async def _open_thread(self, user_id: str, thread_id: str) -> ThreadLog:
+        key = (user_id, thread_id)
+        thread = self._open.get(key)
+        if thread is None:
+            # An unpinned thread may still have entries pending: its head must include them.
+            await self.wait_written(self._given)
+            async with self._lock:
+                head = await self._backend.head(user_id, thread_id)
+            thread = self._open.get(key)  # another task may have opened it meanwhile
+            if thread is None:
+                thread = ThreadLog(
+                    user_id=user_id,
+                    thread_id=thread_id,
+                    last_seq=head.last_seq,
+                    first_seq=head.first_seq,
+                    client_ids=dict(head.client_ids),
+                    logs=self,
+                )
+                self._open[key] = thread
+        thread.refs += 1
+        return thread
+
+    def _create_thread(self, user_id: str, thread_id: str) -> ThreadLog:
+        key = (user_id, thread_id)
+        thread = self._open.get(key)
+        if thread is None:
+            thread = ThreadLog(user_id, thread_id, 0, 1, {}, logs=self)
+            self._open[key] = thread
+        thread.refs += 1
+        return thread
+
+    def _release(self, thread: ThreadLog) -> None:
+        thread.refs -= 1
+        if thread.refs <= 0:
+            self._open.pop((thread.user_id, thread.thread_id), None)
+
+    # -- reading --------------------------------------------------------------
+
+    async def _read(self, call: Callable[[], Any]) -> Any:
+        # Reads see every append made before them.
+        await self.wait_written(self._given)
+        async with self._lock:
+            return await call()
+
+
+@attrs.frozen
+class UserThreads:
+    """The thread logs of one verified user: the only way a connection reaches the store."""
+
+    _logs: ThreadLogs = attrs.field(alias="logs")
+    user_id: str
+
+    @property
+    def epoch(self) -> str:
+        return self._logs.epoch
+
+    def sendable(self, ticket: int) -> bool:
+        return self._logs.sendable(ticket)
+
+    async def wait_sendable(self, ticket: int) -> None:
+        """See :meth:`ThreadLogs.wait_sendable`."""
+        await self._logs.wait_sendable(ticket)
+
+    async def open(self, thread_id: str) -> ThreadLog:
+        """Pin ``thread_id`` of this user (loading its head); :meth:`release` it after.
+
+        Cancellation: nothing is pinned.
+        """
+        return await self._logs._open_thread(self.user_id, thread_id)
+
+    def create(self, thread_id: str) -> ThreadLog:
+        """Pin a thread this server just named (nothing to read); :meth:`release` it after."""
+        return self._logs._create_thread(self.user_id, thread_id)
+
+    def release(self, thread: ThreadLog) -> None:
+        assert thread.user_id == self.user_id
+        self._logs._release(thread)
+
+    async def page(
+        self, thread_id: str, before: int | None, limit: int
+    ) -> tuple[Sequence[Entry], bool]:
+        """A page of history (see :meth:`Backend.page`). Cancellation: nothing changes."""
+        backend = self._logs._backend
+        page: tuple[Sequence[Entry], bool] = await self._logs._read(
+            lambda: backend.page(self.user_id, thread_id, before, limit)
+        )
+        return page
+
+    async def after(self, thread_id: str, after: int, limit: int) -> Sequence[Entry]:
+        """Entries after ``after`` (see :meth:`Backend.after`). Cancellation: nothing changes."""
+        backend = self._logs._backend
+        entries: Sequence[Entry] = await self._logs._read(
+            lambda: backend.after(self.user_id, thread_id, after, limit)
+        )
+        return entries
+
+    async def threads(self, limit: int) -> Sequence[ThreadSummary]:
+        """This user's threads (see :meth:`Backend.threads`). Cancellation: nothing changes."""
+        backend = self._logs._backend
+        summaries: Sequence[ThreadSummary] = await self._logs._read(
+            lambda: backend.threads(self.user_id, limit)
+        )
+        return summaries

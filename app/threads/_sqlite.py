@@ -67,7 +67,7 @@ _SCHEMA: Final = (
 
 _COLUMNS: Final = "user_id, thread_id, thread_seq, kind, run_id, client_id, text, at"
 
-#: SQLite's largest integer: bounds stand-ins for "no bound" and clamp callers' bounds.
+#: SQLite's largest integer: stands in for "no bound" and clamps callers' bounds and limits.
 _MAX_SEQ: Final = 2**63 - 1
 
 #: Entries one prune transaction deletes at most: appends wait for one chunk, not all.
@@ -88,6 +88,8 @@ async def open_sqlite(
     end in its worker thread and the backend is returned; the caller's next checkpoint
     raises the cancellation, so open it where it is closed in a ``finally``.
     """
+    if synchronous not in ("NORMAL", "FULL"):
+        raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
     conn, epoch = await trio.to_thread.run_sync(
         _connect, Path(path), synchronous, abandon_on_cancel=False
     )
@@ -139,7 +141,7 @@ class SQLiteBackend:
             lambda conn: conn.execute(
                 f"SELECT {_COLUMNS} FROM entries WHERE user_id = ? AND thread_id = ?"
                 " AND thread_seq < ? ORDER BY thread_seq DESC LIMIT ?",
-                (user_id, thread_id, bound, limit + 1),
+                (user_id, thread_id, bound, min(limit, _MAX_SEQ - 1) + 1),
             ).fetchall()
         )
         return [_entry(row) for row in reversed(rows[:limit])], len(rows) > limit
@@ -152,7 +154,7 @@ class SQLiteBackend:
             lambda conn: conn.execute(
                 f"SELECT {_COLUMNS} FROM entries WHERE user_id = ? AND thread_id = ?"
                 " AND thread_seq > ? ORDER BY thread_seq LIMIT ?",
-                (user_id, thread_id, bound, limit),
+                (user_id, thread_id, bound, min(limit, _MAX_SEQ)),
             ).fetchall()
         )
         return [_entry(row) for row in rows]
@@ -166,7 +168,7 @@ class SQLiteBackend:
                 " AND EXISTS (SELECT 1 FROM entries AS e"
                 " WHERE e.user_id = t.user_id AND e.thread_id = t.thread_id)"
                 " ORDER BY updated_at DESC, thread_id LIMIT ?",
-                (user_id, limit),
+                (user_id, min(limit, _MAX_SEQ)),
             ).fetchall()
         )
         return [ThreadSummary(thread_id=r[0], last_seq=r[1], updated_at=r[2]) for r in rows]

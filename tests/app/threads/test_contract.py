@@ -112,8 +112,10 @@ async def test_page_is_the_newest_below_before_oldest_first(store: Backend) -> N
     page, more = await store.page("alice", "t1", 5, 4)
     assert (seqs(page), more) == ([1, 2, 3, 4], False)
     assert await store.page("alice", "t1", 1, 4) == ([], False)
-    page, more = await store.page("alice", "t1", 2**70, 100)
+    page, more = await store.page("alice", "t1", 2**70, 2**70)
     assert (seqs(page), more) == (list(range(1, 11)), False)
+    assert len(await store.after("alice", "t1", 0, 2**70)) == 10
+    assert len(await store.threads("alice", 2**70)) == 1
 
 
 @pytest.mark.parametrize("limit", [0, -1])

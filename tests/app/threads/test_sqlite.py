@@ -238,3 +238,9 @@ async def test_what_append_returned_survives_sigkill(tmp_path: Path) -> None:
         assert [e.thread_seq for e in kept] == list(range(1, head.last_seq + 1))
     finally:
         await store.aclose()
+
+
+async def test_synchronous_is_normal_or_full(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="synchronous must be 'NORMAL' or 'FULL', got 'OFF'"):
+        await open_sqlite(tmp_path / "threads.db", Retention(), synchronous="OFF")  # type: ignore[arg-type]  # refused at run time too
+    assert not (tmp_path / "threads.db").exists()

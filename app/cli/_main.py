@@ -20,11 +20,14 @@ from ..server._serve import RunningServer, serve
 from ..services._build import build_services, read_secret
 from ..services._services import Services
 from ..services._settings import ConfigError, Settings, add_setting_arguments, load_settings
+from ..threads._common import StoreConfigError
 
-__all__ = ["DEV_SECRET_FILE", "ensure_dev_secret", "main"]
+__all__ = ["DEV_SECRET_FILE", "DEV_STORE", "ensure_dev_secret", "main"]
 
 #: Where ``serve --dev`` keeps its generated secret (git-ignored, mode 0600).
 DEV_SECRET_FILE = ".enclave/dev-secret"
+#: The thread store of ``serve --dev`` unless ``--store`` says otherwise.
+DEV_STORE = "sqlite:.enclave/threads.db"
 EXIT_CONFIG = 2
 
 
@@ -49,6 +52,9 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     overrides = {}
     if getattr(args, "dev", False) and not _key_configured(values, environ):
         overrides["jwt_secret_file"] = str(ensure_dev_secret())
+    if getattr(args, "dev", False) and not (values.get("store") or environ.get("ENCLAVE_STORE")):
+        # Dev mode keeps its threads across restarts, beside its secret.
+        overrides["store"] = DEV_STORE
     return load_settings(values, environ, **overrides)
 
 
@@ -146,6 +152,18 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ConfigError as exc:
         print(f"enclave: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except BaseExceptionGroup as group:
+        # The thread store is opened inside serve(): its refusal arrives in a group.
+        store, rest = group.split(StoreConfigError)
+        if store is None or rest is not None:
+            raise
+        print(f"enclave: configuration error: {_first_leaf(store)}", file=sys.stderr)
+        return EXIT_CONFIG
     except KeyboardInterrupt:  # pragma: no cover - second Ctrl-C during startup
         return 130
     return 0
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

@@ -16,6 +16,8 @@ from ..services._admission import SubjectGuard
 from ..services._build import build_services
 from ..services._services import ServerLifecycle, Services
 from ..services._settings import Settings
+from ..threads._backend import Retention
+from ..threads._logs import open_thread_logs
 from ..transports._accept_log import throttle_accept_errors
 from ..transports.lean._server import serve_lean
 
@@ -55,32 +57,49 @@ async def serve(
     close frame.
     """
     services = services or build_services(settings)
+    threads = await open_thread_logs(
+        settings.store,
+        Retention(max_events=settings.history_max_events, ttl_s=settings.history_ttl_s),
+        log=services.log,
+    )
     lifecycle = ServerLifecycle(
         max_connections=settings.max_connections,
         subjects=SubjectGuard(
             settings.connect_rate_per_s, settings.connect_burst, settings.abuse_cooldown_s
         ),
+        threads=threads,
     )
     if settings.transport == "lean":
         transport = serve_lean
     else:  # imported here: only an ASGI server loads Quart and Hypercorn
         from ..transports.asgi._hypercorn import serve_asgi as transport
 
-    async with trio.open_nursery() as outer:
-        await outer.start(lifecycle.timer.run)
-        if handle_signals:
-            outer.start_soon(
-                _watch_signals, lifecycle, settings.shutdown_grace_s, outer, services.log
-            )
-        # Out of file descriptors, accept() fails and is retried every 0.1 s: log it rarely.
-        with throttle_accept_errors():
-            async with trio.open_nursery() as inner:
-                url: str = await inner.start(transport, services, lifecycle)
-                port = int(url.rsplit(":", 1)[1])
-                services.log.info("listening on %s (websocket path %s)", url, settings.path)
-                task_status.started(RunningServer(url=url, port=port, lifecycle=lifecycle))
-        services.log.info("stopped")
-        outer.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as outer:
+            await outer.start(lifecycle.timer.run)
+            # The thread logs' writer: started first, stopped last (after a final commit).
+            await outer.start(threads.run)
+            if handle_signals:
+                outer.start_soon(
+                    _watch_signals, lifecycle, settings.shutdown_grace_s, outer, services.log
+                )
+            # Out of file descriptors, accept() fails and is retried every 0.1 s: log it rarely.
+            with throttle_accept_errors():
+                async with trio.open_nursery() as inner:
+                    url: str = await inner.start(transport, services, lifecycle)
+                    port = int(url.rsplit(":", 1)[1])
+                    services.log.info(
+                        "listening on %s (websocket path %s, thread store %s)",
+                        url,
+                        settings.path,
+                        settings.store,
+                    )
+                    task_status.started(RunningServer(url=url, port=port, lifecycle=lifecycle))
+            await threads.flush()
+            services.log.info("stopped")
+            outer.cancel_scope.cancel()
+    finally:
+        await threads.aclose()
 
 
 async def _watch_signals(

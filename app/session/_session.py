@@ -642,7 +642,7 @@ class _Session:
             if client_id is not None:
                 thread.client_ids[client_id] = run_id
             _, ticket = thread.append(
-                MessageAccepted.TYPE,
+                "user_message",  # the entry of the message itself (its wire type: message_accepted)
                 run_id,
                 lambda seq: serialize(
                     MessageAccepted(run_id, start.thread_id, seq, message.text, client_id)

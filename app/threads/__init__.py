@@ -1,8 +1,12 @@
-"""Threads that outlive a connection: every thread's event log and its storage engines.
+"""The thread store: every user's threads as event logs that clients can page and resume.
 
-- ``_backend``: what a storage engine does (the interface both backends implement).
-- ``_memory``: the in-memory engine.
-- ``_logs``: numbering, group commit, write-before-send and live delivery.
+- ``_backend``: the interface of a storage engine (``Backend``) and its values.
+- ``_memory``: ``MemoryBackend``, the logs in dicts (lost with the process).
+- ``_sqlite``: ``SQLiteBackend`` and ``open_sqlite``, the logs in one SQLite file.
+- ``_open``: ``open_backend``, a backend from a spec (``memory``, ``sqlite:PATH``).
+- ``_common``: the checks both backends share and ``StoreConfigError``.
+- ``_logs``: ``ThreadLogs``, numbering, group commit, write-before-send and live
+  delivery on top of a backend; ``UserThreads``, the logs as one user sees them.
 """
 
 from ._backend import Backend as Backend
@@ -10,11 +14,16 @@ from ._backend import Entry as Entry
 from ._backend import Retention as Retention
 from ._backend import ThreadHead as ThreadHead
 from ._backend import ThreadSummary as ThreadSummary
+from ._common import StoreConfigError as StoreConfigError
 from ._logs import Follower as Follower
 from ._logs import ThreadLog as ThreadLog
 from ._logs import ThreadLogs as ThreadLogs
 from ._logs import UserThreads as UserThreads
+from ._logs import open_thread_logs as open_thread_logs
 from ._memory import MemoryBackend as MemoryBackend
+from ._open import open_backend as open_backend
+from ._sqlite import SQLiteBackend as SQLiteBackend
+from ._sqlite import open_sqlite as open_sqlite
 
 __all__ = [
     "Backend",
@@ -22,9 +31,14 @@ __all__ = [
     "Follower",
     "MemoryBackend",
     "Retention",
+    "SQLiteBackend",
+    "StoreConfigError",
     "ThreadHead",
     "ThreadLog",
     "ThreadLogs",
     "ThreadSummary",
     "UserThreads",
+    "open_backend",
+    "open_sqlite",
+    "open_thread_logs",
 ]

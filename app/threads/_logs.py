@@ -26,6 +26,7 @@ import trio
 
 from ._backend import Backend, Entry, Retention, ThreadSummary
 from ._memory import MemoryBackend
+from ._open import open_backend
 
 __all__ = [
     "MAX_REPLAY_PAGE",
@@ -33,6 +34,7 @@ __all__ = [
     "ThreadLog",
     "ThreadLogs",
     "UserThreads",
+    "open_thread_logs",
 ]
 
 #: Entries read from the backend per page of a replay.
@@ -147,7 +149,7 @@ class ThreadLogs:
         #: A durable backend: frames wait for their commit. Memory: nothing to wait for.
         self._durable = durable
         # The memory backend is written at once, in the appending task: no writer, no wait.
-        self._append_now: Callable[[Entry], None] | None = None
+        self._append_now: Callable[[Sequence[Entry]], None] | None = None
         self._ttl_s = ttl_s
         self.wall_clock = wall_clock
         self._log = log or logging.getLogger("app.threads")
@@ -166,7 +168,7 @@ class ThreadLogs:
         cls, retention: Retention | None = None, *, wall_clock: Callable[[], float] = time.time
     ) -> ThreadLogs:
         """Logs kept in this process only: lost on restart (the epoch tells clients)."""
-        backend = MemoryBackend(retention or Retention())
+        backend = MemoryBackend(retention or Retention(), clock=wall_clock)
         logs = cls(backend, durable=False, ttl_s=backend.ttl_s, wall_clock=wall_clock)
         logs._append_now = backend.append_now
         return logs
@@ -189,7 +191,7 @@ class ThreadLogs:
         """Queue ``entry`` for the writer; its ticket."""
         self._given += 1
         if self._append_now is not None:
-            self._append_now(entry)
+            self._append_now((entry,))
             self._written = self._given
         else:
             self._pending.append(entry)
@@ -243,6 +245,11 @@ class ThreadLogs:
         """Commit what is pending now. Cancellation: a batch started completes."""
         while self._pending:
             await self._write_batch()
+
+    async def aclose(self) -> None:
+        """Close the backend. Cancellation: the backend is closed all the same."""
+        with trio.CancelScope(shield=True):
+            await self._backend.aclose()
 
     async def _pruner(self) -> None:
         while True:
@@ -357,3 +364,18 @@ class UserThreads:
             lambda: backend.threads(self.user_id, limit)
         )
         return summaries
+
+
+async def open_thread_logs(
+    spec: str, retention: Retention, *, log: logging.Logger | None = None
+) -> ThreadLogs:
+    """The thread logs on the backend ``spec`` names (``memory`` or ``sqlite:PATH``).
+
+    Raises :class:`~app.threads.StoreConfigError` for a bad spec or file. The caller
+    runs :meth:`ThreadLogs.run` and closes them with :meth:`ThreadLogs.aclose`.
+    Cancellation: as :func:`~app.threads.open_backend`.
+    """
+    if spec == "memory":
+        return ThreadLogs.in_memory(retention)
+    backend = await open_backend(spec, retention)
+    return ThreadLogs(backend, durable=True, ttl_s=retention.ttl_s, log=log)

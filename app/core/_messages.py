@@ -174,7 +174,9 @@ def _integer(
         if required:
             raise _Invalid(name, f"field '{name}' is required")
         return default
-    # bool is an int in Python, not in the protocol.
+    # As in JSON Schema: 2.0 is an integer, true is not.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if not isinstance(value, int) or isinstance(value, bool):
         raise _Invalid(name, f"field '{name}' must be an integer")
     if not low <= value <= high:

@@ -654,11 +654,23 @@ class _Session:
             thread.live_runs[run_id] = lambda: self._stop_run(run_id)
             await self._run_agent(start, scope)
         finally:
-            if thread is not None:
-                thread.live_runs.pop(run_id, None)
+            if thread is not None and thread.live_runs.pop(run_id, None) is not None:
+                self._log_unfinished(run_id)
             state.discard(run_id)
             if self._runs_idle is not None and not state.has_runs:
                 self._runs_idle.set()
+
+    def _log_unfinished(self, run_id: str) -> None:
+        """Give the thread's log the terminal event of a run cancelled with its connection
+        (it could not send one): every run in a log ends with exactly one."""
+        state = self._state
+        if state.thread_of(run_id) is None:  # it ended with its own terminal event
+            return
+        draining = self._lifecycle.draining.is_set()
+        reason = CancelReason.SERVER_SHUTDOWN if draining else CancelReason.CLIENT_GONE
+        event = state.prepare(run_id, RunCancelled(reason=reason))
+        self._record(event)
+        state.commit(event)
 
     def _stop_run(self, run_id: str) -> bool:
         """Cancel ``run_id`` for a client (perhaps on another connection of the user)."""

@@ -356,9 +356,19 @@ async def test_without_a_grace_a_disconnect_cancels_at_once() -> None:
     async with server(agent_delay_ms=60_000, resume_grace_s=0) as srv:
         async with srv.connect() as first:
             await first.send(type="user_message", text="x")
-            await first.expect("agent_started")
+            started = await first.expect("agent_started")
         with trio.fail_after(5):
             await first.ended.wait()
+        async with srv.connect() as later:
+            await later.send(type="history", thread_id=started["thread_id"])
+            page = await later.expect("history_page")
+    # The run could not send its end; its log still has exactly one.
+    assert [e["type"] for e in page["events"]] == [
+        "message_accepted",
+        "agent_started",
+        "run_cancelled",
+    ]
+    assert page["events"][-1]["reason"] == "client_gone"
 
 
 async def test_a_connection_lets_go_of_its_oldest_threads() -> None:

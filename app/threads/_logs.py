@@ -117,12 +117,11 @@ class ThreadLog:
         return frame, ticket
 
     def follow(self, follower: Follower) -> None:
-        if follower not in self.followers:
+        if not any(f is follower for f in self.followers):  # by identity, not equality
             self.followers.append(follower)
 
     def unfollow(self, follower: Follower) -> None:
-        if follower in self.followers:
-            self.followers.remove(follower)
+        self.followers = [f for f in self.followers if f is not follower]
 
     def followed_by_another(self, follower: Follower) -> bool:
         """Whether a connection other than ``follower`` whose peer is there follows it."""

@@ -1,0 +1,227 @@
+"""ThreadLogs: numbering, group commit, write-before-send, pinning, live delivery."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from app.threads import (
+    Entry,
+    MemoryBackend,
+    Retention,
+    ThreadLogs,
+    open_thread_logs,
+)
+from app.threads._logs import PRUNE_EVERY_S
+
+NOW = 1_800_000_000.0
+
+
+class GatedBackend(MemoryBackend):
+    """The memory backend whose commits wait for ``gate``, counting batches."""
+
+    def __init__(self) -> None:
+        super().__init__(Retention())
+        self.gate = trio.Event()
+        self.batches: list[int] = []
+        self.fail = False
+
+    async def append(self, entries: Sequence[Entry]) -> None:
+        await self.gate.wait()
+        if self.fail:
+            raise OSError("disk full")
+        self.batches.append(len(entries))
+        await super().append(entries)
+
+
+@attrs.define
+class Recorder:
+    attached: bool = True
+    frames: list[tuple[str, bytes, int]] = attrs.field(factory=list)
+
+    def deliver(self, thread_id: str, frame: bytes, ticket: int) -> None:
+        self.frames.append((thread_id, frame, ticket))
+
+
+def text(seq: int) -> str:
+    return f'{{"type":"x","thread_seq":{seq}}}'
+
+
+async def test_events_are_numbered_and_sendable_only_once_committed() -> None:
+    backend = GatedBackend()
+    logs = ThreadLogs(backend, wall_clock=lambda: NOW)
+    alice = logs.for_user("alice")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(logs.run)
+        thread = alice.create("thr_1")
+        frames = [thread.append("x", "run_1", text) for _ in range(3)]
+        assert [frame for frame, _ in frames] == [text(n).encode() for n in (1, 2, 3)]
+        tickets = [ticket for _, ticket in frames]
+        assert not any(alice.sendable(t) for t in tickets)
+        backend.gate.set()
+        with trio.fail_after(1):
+            await alice.wait_sendable(tickets[-1])
+        assert all(alice.sendable(t) for t in tickets)
+        assert backend.batches == [3]  # one commit for what was appended meanwhile
+        entries = await alice.after("thr_1", 0, 10)
+        nursery.cancel_scope.cancel()
+    assert [(e.thread_seq, e.run_id, e.at) for e in entries] == [
+        (1, "run_1", NOW),
+        (2, "run_1", NOW),
+        (3, "run_1", NOW),
+    ]
+
+
+async def test_reads_see_every_append_before_them() -> None:
+    backend = GatedBackend()
+    logs = ThreadLogs(backend)
+    alice = logs.for_user("alice")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(logs.run)
+        alice.create("thr_1").append("x", None, text)
+        with trio.fail_after(1):
+            async with trio.open_nursery() as inner:
+                inner.start_soon(_open_gate_later, backend)
+                page, more = await alice.page("thr_1", None, 10)
+        assert [e.thread_seq for e in page] == [1]
+        assert not more
+        nursery.cancel_scope.cancel()
+
+
+async def _open_gate_later(backend: GatedBackend) -> None:
+    await trio.sleep(0.01)
+    backend.gate.set()
+
+
+async def test_a_thread_reopened_with_entries_pending_continues_its_numbering() -> None:
+    backend = GatedBackend()
+    logs = ThreadLogs(backend)
+    alice = logs.for_user("alice")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(logs.run)
+        thread = alice.create("thr_1")
+        thread.append("x", None, text)
+        alice.release(thread)
+        assert logs.open_threads == 0
+        nursery.start_soon(_open_gate_later, backend)
+        with trio.fail_after(1):
+            again = await alice.open("thr_1")
+        assert (again.last_seq, again.first_seq) == (1, 1)
+        frame, _ = again.append("x", None, text)
+        assert frame == text(2).encode()
+        nursery.cancel_scope.cancel()
+
+
+async def test_pins_are_counted_and_keyed_by_user() -> None:
+    logs = ThreadLogs.in_memory()
+    alice, bob = logs.for_user("alice"), logs.for_user("bob")
+    one = await alice.open("thr_1")
+    two = await alice.open("thr_1")
+    other = await bob.open("thr_1")
+    assert one is two
+    assert other is not one
+    assert not other.exists
+    alice.release(one)
+    assert logs.open_threads == 2
+    alice.release(two)
+    bob.release(other)
+    assert logs.open_threads == 0
+
+
+async def test_the_memory_logs_send_at_once() -> None:
+    logs = ThreadLogs.in_memory()
+    alice = logs.for_user("alice")
+    _, ticket = alice.create("thr_1").append("x", None, text)
+    assert alice.sendable(ticket)
+    with trio.fail_after(1):
+        await alice.wait_sendable(ticket)
+        assert [e.thread_seq for e in await alice.after("thr_1", 0, 5)] == [1]
+        [summary] = await alice.threads(5)
+    assert (summary.thread_id, summary.last_seq) == ("thr_1", 1)
+    assert await logs.for_user("bob").threads(5) == []
+
+
+async def test_followers_but_the_origin_get_each_event() -> None:
+    logs = ThreadLogs.in_memory()
+    thread = logs.for_user("alice").create("thr_1")
+    origin, other, gone = Recorder(), Recorder(), Recorder(attached=False)
+    for follower in (origin, other, gone, other):
+        thread.follow(follower)
+    frame, ticket = thread.append("x", None, text, origin=origin)
+    assert other.frames == [("thr_1", frame, ticket)]
+    assert origin.frames == []
+    assert thread.followed_by_another(origin)
+    thread.unfollow(other)
+    thread.unfollow(other)
+    assert not thread.followed_by_another(origin)  # ``gone`` is not attached
+
+
+@pytest.mark.parametrize("bad", [ValueError("not JSON"), "\ud800"])
+def test_an_event_that_cannot_be_encoded_uses_nothing(bad: object) -> None:
+    logs = ThreadLogs.in_memory()
+    thread = logs.for_user("alice").create("thr_1")
+
+    def build(seq: int) -> str:
+        if isinstance(bad, Exception):
+            raise bad
+        return str(bad)
+
+    with pytest.raises(ValueError, match=r"not JSON|surrogate"):  # UnicodeEncodeError is one
+        thread.append("x", None, build)
+    assert thread.last_seq == 0
+    assert thread.append("x", None, text)[0] == text(1).encode()
+
+
+async def test_a_failing_backend_stops_the_writer_with_its_error() -> None:
+    backend = GatedBackend()
+    backend.fail = True
+    backend.gate.set()
+    logs = ThreadLogs(backend)
+    with pytest.RaisesGroup(pytest.RaisesExc(OSError, match="disk full"), flatten_subgroups=True):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(logs.run)
+            logs.for_user("alice").create("thr_1").append("x", None, text)
+
+
+async def test_flush_commits_what_is_pending() -> None:
+    backend = GatedBackend()
+    backend.gate.set()
+    logs = ThreadLogs(backend)
+    _, ticket = logs.for_user("alice").create("thr_1").append("x", None, text)
+    await logs.flush()
+    assert logs.sendable(ticket)
+    await logs.aclose()
+    await logs.aclose()
+
+
+async def test_expired_events_are_pruned(autojump_clock: trio.testing.MockClock) -> None:
+    clock = [NOW]
+    logs = ThreadLogs.in_memory(Retention(ttl_s=30), wall_clock=lambda: clock[0])
+    alice = logs.for_user("alice")
+    alice.create("thr_1").append("x", None, text)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(logs.run)
+        clock[0] += 31
+        await trio.sleep(PRUNE_EVERY_S + 1)
+        assert await alice.after("thr_1", 0, 5) == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_open_thread_logs_from_a_spec(tmp_path: Path) -> None:
+    memory = await open_thread_logs("memory", Retention())
+    _, ticket = memory.for_user("a").create("t").append("x", None, text)
+    assert memory.sendable(ticket)
+    durable = await open_thread_logs(f"sqlite:{tmp_path / 't.db'}", Retention())
+    try:
+        _, ticket = durable.for_user("a").create("t").append("x", None, text)
+        assert not durable.sendable(ticket)
+        await durable.flush()
+        assert durable.sendable(ticket)
+        assert durable.epoch
+    finally:
+        await durable.aclose()

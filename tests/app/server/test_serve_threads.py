@@ -25,10 +25,9 @@ async def _started_then_dropped(live: Endpoint, token: str, text: str) -> dict[s
         await raw.send_text(json.dumps({"type": "user_message", "text": text, "client_id": "c1"}))
         with trio.fail_after(5):
             while True:
-                await raw.stream.wait_send_all_might_not_block()
                 data = await raw.stream.receive_some(65_536)
                 raw.conn.receive_data(data)
-                frames = [
+                frames: list[dict[str, Any]] = [
                     json.loads(e.data) for e in raw.conn.events() if isinstance(e, wse.TextMessage)
                 ]
                 started = [f for f in frames if f["type"] == "agent_started"]

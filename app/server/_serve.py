@@ -60,6 +60,7 @@ async def serve(
     threads = await open_thread_logs(
         settings.store,
         Retention(max_events=settings.history_max_events, ttl_s=settings.history_ttl_s),
+        max_memory_bytes=int(settings.history_memory_mb * 2**20),
         log=services.log,
     )
     lifecycle = ServerLifecycle(

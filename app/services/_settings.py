@@ -110,6 +110,9 @@ class Settings:
     )
     history_max_events: int = _field(10_000, int, "events kept per thread (0: no limit)")
     history_ttl_s: float = _field(0.0, float, "seconds an event is kept (0: forever)")
+    history_memory_mb: float = _field(
+        256.0, float, "MiB of events the memory store keeps in all (least recent threads go first)"
+    )
     log_level: str = _field("info", str, "debug, info, warning or error")
     conformance_echo: bool = _field(
         False,
@@ -179,6 +182,7 @@ def _problems(s: Settings) -> list[str]:
         "abuse_cooldown_s",
         "resume_grace_s",
         "history_ttl_s",
+        "history_memory_mb",
     ):
         value = getattr(s, name)
         if not (math.isfinite(value) and value >= 0):

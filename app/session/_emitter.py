@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import attrs
 
 from isolation import request_scoped
 
-from ..core._events import RunEvent, RunPayload, ServerEvent, serialize
+from ..core._events import RunEvent, RunPayload, ServerEvent, encode_json, serialize
 from ..core._state import ConnectionState, EventRefused
 
 __all__ = ["EventEmitter", "InvalidEvent", "Record", "Write", "encode_run_event"]
@@ -83,12 +84,13 @@ class EventEmitter:
         await self.write(self.connection_id, (frame,), deferred, ticket)
 
 
-def encode_run_event(event: RunEvent) -> str:
-    """The JSON text of a run event; :class:`InvalidEvent` if its payload is not JSON.
+def encode_run_event(event: RunEvent, wire: dict[str, Any] | None = None) -> str:
+    """The JSON text of a run event (or of ``wire``, its JSON object with more fields);
+    :class:`InvalidEvent` if its payload is not JSON.
 
     Encoding it to UTF-8 may still fail (a lone surrogate): the caller encodes.
     """
     try:
-        return serialize(event)
+        return serialize(event) if wire is None else encode_json(wire)
     except (TypeError, ValueError) as exc:
         raise InvalidEvent(f"{event.payload.TYPE} payload is not JSON: {exc}") from None

@@ -472,14 +472,13 @@ class _Session:
         """Append a run's event to its thread's log: its frame (with ``thread_seq``) and
         ticket. Raises :class:`InvalidEvent` (nothing appended) if it is not JSON."""
         thread = self._followed[event.thread_id]
-        return thread.append(
-            event.payload.TYPE,
-            event.run_id,
-            lambda seq: encode_run_event(
-                RunEvent(event.run_id, event.thread_id, event.seq, event.payload, seq)
-            ),
-            origin=self,
-        )
+        wire = event.wire()
+
+        def build(thread_seq: int) -> str:
+            wire["thread_seq"] = thread_seq
+            return encode_run_event(event, wire)
+
+        return thread.append(event.payload.TYPE, event.run_id, build, origin=self)
 
     def deliver(self, thread_id: str, frame: bytes, ticket: int) -> None:
         """An event of a followed thread, appended by another connection of the user."""

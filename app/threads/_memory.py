@@ -11,14 +11,19 @@ import bisect
 import heapq
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import Final
 
 import trio
 
 from ._backend import Entry, Retention, ThreadHead, ThreadSummary
 from ._common import ThreadKey, check_limit, last_entries
 
-__all__ = ["MemoryBackend"]
+__all__ = ["ENTRY_OVERHEAD", "MemoryBackend"]
+
+#: Bytes an entry takes beyond its text (the tuple, its strings' headers), about.
+ENTRY_OVERHEAD: Final = 250
 
 
 def _seq(entry: Entry) -> int:
@@ -28,34 +33,46 @@ def _seq(entry: Entry) -> int:
 class _Thread:
     """One thread's log: its retained entries, oldest first, and its numbering."""
 
-    __slots__ = ("entries", "last_seq", "updated_at")
+    __slots__ = ("entries", "last_seq", "size", "updated_at")
 
     def __init__(self) -> None:
         # A list, not a deque: page() and after() bisect it by thread_seq.
         self.entries: list[Entry] = []
         self.last_seq = 0
         self.updated_at = 0.0
+        self.size = 0  # bytes of the retained entries, about
 
 
 class MemoryBackend:
     """Thread logs in memory, keyed by user id then thread id.
 
     Bounded by ``retention``: ``max_events`` is applied to each thread as it is
-    appended to, ``ttl_s`` by :meth:`prune`. A thread whose entries are all dropped
-    keeps its ``last_seq`` (a few bytes) so that its numbering never restarts under
-    the same epoch. Every method checkpoints first and then runs without awaiting:
-    a cancelled call did nothing. After :meth:`aclose` every call raises
+    appended to, ``ttl_s`` by :meth:`prune`; and in all by ``max_bytes``. A thread
+    whose entries are all dropped keeps its ``last_seq`` (a few bytes) so that its
+    numbering never restarts under the same epoch. Every method checkpoints first and
+    then runs without awaiting: a cancelled call did nothing. After :meth:`aclose` every call raises
     :class:`trio.ClosedResourceError`.
 
     ``clock`` is the wall clock of the store's owner; the interface itself needs none
     (entries carry their time, :meth:`prune` is given ``now``).
     """
 
-    def __init__(self, retention: Retention, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        retention: Retention,
+        clock: Callable[[], float] = time.time,
+        *,
+        max_bytes: int = 0,
+    ) -> None:
         self.retention = retention
         self.clock = clock
+        #: Bytes of entries kept in all (0: no limit); past it the least recently
+        #: updated threads lose their events first (a resume then answers ``retention``).
+        self.max_bytes = max_bytes
         self._epoch = secrets.token_urlsafe(16)
         self._users: dict[str, dict[str, _Thread]] = {}
+        self._recent: OrderedDict[ThreadKey, _Thread] = OrderedDict()
+        self._bytes = 0
         self._closed = False
 
     @property
@@ -94,24 +111,63 @@ class MemoryBackend:
 
     def append_now(self, entries: Sequence[Entry]) -> None:
         """:meth:`append` at once, in the caller's task: the thread logs write the
-        memory store so, with nothing to wait for."""
+        memory store so, with nothing to wait for (one entry at a time, on the hot path).
+        """
         if self._closed:
             raise trio.ClosedResourceError("the thread store is closed")
-        newest = last_entries(entries, self._last_seq)
+        if len(entries) != 1:
+            last_entries(entries, self._last_seq)  # the whole batch is checked first
         for entry in entries:
-            self._users.setdefault(entry.user_id, {}).setdefault(
-                entry.thread_id, _Thread()
-            ).entries.append(entry)
+            self._add(entry)
+
+    def _add(self, entry: Entry) -> None:
+        threads = self._users.get(entry.user_id)
+        if threads is None:
+            threads = self._users[entry.user_id] = {}
+        thread = threads.get(entry.thread_id)
+        if thread is None:
+            thread = threads[entry.thread_id] = _Thread()
+        seq = entry.thread_seq
+        if seq <= thread.last_seq:
+            raise ValueError(
+                f"thread_seq {seq} of thread {entry.thread_id!r} is not above "
+                f"its last seq {thread.last_seq}"
+            )
+        entries = thread.entries
+        entries.append(entry)
+        thread.last_seq, thread.updated_at = seq, entry.at
+        size = len(entry.text) + ENTRY_OVERHEAD
+        thread.size += size
+        self._bytes += size
         max_events = self.retention.max_events
-        for (user_id, thread_id), entry in newest.items():
-            thread = self._users[user_id][thread_id]
-            thread.last_seq = entry.thread_seq
-            thread.updated_at = entry.at
-            if max_events > 0:
-                keep_from = bisect.bisect_right(
-                    thread.entries, entry.thread_seq - max_events, key=_seq
-                )
-                del thread.entries[:keep_from]
+        if max_events > 0 and entries[0].thread_seq <= seq - max_events:
+            self._drop(thread, bisect.bisect_right(entries, seq - max_events, key=_seq))
+        if self.max_bytes:
+            key = (entry.user_id, entry.thread_id)
+            recent = self._recent
+            recent[key] = thread
+            recent.move_to_end(key)
+            if self._bytes > self.max_bytes:
+                self._evict()
+
+    def _drop(self, thread: _Thread, count: int) -> None:
+        dropped = thread.entries[:count]
+        del thread.entries[:count]
+        size = sum(len(e.text) for e in dropped) + ENTRY_OVERHEAD * len(dropped)
+        thread.size -= size
+        self._bytes -= size
+
+    def _evict(self) -> None:
+        # The least recently updated threads lose their events first, down to 90 %.
+        recent = self._recent
+        while self._bytes > self.max_bytes * 0.9 and recent:
+            _, thread = recent.popitem(last=False)
+            self._drop(thread, len(thread.entries))
+
+    @property
+    def bytes_held(self) -> int:
+        """About how many bytes the retained entries take."""
+        return self._bytes
 
     async def page(
         self, user_id: str, thread_id: str, before: int | None, limit: int
@@ -163,15 +219,20 @@ class MemoryBackend:
         dropped = 0
         for threads in self._users.values():
             for thread in threads.values():
-                kept = [e for e in thread.entries if e.at >= cutoff]
-                dropped += len(thread.entries) - len(kept)
-                thread.entries = kept
+                expired = 0
+                while expired < len(thread.entries) and thread.entries[expired].at < cutoff:
+                    expired += 1
+                if expired:
+                    self._drop(thread, expired)
+                    dropped += expired
         return dropped
 
     async def aclose(self) -> None:
         """Forget everything. Idempotent; cannot be cancelled before it is done."""
         self._closed = True
         self._users.clear()
+        self._recent.clear()
+        self._bytes = 0
         await trio.lowlevel.checkpoint()
 
     async def _checkpoint(self) -> None:

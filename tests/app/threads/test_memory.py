@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from app.threads import Entry, MemoryBackend, Retention, ThreadHead
+from app.threads._memory import ENTRY_OVERHEAD
 
 
 def entry(seq: int, at: float) -> Entry:
@@ -34,3 +37,17 @@ async def test_a_closed_store_forgets_its_threads() -> None:
     await store.aclose()
     reopened_view = MemoryBackend(Retention())
     assert await reopened_view.head("alice", "t1") == ThreadHead(0, 1, {})
+
+
+async def test_the_least_recently_updated_threads_go_first_past_max_bytes() -> None:
+    store = MemoryBackend(Retention(), max_bytes=20 * (ENTRY_OVERHEAD + 10))
+    for seq in range(1, 11):
+        for thread in ("old", "new"):
+            store.append_now([Entry("u", thread, seq, "x", None, None, "t" * 10, 1.0)])
+    assert store.bytes_held <= store.max_bytes
+    store.append_now([Entry("u", "new", 11, "x", None, None, "t" * 10, 1.0)])
+    old, new = await store.head("u", "old"), await store.head("u", "new")
+    assert (old.last_seq, old.first_seq) == (10, 11)  # its events are gone, not its numbering
+    assert (new.last_seq, new.first_seq) == (11, 1)
+    with pytest.raises(ValueError, match="not above"):
+        store.append_now([Entry("u", "new", 11, "x", None, None, "t", 1.0)])

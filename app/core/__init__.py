@@ -19,6 +19,7 @@ from ._codes import CloseReason as CloseReason
 from ._codes import ErrorCode as ErrorCode
 from ._codes import RunErrorCode as RunErrorCode
 from ._events import AgentCompleted as AgentCompleted
+from ._events import AgentDelta as AgentDelta
 from ._events import AgentError as AgentError
 from ._events import AgentStarted as AgentStarted
 from ._events import AgentThinking as AgentThinking
@@ -54,6 +55,7 @@ __all__ = [
     "PROTOCOL",
     "Action",
     "AgentCompleted",
+    "AgentDelta",
     "AgentError",
     "AgentStarted",
     "AgentThinking",

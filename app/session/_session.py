@@ -27,6 +27,7 @@ import trio
 
 from isolation import request_scoped
 
+from ..agents import AgentFailure
 from ..agents._agent import RunContext
 from ..auth._context import UserContext
 from ..auth._tokens import AuthError
@@ -401,6 +402,8 @@ class _Session:
                     terminal = AgentCompleted(result=result)
                 except (InvalidEvent, EventRefused) as exc:
                     terminal = AgentError(RunErrorCode.INVALID_EVENT, str(exc))
+                except AgentFailure as exc:
+                    terminal = AgentError(exc.code, exc.message)
                 except Exception:
                     self._log.exception("agent failed in run %s", run_id)
                     terminal = AgentError(RunErrorCode.AGENT_FAILED, "the agent failed")

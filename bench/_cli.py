@@ -61,6 +61,22 @@ def _parser() -> argparse.ArgumentParser:
         help="agent delay per step, 4 steps a turn (default 2)",
     )
     run.add_argument(
+        "--agent",
+        choices=("echo", "llm"),
+        default="echo",
+        help="echo: the agent sleeps --agent-delay-ms per step; llm: --agent openai streaming "
+        "from a local mock model server (waits are network I/O; enclave servers only)",
+    )
+    run.add_argument(
+        "--llm-tokens", type=int, default=8, help="--agent llm: words per answer (default 8)"
+    )
+    run.add_argument(
+        "--llm-token-delay-ms",
+        type=float,
+        default=5.0,
+        help="--agent llm: time between the mock's chunks (default 5)",
+    )
+    run.add_argument(
         "--duration-s",
         type=float,
         help="measured window per server and user count (default 6; quick 3)",
@@ -125,6 +141,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
+    if getattr(args, "agent", "echo") == "llm":
+        peers = [s.name for s in specs if not s.ours]
+        if args.servers.strip() == "all":
+            specs = tuple(s for s in specs if s.ours)
+        elif peers:
+            print(
+                f"bench: --agent llm runs enclave servers only, not {', '.join(peers)}",
+                file=sys.stderr,
+            )
+            return 2
     progress = Progress()
     try:
         if args.command == "capacity":
@@ -156,6 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 server_core=None if args.no_pin else 0,
                 seed=args.seed,
                 quick=args.quick,
+                agent=args.agent,
+                llm_tokens=args.llm_tokens,
+                llm_token_delay_ms=args.llm_token_delay_ms,
             )
             results = run_benchmark(plan, out, progress=progress, argv=shown)
     except KeyboardInterrupt:

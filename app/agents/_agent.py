@@ -13,22 +13,25 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 import trio
 
-from ..core._events import AgentThinking, ToolCompleted, ToolExecuting
+from ..core._codes import RunErrorCode
+from ..core._events import AgentDelta, AgentThinking, ToolCompleted, ToolExecuting
 
 if TYPE_CHECKING:  # the timer is the server's; an agent only sleeps on it
     from ..services._timer import Timer
 
 __all__ = [
     "Agent",
+    "AgentFailure",
     "AgentLoadError",
     "AgentOptions",
     "EchoAgent",
     "Emit",
+    "LLMOptions",
     "RunContext",
     "load_agent",
 ]
 
-AgentPayload = AgentThinking | ToolExecuting | ToolCompleted
+AgentPayload = AgentThinking | AgentDelta | ToolExecuting | ToolCompleted
 
 
 @attrs.frozen
@@ -40,6 +43,8 @@ class RunContext:
     user_id: str
     text: str
     client_id: str | None = None
+    #: Earlier turns of the thread, oldest first: ("user" | "assistant", content) pairs.
+    history: tuple[tuple[str, str], ...] = ()
     timer: Timer | None = attrs.field(default=None, repr=False, eq=False)
 
     async def sleep(self, seconds: float) -> None:
@@ -70,10 +75,42 @@ class Agent(Protocol):
 
         Cancellation: the run's cancel scope is cancelled when the client sends
         ``cancel``, when the run times out or when the connection ends; the agent
-        should let ``trio.Cancelled`` propagate. Raising any exception ends the run
+        should let ``trio.Cancelled`` propagate. Raising :class:`AgentFailure` ends
+        the run with ``agent_error`` of its code and message; any other exception
         with ``agent_error`` (code ``agent_failed``).
         """
         ...
+
+
+class AgentFailure(Exception):
+    """Ends the run with ``agent_error`` of this code and message (both sent to the client).
+
+    For failures the client should tell apart (the model server timed out, answered an
+    error status...). The message must hold nothing secret.
+    """
+
+    def __init__(self, code: RunErrorCode, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@attrs.frozen(kw_only=True)
+class LLMOptions:
+    """How to reach an OpenAI-compatible chat-completions server (``--agent openai``)."""
+
+    base_url: str | None = None
+    model: str | None = None
+    #: Sent as ``Authorization: Bearer``; never logged nor shown in a repr.
+    api_key: str | None = attrs.field(default=None, repr=False)
+    connect_timeout_s: float = 10.0
+    #: Longest wait for the next bytes of a response (between two chunks).
+    read_timeout_s: float = 60.0
+    system_prompt: str | None = None
+    #: ``builtin`` (word_count, clock) and ``module:attr`` of tools; empty: no tools.
+    tools: tuple[str, ...] = ("builtin",)
+    max_tool_rounds: int = 8
+    max_connections: int = 100
 
 
 @attrs.frozen
@@ -81,6 +118,7 @@ class AgentOptions:
     """Settings an agent factory receives."""
 
     delay_s: float = 0.0
+    llm: LLMOptions = LLMOptions()
 
 
 class AgentLoadError(ValueError):
@@ -116,13 +154,18 @@ def echo(options: AgentOptions) -> Agent:
 
 
 def load_agent(spec: str, options: AgentOptions) -> Agent:
-    """Build the agent named by ``spec``: ``echo`` or ``module:attr`` of a factory.
+    """Build the agent named by ``spec``: ``echo``, ``openai`` or ``module:attr`` of a factory.
 
     The factory is called once at startup with ``options`` and returns an object
-    with a ``name`` and an async ``run(run, emit)``.
+    with a ``name`` and an async ``run(run, emit)``; it may also have an async
+    ``aclose()``, which ``serve()`` awaits when it stops.
     """
     if spec == "echo":
         return echo(options)
+    if spec == "openai":  # imported here: only this agent needs an HTTP client
+        from ._openai import openai_agent
+
+        return openai_agent(options)
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise AgentLoadError(f"--agent {spec!r}: expected 'echo' or 'module:attr'")

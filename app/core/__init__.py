@@ -20,6 +20,7 @@ from ._codes import ErrorCode as ErrorCode
 from ._codes import ResumeFailure as ResumeFailure
 from ._codes import RunErrorCode as RunErrorCode
 from ._events import AgentCompleted as AgentCompleted
+from ._events import AgentDelta as AgentDelta
 from ._events import AgentError as AgentError
 from ._events import AgentStarted as AgentStarted
 from ._events import AgentThinking as AgentThinking
@@ -65,6 +66,7 @@ __all__ = [
     "PROTOCOL",
     "Action",
     "AgentCompleted",
+    "AgentDelta",
     "AgentError",
     "AgentStarted",
     "AgentThinking",

@@ -63,6 +63,12 @@ class RunErrorCode(enum.StrEnum):
     RUN_TIMEOUT = "run_timeout"
     INVALID_EVENT = "invalid_event"
     INVALID_RESULT = "invalid_result"
+    # The agent's model server (``--agent openai``) failed the run:
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    UPSTREAM_UNREACHABLE = "upstream_unreachable"
+    UPSTREAM_STATUS = "upstream_status"
+    UPSTREAM_INVALID = "upstream_invalid"
+    TOO_MANY_TOOL_ROUNDS = "too_many_tool_rounds"
 
 
 class CancelReason(enum.StrEnum):

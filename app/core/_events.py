@@ -14,6 +14,7 @@ __all__ = [
     "AGENT_PAYLOADS",
     "TERMINAL_PAYLOADS",
     "AgentCompleted",
+    "AgentDelta",
     "AgentError",
     "AgentStarted",
     "AgentThinking",
@@ -75,6 +76,17 @@ class AgentThinking:
 
 
 @attrs.frozen
+class AgentDelta:
+    """A piece of the answer's text, streamed as the model produces it."""
+
+    TYPE: ClassVar[str] = "agent_delta"
+    delta: str
+
+    def wire(self) -> dict[str, JSON]:
+        return {"type": self.TYPE, "delta": self.delta}
+
+
+@attrs.frozen
 class ToolExecuting:
     TYPE: ClassVar[str] = "tool_executing"
     tool_name: str
@@ -126,6 +138,7 @@ class RunCancelled:
 RunPayload = (
     AgentStarted
     | AgentThinking
+    | AgentDelta
     | ToolExecuting
     | ToolCompleted
     | AgentCompleted
@@ -133,7 +146,7 @@ RunPayload = (
     | RunCancelled
 )
 #: Payloads an agent may emit itself; start and end of a run belong to the session.
-AGENT_PAYLOADS: Final = (AgentThinking, ToolExecuting, ToolCompleted)
+AGENT_PAYLOADS: Final = (AgentThinking, AgentDelta, ToolExecuting, ToolCompleted)
 TERMINAL_PAYLOADS: Final = (AgentCompleted, AgentError, RunCancelled)
 
 

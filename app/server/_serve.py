@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import attrs
 import trio
 
+from ..agents._agent import Agent
 from ..services._admission import SubjectGuard
 from ..services._build import build_services
 from ..services._services import ServerLifecycle, Services
@@ -22,6 +25,9 @@ from ..transports._accept_log import throttle_accept_errors
 from ..transports.lean._server import serve_lean
 
 __all__ = ["RunningServer", "serve"]
+
+#: The most a stopping server waits for its agent to close (its HTTP client's sockets).
+AGENT_CLOSE_S = 5.0
 
 
 @attrs.frozen
@@ -54,7 +60,7 @@ async def serve(
     turns 503, new handshakes get 503, runs get ``shutdown_grace_s`` to finish,
     then every connection is closed 1001; a second signal skips the grace.
     Cancellation: the server stops at once; connections are dropped without a
-    close frame.
+    close frame. Either way, an agent with an ``aclose()`` (its connections) is closed.
     """
     services = services or build_services(settings)
     threads = await open_thread_logs(
@@ -76,7 +82,7 @@ async def serve(
         from ..transports.asgi._hypercorn import serve_asgi as transport
 
     try:
-        async with trio.open_nursery() as outer:
+        async with _agent_closed_on_exit(services.agent), trio.open_nursery() as outer:
             await outer.start(lifecycle.timer.run)
             # The thread logs' writer: started first, stopped last (after a final commit).
             await outer.start(threads.run)
@@ -101,6 +107,18 @@ async def serve(
             outer.cancel_scope.cancel()
     finally:
         await threads.aclose()
+
+
+@asynccontextmanager
+async def _agent_closed_on_exit(agent: Agent) -> AsyncIterator[None]:
+    """Await the agent's ``aclose()``, if it has one, however the block ends."""
+    try:
+        yield
+    finally:
+        aclose = getattr(agent, "aclose", None)
+        if aclose is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(AGENT_CLOSE_S):
+                await aclose()
 
 
 async def _watch_signals(

@@ -98,7 +98,7 @@ class Settings:
     )
     shutdown_grace_s: float = _field(10.0, float, "seconds in-flight runs get on shutdown")
     run_timeout_s: float = _field(300.0, float, "longest a single run may take")
-    agent: str = _field("echo", str, "agent: 'echo' or 'module:attr' of an agent factory")
+    agent: str = _field("echo", str, "agent: 'echo', 'openai' or 'module:attr' of an agent factory")
     agent_delay_ms: float = _field(0.0, float, "simulated model latency per agent step, ms")
     store: str = _field(
         "memory",
@@ -112,6 +112,28 @@ class Settings:
     history_ttl_s: float = _field(0.0, float, "seconds an event is kept (0: forever)")
     history_memory_mb: float = _field(
         256.0, float, "MiB of events the memory store keeps in all (least recent threads go first)"
+    )
+    llm_base_url: str | None = _field(
+        None, _opt_str, "--agent openai: chat-completions base URL, e.g. http://127.0.0.1:11434/v1"
+    )
+    llm_model: str | None = _field(None, _opt_str, "--agent openai: the model name")
+    llm_api_key_env: str = _field(
+        "OPENAI_API_KEY", str, "environment variable holding the API key (unset: no key)"
+    )
+    llm_api_key_file: str | None = _field(
+        None, _opt_str, "file holding the API key (instead of --llm-api-key-env)"
+    )
+    llm_connect_timeout_s: float = _field(10.0, float, "seconds to connect to the model server")
+    llm_read_timeout_s: float = _field(
+        60.0, float, "longest silence of the model server within a response, seconds"
+    )
+    llm_system_prompt: str | None = _field(None, _opt_str, "system prompt sent first")
+    llm_tools: tuple[str, ...] = _field(
+        ("builtin",), _csv, "tools: 'builtin' (word_count, clock), 'module:attr'; empty: none"
+    )
+    llm_max_tool_rounds: int = _field(8, int, "tool-calling rounds in one run before failing")
+    llm_max_connections: int = _field(
+        100, int, "connections to the model server; more runs wait for one"
     )
     log_level: str = _field("info", str, "debug, info, warning or error")
     conformance_echo: bool = _field(
@@ -157,6 +179,8 @@ def _problems(s: Settings) -> list[str]:
         "rate_burst",
         "rate_abuse_limit",
         "connect_burst",
+        "llm_max_tool_rounds",
+        "llm_max_connections",
     )
     for name in positive:
         if getattr(s, name) < 1:
@@ -169,6 +193,8 @@ def _problems(s: Settings) -> list[str]:
         "idle_timeout_s",
         "open_timeout_s",
         "run_timeout_s",
+        "llm_connect_timeout_s",
+        "llm_read_timeout_s",
     )
     for name in timed:
         value = getattr(s, name)
@@ -201,6 +227,13 @@ def _problems(s: Settings) -> list[str]:
         out.append(f"{_names('path')} cannot be {CONFORMANCE_ECHO_PATH} with --conformance-echo")
     if s.transport not in TRANSPORTS:
         out.append(f"{_names('transport')} must be one of {', '.join(TRANSPORTS)}")
+    if s.agent == "openai":
+        if not s.llm_base_url:
+            out.append(f"--agent openai needs {_names('llm_base_url')}")
+        elif not s.llm_base_url.startswith(("http://", "https://")):
+            out.append(f"{_names('llm_base_url')} must start with http:// or https://")
+        if not s.llm_model:
+            out.append(f"--agent openai needs {_names('llm_model')}")
     if s.log_level not in LOG_LEVELS:
         out.append(f"{_names('log_level')} must be one of {', '.join(LOG_LEVELS)}")
     keys = [n for n in ("jwt_secret", "jwt_secret_file", "jwks") if getattr(s, n)]

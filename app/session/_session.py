@@ -28,6 +28,7 @@ import trio
 
 from isolation import request_scoped
 
+from ..agents import AgentFailure
 from ..agents._agent import RunContext
 from ..auth._context import UserContext
 from ..auth._tokens import AuthError
@@ -92,6 +93,8 @@ DEFER_BYTES: Final = 65_536
 MAX_FOLLOWED: Final = 16
 #: How often a connection whose peer left checks whether its runs are still followed.
 DETACHED_TICK_S: Final = 0.25
+#: Events of a thread read for an agent's conversation (``uses_history``).
+HISTORY_TURN_EVENTS: Final = 200
 #: Largest ``history`` frame (characters of events); older events go to the next page.
 MAX_PAGE_BYTES: Final = 512 * 1024
 
@@ -651,7 +654,7 @@ class _Session:
             )
             self._ticket = max(self._ticket, ticket)
             thread.live_runs[run_id] = lambda: self._stop_run(run_id)
-            await self._run_agent(start, scope)
+            await self._run_agent(start, scope, thread.last_seq)
         finally:
             if thread is not None and thread.live_runs.pop(run_id, None) is not None:
                 self._log_unfinished(run_id)
@@ -679,7 +682,21 @@ class _Session:
         stop.handle.cancel()
         return True
 
-    async def _run_agent(self, start: StartRun, scope: trio.CancelScope) -> None:
+    async def _conversation(self, thread_id: str, before: int) -> tuple[tuple[str, str], ...]:
+        """The turns of ``thread_id`` before ``before`` as (role, content), oldest first:
+        what an agent with ``uses_history`` gets. Cancellation: nothing to undo."""
+        entries, _ = await self._threads.page(thread_id, before, HISTORY_TURN_EVENTS)
+        turns: list[tuple[str, str]] = []
+        for entry in entries:
+            if entry.kind == "user_message":
+                turns.append(("user", json.loads(entry.text)["text"]))
+            elif entry.kind == AgentCompleted.TYPE:
+                result = json.loads(entry.text)["result"]
+                text = result.get("text") if isinstance(result, dict) else None
+                turns.append(("assistant", text if isinstance(text, str) else json.dumps(result)))
+        return tuple(turns)
+
+    async def _run_agent(self, start: StartRun, scope: trio.CancelScope, seq: int) -> None:
         run_id = start.run_id
         emitter, state = self._emitter, self._state
 
@@ -689,6 +706,10 @@ class _Session:
             await trio.lowlevel.checkpoint_if_cancelled()
             await emitter.emit_run(run_id, payload, deferred=True)
 
+        agent = self._services.agent
+        history: tuple[tuple[str, str], ...] = ()
+        if getattr(agent, "uses_history", False) and seq > 1:
+            history = await self._conversation(start.thread_id, seq)
         run = RunContext(
             run_id=run_id,
             thread_id=start.thread_id,
@@ -696,9 +717,9 @@ class _Session:
             text=start.message.text,
             client_id=start.message.client_id,
             timer=self._lifecycle.timer,
+            history=history,
         )
         terminal: RunPayload | None = None
-        agent = self._services.agent
         started = AgentStarted(agent=agent.name, client_id=start.message.client_id)
         await emitter.emit_run(run_id, started, deferred=True)
         with scope:
@@ -707,6 +728,8 @@ class _Session:
                 terminal = AgentCompleted(result=result)
             except (InvalidEvent, EventRefused) as exc:
                 terminal = AgentError(RunErrorCode.INVALID_EVENT, str(exc))
+            except AgentFailure as exc:
+                terminal = AgentError(exc.code, exc.message)
             except Exception:
                 self._log.exception("agent failed in run %s", run_id)
                 terminal = AgentError(RunErrorCode.AGENT_FAILED, "the agent failed")

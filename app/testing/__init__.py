@@ -1,6 +1,7 @@
 """For tests of sessions, agents and clients; never loaded by the server.
 
 - ``_memory``: an in-memory transport and client (a session with no sockets).
+- ``_mock_llm``: a local OpenAI-compatible streaming server with scripted replies.
 - ``_schema``: the chat.v1 JSON schema, to check frames against.
 """
 
@@ -8,10 +9,30 @@ from ._memory import MemoryClient as MemoryClient
 from ._memory import MemoryTransport as MemoryTransport
 from ._memory import PeerClosed as PeerClosed
 from ._memory import memory_transport_pair as memory_transport_pair
+from ._mock_llm import MockLLM as MockLLM
+from ._mock_llm import RecordedRequest as RecordedRequest
+from ._mock_llm import Reply as Reply
+from ._mock_llm import answer_responder as answer_responder
+from ._mock_llm import error_reply as error_reply
+from ._mock_llm import malformed_reply as malformed_reply
+from ._mock_llm import open_mock_llm as open_mock_llm
+from ._mock_llm import scripted as scripted
+from ._mock_llm import text_reply as text_reply
+from ._mock_llm import tool_reply as tool_reply
 
 __all__ = [
     "MemoryClient",
     "MemoryTransport",
+    "MockLLM",
     "PeerClosed",
+    "RecordedRequest",
+    "Reply",
+    "answer_responder",
+    "error_reply",
+    "malformed_reply",
     "memory_transport_pair",
+    "open_mock_llm",
+    "scripted",
+    "text_reply",
+    "tool_reply",
 ]

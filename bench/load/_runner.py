@@ -12,6 +12,8 @@ import json
 import os
 import resource
 import secrets
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +44,7 @@ from ..harness import (
     topology,
     verdict,
 )
+from ..harness._spawn import free_port, python_argv
 from ._charts import write_charts
 from ._generator import LoadConfig
 from ._pool import GeneratorPool
@@ -78,6 +81,11 @@ class Plan:
     server_core: int | None = 0
     seed: str = "bench"
     quick: bool = False
+    #: ``echo`` (waits are agent_delay_ms sleeps) or ``llm`` (--agent openai streaming from
+    #: the mock model server: waits are network I/O).
+    agent: str = "echo"
+    llm_tokens: int = 8
+    llm_token_delay_ms: float = 5.0
 
     def as_dict(self) -> dict[str, Any]:
         out = attrs.asdict(self)
@@ -281,10 +289,16 @@ def measure(
     out: Path,
     progress: Progress,
     info: dict[str, dict[str, Any]],
+    extra_flags: tuple[str, ...] = (),
 ) -> Measurement:
     """One server at one user count: start it, load it, stop it."""
     secret = secrets.token_hex(32)
-    opts = ServerOptions(secret=secret, agent_delay_ms=plan.agent_delay_ms, nofile=users + 1024)
+    opts = ServerOptions(
+        secret=secret,
+        agent_delay_ms=plan.agent_delay_ms,
+        nofile=users + 1024,
+        extra_enclave_flags=extra_flags,
+    )
     log_dir = out / "logs" / f"r{round_no}-{users}-{spec.name}"
     try:
         server = start_server(
@@ -322,6 +336,66 @@ def measure(
         server_core=topo.server_cores[0] if topo.server_cores else None,
         client_core_ids=topo.client_cores,
     )
+
+
+def _agent_line(plan: dict[str, Any]) -> str:
+    if plan.get("agent") == "llm":
+        return (
+            f"agent openai streaming {plan['llm_tokens']} words from the mock model server, "
+            f"{plan['llm_token_delay_ms']:g} ms between chunks"
+        )
+    return f"agent delay {plan['agent_delay_ms']:g} ms x 4 steps"
+
+
+def start_mock_llm(
+    procs: ProcessSet, plan: Plan, cores: Sequence[int] | None, log_path: Path
+) -> str:
+    """Start the mock model server (on the client cores: the server's CPU stays its own);
+    return its base URL once it listens."""
+    port = free_port()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    argv = python_argv(
+        "-m",
+        "app.testing._mock_llm",
+        "--port",
+        str(port),
+        "--tokens",
+        str(plan.llm_tokens),
+        "--token-delay-ms",
+        f"{plan.llm_token_delay_ms:g}",
+    )
+    with log_path.open("wb") as log:
+        proc = procs.start(argv, cores=cores or None, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while not _listening(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            procs.stop(proc)
+            raise ServerUnavailable(f"the mock model server did not start (see {log_path})")
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def llm_flags(base_url: str, users: int) -> tuple[str, ...]:
+    """The server's flags for ``--agent llm``: one connection per user, no tools."""
+    return (
+        "--agent",
+        "openai",
+        "--llm-base-url",
+        base_url,
+        "--llm-model",
+        "mock-model",
+        "--llm-tools=",
+        "--llm-max-connections",
+        str(users),
+    )
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def rotated(items: Sequence[ServerSpec], by: int) -> list[ServerSpec]:
@@ -369,6 +443,10 @@ def run_benchmark(
     total = len(plan.users) * len(plan.servers) * plan.rounds
     done = 0
     with ProcessSet() as procs:
+        extra_flags: tuple[str, ...] = ()
+        if plan.agent == "llm":
+            url = start_mock_llm(procs, plan, topo.client_cores, out / "logs" / "mock-llm.log")
+            extra_flags = llm_flags(url, max(plan.users))
         for round_no in range(1, plan.rounds + 1):
             for users in plan.users:
                 for spec in rotated(plan.servers, round_no - 1):
@@ -377,7 +455,9 @@ def run_benchmark(
                         f"[{done}/{total}] round {round_no}/{plan.rounds} "
                         f"{spec.name} x {users:,} users:"
                     )
-                    m = measure(procs, spec, users, round_no, plan, topo, out, progress, info)
+                    m = measure(
+                        procs, spec, users, round_no, plan, topo, out, progress, info, extra_flags
+                    )
                     measurements.append(m)
                     progress.log(_one_line(m))
                     if on_measurement is not None:
@@ -424,8 +504,8 @@ def render_report(
         f"- machine: {machine['cpu_model']}, {machine['nproc']} CPU(s), "
         f"{machine['mem_total_gib']} GiB, {machine['kernel']}",
         f"- {results['topology']['note']}",
-        f"- load: think {plan['think_ms']:g} ms (±50 %), agent delay {plan['agent_delay_ms']:g} ms "
-        f"x 4 steps, window {plan['duration_s']:g} s, {plan['rounds']} round(s), "
+        f"- load: think {plan['think_ms']:g} ms (±50 %), {_agent_line(plan)}, "
+        f"window {plan['duration_s']:g} s, {plan['rounds']} round(s), "
         f"{plan['client_procs']} client process(es); medians over valid rounds",
         "",
         render_markdown(rows, labels),

@@ -46,7 +46,7 @@ __all__ = [
 CANARY_PATTERN: Final = re.compile(r"cy[0-9a-f]{16}")
 TERMINAL_TYPES: Final = frozenset({"agent_completed", "agent_error", "run_cancelled"})
 RUN_EVENT_TYPES: Final = TERMINAL_TYPES.union(
-    ("agent_started", "agent_thinking", "tool_executing", "tool_completed")
+    ("agent_started", "agent_thinking", "agent_delta", "tool_executing", "tool_completed")
 )
 _CONNECTION_TYPES: Final = frozenset({"connection_ready", "error", "pong", "auth_ok"})
 

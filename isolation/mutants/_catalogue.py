@@ -320,9 +320,9 @@ _CONTEXTVAR_SHARED_MUTABLE: Final = Mutant(
         ),
         Replacement(
             "agents/_agent.py",
-            "AgentPayload = AgentThinking | ToolExecuting | ToolCompleted\n",
+            "AgentPayload = AgentThinking | AgentDelta | ToolExecuting | ToolCompleted\n",
             """\
-AgentPayload = AgentThinking | ToolExecuting | ToolCompleted
+AgentPayload = AgentThinking | AgentDelta | ToolExecuting | ToolCompleted
 #: The run being served, for helpers that are not handed ``run``; the session fills it in.
 CURRENT_RUN: ContextVar[dict[str, str]] = ContextVar("current_run", default={})
 """,

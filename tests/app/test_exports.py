@@ -45,7 +45,7 @@ def test_every_layer_exports_what_it_names() -> None:
 def test_import_app_loads_neither_quart_nor_hypercorn_nor_testing() -> None:
     code = (
         "import sys, app\n"
-        "heavy = [m for m in sys.modules if m.split('.')[0] in ('quart', 'quart_trio', "
+        "heavy = [m for m in sys.modules if m.split('.')[0] in ('quart', 'quart_trio', 'httpx', "
         "'hypercorn') or m.startswith('app.testing') or m.startswith('app.transports.asgi')]\n"
         "print(heavy)\n"
     )

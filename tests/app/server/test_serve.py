@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import pytest
@@ -360,3 +360,34 @@ async def test_dev_mode_creates_a_private_secret_and_prints_a_working_token(
         proc.signal(signal.SIGTERM)
         with trio.fail_after(5):
             assert await proc.wait_exit() == 0, proc.report()
+
+
+@attrs.frozen
+class ClosingAgent:
+    """An agent whose ``aclose()`` records that it was awaited."""
+
+    closed: trio.Event = attrs.field(factory=trio.Event)
+    name: str = "closing"
+
+    async def run(self, run: Any, emit: Any) -> Any:
+        return "ok"
+
+    async def aclose(self) -> None:
+        self.closed.set()
+
+
+async def test_serve_closes_the_agent_when_it_stops(e2e: E2E) -> None:
+    from app.services._build import build_services
+
+    settings = e2e.settings()
+    agent = ClosingAgent()
+    services = attrs.evolve(build_services(settings), agent=agent)
+    async with e2e.server(settings, services=services) as live:
+        live.shutdown(0)
+        await live.wait_stopped()
+        assert agent.closed.is_set()
+    agent = ClosingAgent()
+    services = attrs.evolve(services, agent=agent)
+    async with e2e.server(settings, services=services):
+        pass  # the hard stop: serve() is cancelled
+    assert agent.closed.is_set()

@@ -69,6 +69,13 @@ def test_secret_never_shown() -> None:
         ({"algorithms": "none"}, "unsupported none"),
         ({"algorithms": "RS256"}, "only HS algorithms"),
         ({"jwt_secret": "short"}, "at least 32 bytes"),
+        ({"agent": "openai", "llm_model": "m"}, "--agent openai needs --llm-base-url"),
+        ({"agent": "openai", "llm_base_url": "http://h/v1"}, "needs --llm-model / ENCLAVE_LLM"),
+        ({"agent": "openai", "llm_base_url": "h/v1", "llm_model": "m"}, "must start with http"),
+        ({"llm_read_timeout_s": "0"}, "--llm-read-timeout-s"),
+        ({"llm_connect_timeout_s": "-1"}, "--llm-connect-timeout-s"),
+        ({"llm_max_tool_rounds": "0"}, "--llm-max-tool-rounds"),
+        ({"llm_max_connections": "0"}, "--llm-max-connections"),
     ],
 )
 def test_invalid_settings(values: dict[str, str], fragment: str) -> None:
@@ -105,3 +112,12 @@ def test_settings_are_frozen() -> None:
     settings = Settings(jwt_secret=SECRET.encode())
     with pytest.raises(AttributeError):
         settings.port = 1  # type: ignore[misc]
+
+
+def test_llm_settings() -> None:
+    env = {"ENCLAVE_LLM_MODEL": "llama3", "ENCLAVE_LLM_TOOLS": ""}
+    values = {"jwt_secret": SECRET, "agent": "openai", "llm_base_url": "http://127.0.0.1:1/v1"}
+    settings = load_settings(values, env)
+    assert (settings.llm_model, settings.llm_tools) == ("llama3", ())
+    assert settings.llm_api_key_env == "OPENAI_API_KEY"
+    assert load_settings({"jwt_secret": SECRET}, {}).llm_tools == ("builtin",)

@@ -390,3 +390,29 @@ async def test_a_closed_connection_drops_its_followers() -> None:
         with pytest.raises(PeerClosed):
             await conn.client.receive()
         assert srv.lifecycle.threads.open_threads == 0
+
+
+@attrs.frozen
+class Remembering:
+    """An agent that asks for the thread's earlier turns and answers with them."""
+
+    name: str = "remembering"
+    uses_history: bool = True
+
+    async def run(self, run: Any, emit: Any) -> Any:
+        return {"text": f"#{len(run.history)}", "history": [list(turn) for turn in run.history]}
+
+
+async def test_an_agent_that_uses_history_gets_the_threads_earlier_turns() -> None:
+    async with server(agent=Remembering()) as srv, srv.connect() as conn:
+        first = await conn.turn("hi")
+        thread = first[0]["thread_id"]
+        await conn.turn("and again", thread_id=thread)
+        third = await conn.turn("third", thread_id=thread)
+    assert first[-1]["result"]["history"] == []
+    assert third[-1]["result"]["history"] == [
+        ["user", "hi"],
+        ["assistant", "#0"],
+        ["user", "and again"],
+        ["assistant", "#2"],
+    ]

@@ -30,6 +30,7 @@ from app.auth._tokens import AuthConfig, TokenVerifier, mint_token
 from app.core._codes import PROTOCOL, ErrorCode
 from app.core._events import (
     AgentCompleted,
+    AgentDelta,
     AgentError,
     AgentStarted,
     AgentThinking,
@@ -97,7 +98,18 @@ CONNECTION_EVENTS: tuple[type[Any], ...] = tuple(
 SERVER_TYPES = frozenset(cls.TYPE for cls in RUN_PAYLOADS + CONNECTION_EVENTS)
 
 #: Values the session writes as bare strings (``_session.py``), not enums.
-AGENT_ERROR_CODES = ("agent_failed", "run_timeout", "invalid_event", "invalid_result")
+AGENT_ERROR_CODES = (
+    "agent_failed",
+    "run_timeout",
+    "invalid_event",
+    "invalid_result",
+    # raised by agents as AgentFailure (--agent openai)
+    "upstream_timeout",
+    "upstream_unreachable",
+    "upstream_status",
+    "upstream_invalid",
+    "too_many_tool_rounds",
+)
 CANCEL_REASONS = ("cancelled_by_client", "server_shutdown", "client_gone")
 
 MESSAGE_TYPE: Mapping[type[Any], str] = {
@@ -213,6 +225,8 @@ EVENTS: tuple[ServerEvent, ...] = (
     run(AgentStarted("echo", client_id="c.1"), seq=1),
     run(AgentThinking("I will count the words.")),
     run(AgentThinking("")),
+    run(AgentDelta("Hello, wor")),
+    run(AgentDelta("ld"), thread_seq=9),
     run(ToolExecuting("word_count", {"text": "hi"}), seq=3),
     run(ToolExecuting("t", None)),
     run(ToolCompleted("word_count", {"words": 1}), seq=4),
@@ -296,6 +310,7 @@ def run_events() -> st.SearchStrategy[RunEvent]:
     return st.one_of(
         stamped(st.builds(AgentStarted, st.text(), st.none() | ids), st.just(1)),
         stamped(st.builds(AgentThinking, st.text()), later_seq),
+        stamped(st.builds(AgentDelta, st.text()), later_seq),
         stamped(st.builds(ToolExecuting, st.text(), json_values), later_seq),
         stamped(st.builds(ToolCompleted, st.text(), json_values), later_seq),
         stamped(st.builds(AgentCompleted, json_values), later_seq),
@@ -729,7 +744,8 @@ NOW = 1_800_000_000.0
 
 @attrs.frozen
 class ScriptedAgent:
-    """The echo agent, except for the texts ``fail`` (raises) and ``wait`` (never ends)."""
+    """The echo agent after a delta, except for the texts ``fail`` (raises) and ``wait``
+    (never ends)."""
 
     name: str = "scripted"
 
@@ -738,6 +754,7 @@ class ScriptedAgent:
             raise RuntimeError("agent bug")
         if run.text == "wait":
             await trio.sleep_forever()
+        await emit(AgentDelta(delta=run.text))
         return await EchoAgent().run(run, emit)
 
 

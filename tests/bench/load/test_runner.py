@@ -40,3 +40,26 @@ def test_the_harness_end_to_end(tmp_path: Path) -> None:
     table = (tmp_path / "results.md").read_text()
     assert "| websockets | 3 |" in table
     assert "websockets" in stream.getvalue()
+
+
+def test_the_llm_agent_mode(tmp_path: Path) -> None:
+    """``--agent llm``: the mock model server is started and the server streams from it."""
+    plan = Plan(
+        users=(3,),
+        servers=(SERVERS["enclave-lean"],),
+        think_ms=20.0,
+        duration_s=1.0,
+        warmup_s=0.3,
+        server_core=None,
+        loop="asyncio",
+        agent="llm",
+        llm_tokens=3,
+        llm_token_delay_ms=1.0,
+    )
+    results = run_benchmark(plan, tmp_path, progress=Progress(io.StringIO(), tty=False))
+    (m,) = results["measurements"]
+    assert m["turns"] > 0
+    assert m["errors"] == {}
+    assert m["violations"] == 0
+    assert "agent openai streaming 3 words" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "logs" / "mock-llm.log").exists()

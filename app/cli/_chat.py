@@ -5,6 +5,12 @@ aside); every frame the server sends is printed, either as one readable line
 (:func:`format_event`) or, with ``json_mode``, as its raw JSON text. At the end
 of input the client waits for the runs it started to end, then closes 1000, so
 ``echo hello | enclave chat ...`` is a one-shot command.
+
+With ``resume``, the client keeps one thread (``--thread`` or the first one the
+server names), shows it from the start, and after a dropped connection reconnects
+by itself and resumes after the last ``thread_seq`` it saw: nothing shown twice,
+nothing missed; messages not yet accepted are sent again with the same
+``client_id`` (the server answers ``duplicate_message`` rather than run them twice).
 """
 
 from __future__ import annotations
@@ -46,12 +52,18 @@ RUN_TYPES: Final = frozenset(
 )
 #: Close codes of a normal end: the exit code is 0.
 NORMAL_CLOSE_CODES: Final = frozenset({1000, 1001})
+#: Close codes after which a resuming client reconnects (the server went away or
+#: failed, or no close frame came at all).
+RECONNECT_CLOSE_CODES: Final = frozenset({1001, 1006, 1011, 1012, 1013, 1014})
+#: Waits before each reconnection attempt, seconds; then the client gives up.
+RECONNECT_DELAYS_S: Final = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 HELP: Final = (
     "commands:",
     "  /cancel [run_id]  cancel a run (default: the latest one still running;",
     "                    a unique prefix of a running run's id is enough)",
     "  /ping             check the connection (the server answers pong)",
+    "  /history          show the thread's last events (with --thread or --resume)",
     "  /quit             close the connection and exit",
     "  /help             show this help",
     "  //text            send a message that starts with '/'",
@@ -195,6 +207,23 @@ def format_event(event: Mapping[str, Any]) -> str:
         return "pong"
     if kind == "auth_ok":
         return f"auth ok (expires {_when(event.get('expires_at'))})"
+    if kind == "message_accepted":
+        return f"[{_text(event.get('run_id'))}] you: {_text(event.get('text'))}"
+    if kind == "resumed":
+        thread = _text(event.get("thread_id"))
+        if event.get("recovered") is True:
+            return f"resumed {thread} after #{_text(event.get('last_seq'))}"
+        return f"cannot resume {thread}: {_text(event.get('reason'))}"
+    if kind == "duplicate_message":
+        return (
+            f"already sent ({_text(event.get('client_id'))}): "
+            f"run {_text(event.get('run_id'))} in {_text(event.get('thread_id'))}"
+        )
+    if kind == "history_page":
+        events = event.get("events")
+        count = len(events) if isinstance(events, list) else "?"
+        more = " (older ones remain)" if event.get("has_more") is True else ""
+        return f"history of {_text(event.get('thread_id'))}: {count} event(s){more}"
     return _json(event, compact=True)
 
 
@@ -281,6 +310,11 @@ class _LineReader:
             else:
                 self._eof = True
 
+    @property
+    def ended(self) -> bool:
+        """Every line was read."""
+        return self._eof and not self._buffer
+
     def _take(self, end: int, consumed: int) -> str:
         raw = bytes(self._buffer[:end])
         del self._buffer[:consumed]
@@ -289,15 +323,35 @@ class _LineReader:
 
 
 @request_scoped
+@attrs.define
+class _Conversation:
+    """What one ``run_chat`` call knows across its connections (one, unless resuming)."""
+
+    thread_id: str | None
+    resume: bool
+    sent: int = 0
+    #: client_id -> text of messages sent that have neither started a run nor been refused.
+    pending: dict[str, str] = attrs.field(factory=dict)
+    #: run_ids started and not ended yet, oldest first (a dict as an ordered set).
+    open_runs: dict[str, None] = attrs.field(factory=dict)
+    #: The last thread_seq seen of ``thread_id`` and the store's epoch then.
+    last_seq: int = 0
+    epoch: str | None = None
+    #: Set by a dropped connection that should be resumed.
+    reconnect: bool = False
+    connected: bool = False
+
+
+@request_scoped
 class _ChatClient:
-    """One ``run_chat`` call's connection and what it knows about its runs."""
+    """One connection of a ``run_chat`` call: input, events, and its conversation."""
 
     def __init__(
         self,
         ws: trio_websocket.WebSocketConnection,
         *,
         json_mode: bool,
-        thread_id: str | None,
+        conversation: _Conversation,
         out: Output,
         note: Output,
         drain_timeout_s: float,
@@ -305,35 +359,31 @@ class _ChatClient:
     ) -> None:
         self._ws = ws
         self._json_mode = json_mode
-        self._thread_id = thread_id
+        self._conv = conversation
         self._out = out
         self._note = note
         self._drain_timeout_s = drain_timeout_s
         self._interactive = interactive
-        self._sent = 0
-        #: client_ids of messages sent that have neither started a run nor been refused.
-        self._pending: set[str] = set()
-        #: run_ids started and not ended yet, oldest first (a dict as an ordered set).
-        self._open_runs: dict[str, None] = {}
         #: pings sent and not answered yet.
         self._pings = 0
         self._changed = trio.Event()
         self._closing = False
         self.exit_code = EXIT_OK
 
-    async def run(self, stdin: trio.abc.ReceiveStream) -> None:
+    async def run(self, lines: _LineReader) -> None:
         """Read input and receive events until either ends the chat; sets ``exit_code``.
 
         Cancellation: both tasks stop at once; the connection is left as it is.
         """
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._receive_events, nursery.cancel_scope)
-            nursery.start_soon(self._read_input, _LineReader(stdin), nursery.cancel_scope)
+            nursery.start_soon(self._read_input, lines, nursery.cancel_scope)
 
     # -- input -------------------------------------------------------------
 
     async def _read_input(self, lines: _LineReader, scope: trio.CancelScope) -> None:
         try:
+            await self._rejoin()
             while True:
                 line = await lines.readline()
                 if line is None:
@@ -345,6 +395,27 @@ class _ChatClient:
             return  # the receiver reports how the connection ended
         await self._close()
         scope.cancel()
+
+    async def _rejoin(self) -> None:
+        """On a resuming client's connection: the thread since what it saw, then what it
+        sent and never saw accepted, again (same client_id: not run twice)."""
+        conv = self._conv
+        if not conv.resume or conv.thread_id is None:
+            return
+        resume: dict[str, Any] = {"type": "resume", "thread_id": conv.thread_id}
+        resume["after"] = conv.last_seq
+        if conv.epoch is not None and conv.last_seq:
+            resume["epoch"] = conv.epoch
+        await self._send(resume)
+        for client_id, text in list(conv.pending.items()):
+            await self._send(
+                {
+                    "type": "user_message",
+                    "text": text,
+                    "client_id": client_id,
+                    "thread_id": conv.thread_id,
+                }
+            )
 
     async def _handle_line(self, line: str) -> bool:
         """Act on one input line; false for ``/quit``."""
@@ -365,6 +436,8 @@ class _ChatClient:
             await self._send({"type": "ping"})
         elif name == "/cancel":
             await self._cancel(args[0] if args else None)
+        elif name == "/history" and self._conv.thread_id is not None:
+            await self._send({"type": "history", "thread_id": self._conv.thread_id})
         else:
             if name != "/help":
                 self._note(f"unknown command {_clean(name)}")
@@ -373,36 +446,39 @@ class _ChatClient:
         return True
 
     async def _send_message(self, text: str) -> None:
-        self._sent += 1
-        client_id = f"c{self._sent}"
+        conv = self._conv
+        conv.sent += 1
+        client_id = f"c{conv.sent}"
         message = {"type": "user_message", "text": text, "client_id": client_id}
-        if self._thread_id is not None:
-            message["thread_id"] = self._thread_id
-        self._pending.add(client_id)  # before sending: the reply may come at once
+        if conv.thread_id is not None:
+            message["thread_id"] = conv.thread_id
+        conv.pending[client_id] = text  # before sending: the reply may come at once
         await self._send(message)
 
     async def _cancel(self, wanted: str | None) -> None:
+        open_runs = self._conv.open_runs
         if wanted is None:
-            if not self._open_runs:
+            if not open_runs:
                 self._note("no run to cancel")
                 return
-            run_id = next(reversed(self._open_runs))
+            run_id = next(reversed(open_runs))
         else:
-            matches = [r for r in self._open_runs if r.startswith(wanted)]
-            run_id = matches[0] if len(matches) == 1 and wanted not in self._open_runs else wanted
+            matches = [r for r in open_runs if r.startswith(wanted)]
+            run_id = matches[0] if len(matches) == 1 and wanted not in open_runs else wanted
         await self._send({"type": "cancel", "run_id": run_id})
 
-    async def _send(self, message: Mapping[str, str]) -> None:
+    async def _send(self, message: Mapping[str, Any]) -> None:
         await self._ws.send_message(json.dumps(message, ensure_ascii=False))
 
     async def _wait_for_runs(self) -> None:
         """Until every message sent has started a run (or was refused), every run has
         ended and every ping has its pong -- at most ``drain_timeout_s``."""
+        conv = self._conv
         with trio.move_on_after(self._drain_timeout_s):
-            while self._pending or self._open_runs or self._pings:
+            while conv.pending or conv.open_runs or self._pings:
                 await self._changed.wait()
             return
-        waiting = len(self._pending) + len(self._open_runs)
+        waiting = len(conv.pending) + len(conv.open_runs)
         what = f"{waiting} run(s) still open" if waiting else "no pong"
         self._note(f"timeout: {what} after {self._drain_timeout_s:g} s")
         self.exit_code = EXIT_FAILED
@@ -422,6 +498,8 @@ class _ChatClient:
                 if not self._closing:
                     code, line = _close_line(exc.reason)
                     self._note(line)
+                    if self._conv.resume and code in RECONNECT_CLOSE_CODES:
+                        self._conv.reconnect = True
                     self.exit_code = EXIT_OK if code in NORMAL_CLOSE_CODES else EXIT_FAILED
                     scope.cancel()
                 return
@@ -435,6 +513,8 @@ class _ChatClient:
             event = json.loads(message)
         except (ValueError, RecursionError):
             event = None
+        if isinstance(event, dict) and self._seen_before(event):
+            return
         if self._json_mode:
             self._out(message)
         elif isinstance(event, dict):
@@ -444,20 +524,55 @@ class _ChatClient:
         if isinstance(event, dict):
             self._track(event)
 
+    def _seen_before(self, event: Mapping[str, Any]) -> bool:
+        """Whether ``event`` of the resumed thread was shown already (and note its place)."""
+        conv = self._conv
+        seq = event.get("thread_seq")
+        if not conv.resume or not isinstance(seq, int) or event.get("thread_id") != conv.thread_id:
+            return False
+        if seq <= conv.last_seq:
+            return True
+        conv.last_seq = seq
+        return False
+
     def _track(self, event: Mapping[str, Any]) -> None:
+        conv = self._conv
         kind = event.get("type")
         run_id = event.get("run_id")
-        if kind == "connection_ready" and self._interactive and not self._json_mode:
-            self._note("type a message and press Enter; /help lists the commands")
+        if kind == "connection_ready":
+            conv.connected = True
+            if isinstance(event.get("epoch"), str):
+                conv.epoch = event["epoch"]
+            if self._interactive and not self._json_mode:
+                self._note("type a message and press Enter; /help lists the commands")
+            return
         if kind == "agent_started" and isinstance(run_id, str):
-            self._open_runs[run_id] = None
+            if conv.resume and conv.thread_id is None and isinstance(event.get("thread_id"), str):
+                conv.thread_id = event["thread_id"]  # the conversation stays in this thread
+                conv.last_seq = max(conv.last_seq, event.get("thread_seq") or 0)
+            conv.open_runs[run_id] = None
             client_id = event.get("client_id")
             if isinstance(client_id, str):
-                self._pending.discard(client_id)
+                conv.pending.pop(client_id, None)
+        elif kind == "message_accepted" and event.get("client_id") in conv.pending:
+            # One of ours, accepted before a drop: its run is ours to wait for.
+            conv.pending.pop(event["client_id"])
+            if isinstance(run_id, str):
+                conv.open_runs[run_id] = None
+        elif kind == "resumed" and isinstance(event.get("live_runs"), list):
+            # A run of ours the server no longer runs and whose end we did not see (cut by
+            # a crash) will not end: stop waiting for it.
+            live = set(event["live_runs"])
+            for gone in [run for run in conv.open_runs if run not in live]:
+                self._note(f"run {_clean(gone)} ended while disconnected")
+                del conv.open_runs[gone]
+        elif kind == "duplicate_message" and isinstance(event.get("client_id"), str):
+            # Sent before a drop and accepted then: its run's events come with the resume.
+            conv.pending.pop(event["client_id"], None)
         elif kind in TERMINAL_TYPES and isinstance(run_id, str):
-            self._open_runs.pop(run_id, None)
+            conv.open_runs.pop(run_id, None)
         elif kind == "error" and isinstance(event.get("ref"), str):
-            self._pending.discard(event["ref"])  # a refused message starts no run
+            conv.pending.pop(event["ref"], None)  # a refused message starts no run
         elif kind == "pong" and self._pings:
             self._pings -= 1
         else:
@@ -521,7 +636,7 @@ async def _chat_over(
     target: _Target,
     token: str,
     make_client: Callable[[trio_websocket.WebSocketConnection], _ChatClient],
-    stdin: trio.abc.ReceiveStream,
+    lines: _LineReader,
     note: Output,
 ) -> int:
     """The WebSocket handshake on ``stream``, then the chat; the exit code.
@@ -546,7 +661,7 @@ async def _chat_over(
                 note(f"error: timed out connecting to {_clean(target.url)}")
             else:
                 client = make_client(ws)
-                await client.run(stdin)
+                await client.run(lines)
                 with trio.move_on_after(CLOSE_TIMEOUT_S):
                     await ws.aclose(1000)  # no-op unless /quit or end of input closed it
             nursery.cancel_scope.cancel()  # trio-websocket's reader task
@@ -571,7 +686,7 @@ async def _connect_and_chat(
     target: _Target,
     token: str,
     make_client: Callable[[trio_websocket.WebSocketConnection], _ChatClient],
-    stdin: trio.abc.ReceiveStream,
+    lines: _LineReader,
     note: Output,
 ) -> int:
     """Connect to ``target`` and chat; the exit code. Cancellation: the socket is closed."""
@@ -589,11 +704,39 @@ async def _connect_and_chat(
         note(f"error: cannot connect to {_clean(target.url)}: TLS: {reason}")
         return EXIT_FAILED
     try:
-        return await _chat_over(stream, target, token, make_client, stdin, note)
+        return await _chat_over(stream, target, token, make_client, lines, note)
     finally:
         # trio-websocket leaves the stream open when the server refuses the
         # handshake (ConnectionRejected); owning the stream closes it always.
         await trio.aclose_forcefully(stream)
+
+
+async def _chat_resuming(
+    target: _Target,
+    token: str,
+    make_client: Callable[[trio_websocket.WebSocketConnection], _ChatClient],
+    conversation: _Conversation,
+    lines: _LineReader,
+    note: Output,
+) -> int:
+    """Chat, reconnecting while the conversation asks to (``resume``); the exit code.
+
+    Cancellation: propagates at once.
+    """
+    failures = 0
+    while True:
+        code = await _connect_and_chat(target, token, make_client, lines, note)
+        conv = conversation
+        dropped = conv.reconnect or (conv.resume and conv.connected and code == EXIT_FAILED)
+        if conv.connected:
+            failures = 0  # in a row: this connection worked
+        idle = lines.ended and not (conv.pending or conv.open_runs)
+        if not dropped or failures >= len(RECONNECT_DELAYS_S) or idle:
+            return code
+        conv.reconnect = conv.connected = False
+        note(f"reconnecting in {RECONNECT_DELAYS_S[failures]:g} s to resume the thread")
+        await trio.sleep(RECONNECT_DELAYS_S[failures])
+        failures += 1
 
 
 async def run_chat(
@@ -602,6 +745,7 @@ async def run_chat(
     *,
     json_mode: bool = False,
     thread_id: str | None = None,
+    resume: bool = False,
     stdin: trio.abc.ReceiveStream | None = None,
     out: Output | None = None,
     err: Output | None = None,
@@ -613,6 +757,11 @@ async def run_chat(
     on standard output. Diagnostics (errors, ``closed:``, help, notes) go to
     ``err``, which defaults to ``out`` -- or, in ``json_mode``, to standard
     error, so that standard output carries nothing but the frames' JSON.
+
+    With ``resume``, the conversation keeps one thread (``thread_id`` or the first the
+    server names) shown from its start, and a dropped connection (no close frame, or
+    1001/1011/1012/1013/1014) is reopened and resumed, up to
+    ``len(RECONNECT_DELAYS_S)`` times in a row.
 
     Returns the exit code: 0 after a normal end (end of input once every run
     this client started has ended, ``/quit``, a server close 1000/1001), 1 if
@@ -645,11 +794,13 @@ async def run_chat(
     assert source is not None
     interactive = owned is not None and os.isatty(0)
 
+    conversation = _Conversation(thread_id=thread_id, resume=resume)
+
     def make_client(ws: trio_websocket.WebSocketConnection) -> _ChatClient:
         return _ChatClient(
             ws,
             json_mode=json_mode,
-            thread_id=thread_id,
+            conversation=conversation,
             out=emit,
             note=note,
             drain_timeout_s=drain_timeout_s,
@@ -657,7 +808,9 @@ async def run_chat(
         )
 
     try:
-        return await _connect_and_chat(target, token, make_client, source, note)
+        return await _chat_resuming(
+            target, token, make_client, conversation, _LineReader(source), note
+        )
     except* KeyboardInterrupt:
         # Ctrl-C raised inside a task arrives wrapped in the nurseries' exception
         # groups; callers (``enclave chat`` returns 130) expect the plain exception.

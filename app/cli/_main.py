@@ -96,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
     p_chat.add_argument("--token", help="bearer token [ENCLAVE_TOKEN]")
     p_chat.add_argument("--json", action="store_true", help="print raw events")
     p_chat.add_argument("--thread", default=None, help="thread_id for every message")
+    p_chat.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep one thread, show it from the start, and resume it after a dropped connection",
+    )
     return parser
 
 
@@ -136,7 +141,14 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             from ._chat import run_chat
 
             return trio.run(
-                partial(run_chat, args.url, token, json_mode=args.json, thread_id=args.thread)
+                partial(
+                    run_chat,
+                    args.url,
+                    token,
+                    json_mode=args.json,
+                    thread_id=args.thread,
+                    resume=args.resume,
+                )
             )
         settings = _settings(args, environ)
         if args.command == "token":

@@ -303,6 +303,9 @@ class Resumed:
     last_seq: int | None = None
     #: A :class:`~app.core._codes.ResumeFailure` (when not recovered).
     reason: str | None = None
+    #: The thread's runs still running (when recovered): the others are over, even
+    #: one whose end the log does not hold (cut by a crash).
+    live_runs: tuple[str, ...] | None = None
 
     def wire(self) -> dict[str, JSON]:
         out: dict[str, JSON] = {
@@ -314,6 +317,8 @@ class Resumed:
             out["last_seq"] = self.last_seq
         if self.reason is not None:
             out["reason"] = self.reason
+        if self.live_runs is not None:
+            out["live_runs"] = list(self.live_runs)
         return out
 
 

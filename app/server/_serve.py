@@ -24,7 +24,10 @@ from ..threads._logs import open_thread_logs
 from ..transports._accept_log import throttle_accept_errors
 from ..transports.lean._server import serve_lean
 
-__all__ = ["RunningServer", "serve"]
+__all__ = ["FINAL_COMMIT_S", "RunningServer", "serve"]
+
+#: The longest a stopping server spends committing what its thread logs still hold.
+FINAL_COMMIT_S = 5.0
 
 #: The most a stopping server waits for its agent to close (its HTTP client's sockets).
 AGENT_CLOSE_S = 5.0
@@ -106,6 +109,10 @@ async def serve(
             services.log.info("stopped")
             outer.cancel_scope.cancel()
     finally:
+        # A hard stop too: what the logs were given (the runs it cut included) is kept.
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + FINAL_COMMIT_S
+            await threads.flush()
         await threads.aclose()
 
 

@@ -604,7 +604,8 @@ class _Session:
         finally:
             del self._replaying[thread_id]
         # No wait from here to the queueing of what was held: its order is the log's.
-        frames = [serialize(Resumed(thread_id, True, last_seq=upto)).encode()]
+        live = tuple(sorted(self._followed[thread_id].live_runs))
+        frames = [serialize(Resumed(thread_id, True, last_seq=upto, live_runs=live)).encode()]
         frames.extend(frame for frame, _ in held)
         ticket = max((ticket for _, ticket in held), default=0)
         await self._write(self._connection_id, frames, False, ticket)

@@ -236,7 +236,7 @@ def _token(subject: str = "alice") -> str:
 
 @asynccontextmanager
 async def running_server(**overrides: Any) -> AsyncIterator[tuple[str, RunningServer]]:
-    settings = Settings(host="127.0.0.1", port=0, jwt_secret=SECRET, **overrides)
+    settings = Settings(**{"host": "127.0.0.1", "port": 0, "jwt_secret": SECRET, **overrides})
     async with trio.open_nursery() as nursery:
         server: RunningServer = await nursery.start(serve, settings)
         yield server.ws_url + settings.path, server
@@ -552,3 +552,55 @@ async def test_console_entry_point() -> None:
     assert stdout.startswith("connected as bob (")
     assert '] completed: {"text": "hi there", "words": 2}' in stdout
     assert done.stderr == b""
+
+
+async def test_resume_survives_a_server_restart(tmp_path: Path) -> None:
+    store = f"sqlite:{tmp_path / 'threads.db'}"
+    send, recv = trio.testing.memory_stream_one_way_pair()
+    out = Lines()
+    codes: list[int] = []
+    async with trio.open_nursery() as nursery:
+        async with running_server(store=store, agent_delay_ms=200) as (url, server):
+            port = server.port
+
+            async def chat() -> None:
+                codes.append(await run_chat(url, _token(), stdin=recv, out=out, resume=True))
+
+            nursery.start_soon(chat)
+            await out.wait_for("connected as")
+            await send.send_all(b"hello world\n")
+            await out.wait_for("thinking:")
+        # The server is gone without a close frame; the same store comes back on its port.
+        async with running_server(store=store, port=port):
+            await out.wait_for("resumed thr_")
+            await send.send_all(b"again\n")
+            await out.wait_for("completed:")
+            await send.aclose()
+    assert codes == [0], "\n".join(out.lines)
+    assert any("reconnecting in" in line for line in out.lines)
+    cut = [line for line in out.lines if "cancelled (client_gone)" in line]
+    assert len(cut) == 1  # the run the restart cut, once, from the log
+    shown = [line for line in out.lines if RUN_LINE.fullmatch(line)]
+    assert len(shown) == len(set(shown))  # nothing shown twice
+    again = [line for line in out.lines if "started echo (c2)" in line]
+    assert len(again) == 1
+    thread = re.search(r"in (thr_\S+)", again[0])
+    assert thread is not None
+    assert f"resumed {thread.group(1)} after #" in "\n".join(out.lines)
+
+
+def test_format_thread_events() -> None:
+    assert format_event({"type": "message_accepted", "run_id": "r", "text": "hi"}) == "[r] you: hi"
+    assert format_event(
+        {"type": "resumed", "thread_id": "t", "recovered": False, "reason": "retention"}
+    ) == ("cannot resume t: retention")
+    assert (
+        format_event(
+            {"type": "duplicate_message", "client_id": "c1", "run_id": "r", "thread_id": "t"}
+        )
+        == "already sent (c1): run r in t"
+    )
+    assert (
+        format_event({"type": "history_page", "thread_id": "t", "events": [{}], "has_more": True})
+        == "history of t: 1 event(s) (older ones remain)"
+    )

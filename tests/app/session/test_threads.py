@@ -219,7 +219,13 @@ async def test_resume_replays_what_was_missed_then_says_resumed() -> None:
             await second.send(type="resume", thread_id=thread, after=6)
             nothing = await second.until("resumed")
     assert replay[:-1] == frames[2:]
-    assert replay[-1] == {"type": "resumed", "thread_id": thread, "recovered": True, "last_seq": 6}
+    assert replay[-1] == {
+        "type": "resumed",
+        "thread_id": thread,
+        "recovered": True,
+        "last_seq": 6,
+        "live_runs": [],
+    }
     assert types(nothing) == ["resumed"]
 
 
@@ -282,7 +288,8 @@ async def test_a_run_outlives_its_connection_and_resumes_live() -> None:
                 rest = await second.until_terminal()
                 await second.send(type="history", thread_id=thread)
                 page = await second.expect("history_page")
-    assert "resumed" in types(rest)
+    [resumed] = [f for f in rest if f["type"] == "resumed"]
+    assert resumed["live_runs"] == [started["run_id"]]
     assert types(rest)[-1] == "agent_completed"
     seqs = [f["thread_seq"] for f in rest if "thread_seq" in f]
     assert seqs == list(range(started["thread_seq"] + 1, 7))

@@ -267,6 +267,7 @@ EVENTS: tuple[ServerEvent, ...] = (
     ThreadList(()),
     ThreadList(({"thread_id": "thr_1", "last_seq": 3, "updated_at": 1_800_000_000.5},)),
     Resumed("thr_1", True, last_seq=5),
+    Resumed("thr_1", True, last_seq=5, live_runs=("run_1", "run_2")),
     *(Resumed("thr_1", False, reason=r) for r in ("unknown_thread", "epoch_changed", "retention")),
     DuplicateMessage("thr_1", "c1", "run_1"),
 )

@@ -500,11 +500,14 @@ class _Session:
             self._ticket = ticket
         self._write_queued()
 
-    async def _follow(self, thread_id: str, *, fresh: bool = False) -> ThreadLog:
-        """Follow ``thread_id`` of this user (pinning it) and return its log.
+    async def _follow(
+        self, thread_id: str, *, fresh: bool = False, live: bool = False
+    ) -> ThreadLog:
+        """Pin ``thread_id`` of this user and return its log; with ``live`` (a resume) also
+        receive what the user's other connections add to it.
 
         ``fresh``: an id this server just made up; nothing to read. Cancellation:
-        nothing is followed.
+        nothing is pinned.
         """
         followed = self._followed
         thread = followed.pop(thread_id, None)
@@ -516,6 +519,7 @@ class _Session:
                 if thread_id in followed:  # another of this connection's tasks opened it
                     self._threads.release(thread)
                     thread = followed.pop(thread_id)
+        if live:
             thread.follow(self)
         followed[thread_id] = thread  # the most recently used last
         if len(followed) > MAX_FOLLOWED:
@@ -574,7 +578,7 @@ class _Session:
         if request.epoch is not None and request.epoch != self._threads.epoch:
             failure = ResumeFailure.EPOCH_CHANGED
         else:
-            thread = await self._follow(thread_id)
+            thread = await self._follow(thread_id, live=True)
             upto = thread.last_seq
             if not thread.exists:
                 failure = ResumeFailure.UNKNOWN_THREAD

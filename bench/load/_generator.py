@@ -24,6 +24,7 @@ import json
 import os
 import random
 import resource
+import secrets
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -104,6 +105,7 @@ class SimUser(FastClient):
         "gen",
         "index",
         "lost",
+        "nonce",
         "pending",
         "ready",
         "sent_at",
@@ -128,6 +130,8 @@ class SimUser(FastClient):
         self.sent_at = 0.0
         self.pending: str | None = None
         self.turn_no = 0
+        # client_ids are idempotency keys per thread: unique across this user's connections.
+        self.nonce = secrets.token_hex(4)
         self.think_handle: asyncio.TimerHandle | None = None
         self.closing = False
         self.lost = False
@@ -188,7 +192,7 @@ class SimUser(FastClient):
             self.gen.user_idle(self)
             return
         self.turn_no += 1
-        client_id = f"c{self.turn_no}"
+        client_id = f"c{self.turn_no}.{self.nonce}"
         text = f"{self.text_prefix} {self.turn_no} please count these words"
         self.check.sent(client_id, text)
         payload = json.dumps(

@@ -19,6 +19,7 @@ import contextlib
 import errno
 import json
 import random
+import secrets
 import time
 from collections import Counter
 from typing import Any
@@ -76,6 +77,8 @@ class SoakConn(FastClient):
         self.ready: asyncio.Future[None] = driver.loop.create_future()
         self.finished: asyncio.Future[None] = driver.loop.create_future()
         self.turn_no = 0
+        # client_ids are idempotency keys per thread: unique across this user's connections.
+        self.nonce = secrets.token_hex(4)
         self.client_id: str | None = None  # the turn waiting for its terminal
         self.run_id: str | None = None
         self.fate = "normal"
@@ -144,7 +147,7 @@ class SoakConn(FastClient):
             self.finish_politely()
             return
         self.turn_no += 1
-        client_id = f"c{self.turn_no}"
+        client_id = f"c{self.turn_no}.{self.nonce}"
         text = f"{driver.texts[self.slot]} {self.turn_no} please count these words"
         thread_id = driver.threads[self.slot]
         self.ledger.sent_message(client_id=client_id, text=text, thread_id=thread_id)

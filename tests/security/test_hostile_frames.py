@@ -281,7 +281,8 @@ async def test_ping_flood_behind_a_blocked_write_is_throttled(
         request.applymarker(
             pytest.mark.xfail(reason="ASGI session sometimes outlives its client", strict=False)
         )
-    settings = e2e.settings(send_timeout_s=60)  # the flood must stall on its own
+    # The flood must stall on its own; no resume grace: the run must end with its client.
+    settings = e2e.settings(send_timeout_s=60, resume_grace_s=0)
     services = attrs.evolve(build_services(settings), agent=FloodAgent())
     chunk = hostile.frame(PING, b"p" * 125) * 1000
     async with e2e.server(settings, services=services) as live:

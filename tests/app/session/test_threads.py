@@ -84,6 +84,13 @@ class Server:
     lifecycle: ServerLifecycle
     services: Services
 
+    async def started_then_gone(self, text: str = "x") -> tuple[dict[str, Any], Conn]:
+        """A connection that starts a run, reads its agent_started, and leaves."""
+        async with self.connect() as conn:
+            await conn.send(type="user_message", text=text)
+            started = await conn.expect("agent_started")
+        return started, conn
+
     @asynccontextmanager
     async def connect(self, user: str = "alice") -> AsyncIterator[Conn]:
         transport, client = memory_transport_pair(client_buffer=math.inf)
@@ -300,9 +307,7 @@ async def test_a_run_nobody_resumes_is_cancelled_after_the_grace(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with server(agent_delay_ms=600_000, resume_grace_s=30) as srv:
-        async with srv.connect() as first:
-            await first.send(type="user_message", text="x")
-            started = await first.expect("agent_started")
+        started, first = await srv.started_then_gone()
         gone = trio.current_time()
         await first.ended.wait()
         ended = trio.current_time()
@@ -318,9 +323,7 @@ async def test_a_follower_keeps_the_run_alive_past_the_grace(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with server(agent_delay_ms=60_000, resume_grace_s=10) as srv:
-        async with srv.connect() as first:
-            await first.send(type="user_message", text="x")
-            started = await first.expect("agent_started")
+        started, _ = await srv.started_then_gone()
         async with srv.connect() as second:
             await second.send(type="resume", thread_id=started["thread_id"], after=0)
             await second.until("resumed")
@@ -330,9 +333,7 @@ async def test_a_follower_keeps_the_run_alive_past_the_grace(
 
 async def test_a_resuming_connection_can_cancel_the_run() -> None:
     async with server(agent_delay_ms=60_000) as srv:
-        async with srv.connect() as first:
-            await first.send(type="user_message", text="x")
-            started = await first.expect("agent_started")
+        started, _ = await srv.started_then_gone()
         async with srv.connect() as second:
             await second.send(type="resume", thread_id=started["thread_id"], after=0)
             await second.until("resumed")
@@ -361,9 +362,7 @@ async def test_other_connections_following_a_thread_see_its_new_messages() -> No
 
 async def test_without_a_grace_a_disconnect_cancels_at_once() -> None:
     async with server(agent_delay_ms=60_000, resume_grace_s=0) as srv:
-        async with srv.connect() as first:
-            await first.send(type="user_message", text="x")
-            started = await first.expect("agent_started")
+        started, first = await srv.started_then_gone()
         with trio.fail_after(5):
             await first.ended.wait()
         async with srv.connect() as later:

@@ -101,6 +101,11 @@ class Settings:
     agent: str = _field("echo", str, "agent: 'echo' or 'module:attr' of an agent factory")
     agent_delay_ms: float = _field(0.0, float, "simulated model latency per agent step, ms")
     log_level: str = _field("info", str, "debug, info, warning or error")
+    dev_tokens: bool = _field(
+        False,
+        _bool,
+        "DEV ONLY: POST /dev/token mints a token for any user (set by `enclave serve --dev`)",
+    )
     conformance_echo: bool = _field(
         False,
         _bool,

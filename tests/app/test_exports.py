@@ -6,7 +6,18 @@ import isolation
 
 #: The layers, each a public package of the tree (see ``app/__init__.py``).
 LAYERS = frozenset(
-    {"agents", "auth", "cli", "core", "server", "services", "session", "testing", "transports"}
+    {
+        "agents",
+        "auth",
+        "cli",
+        "core",
+        "server",
+        "services",
+        "session",
+        "testing",
+        "transports",
+        "web",
+    }
 )
 
 

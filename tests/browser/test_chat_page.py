@@ -285,8 +285,15 @@ def test_a_server_without_threads_is_asked_nothing(page: Page) -> None:
     open_scripted(page, server)
     expect(page.locator("#threads-note")).to_have_text("This server keeps no thread history.")
     send(page, "hi")
-    server.wait_for("user_message")
+    client_id = server.wait_for("user_message")["client_id"]
     assert {m["type"] for m in server.received} == {"user_message"}
+    server.send(run_event("agent_started", 1, 2, agent="echo", client_id=client_id))
+    run = page.locator("#log .run")
+    expect(run.locator(".cancel")).to_have_count(1)
+    # Such a server cancels a closed connection's runs: the page says so.
+    server.sockets[-1].close(code=1011, reason="internal_error")
+    expect(run.locator(".run-status")).to_have_text("lost with the connection")
+    expect(run.locator(".cancel")).to_have_count(0)
 
 
 def test_unknown_type_answers_to_thread_requests_are_tolerated(page: Page) -> None:
@@ -362,6 +369,8 @@ def test_unexpected_close_reconnects_and_resumes(page: Page) -> None:
     server.sockets[-1].close(code=1011, reason="internal_error")
     expect(page.locator("#notices .warn")).to_contain_text("internal error")
     expect(page.locator("#notices .warn")).to_contain_text("Reconnecting in")
+    status = page.locator("#log .run .run-status")
+    expect(status).to_have_text("connection lost: resuming after reconnect")
     # The log is still on the page: resume straight after the last event seen.
     assert server.wait_for("resume") == {"type": "resume", "thread_id": "thr_1", "after": 3}
     assert len(server.sockets) == 2

@@ -335,7 +335,15 @@
     state.pending = [];
     setConnected(false);
     for (const [runId, run] of state.runs) {
-      if (run.live) setRunStatus(runId, "connection lost");
+      if (!run.live) continue;
+      if (state.threadsSupported) {
+        setRunStatus(runId, "connection lost: resuming after reconnect");
+      } else {
+        // Without threads the server cancels a closed connection's runs (docs/protocol.md).
+        run.live = false;
+        run.el.querySelector(".cancel")?.remove();
+        setRunStatus(runId, "lost with the connection", "failed");
+      }
     }
     updateKeepalive();
     if (!state.wanted) return;

@@ -10,6 +10,7 @@ in this list:
   admission, the timer).
 - ``session/``: one connection's nursery around the state machine, and the small
   ``Transport`` interface it needs.
+- ``web/``: the chat page's files, and the dev-mode token minter.
 - ``transports/``: ``lean/`` (Trio sockets, the default) and ``asgi/`` (Quart-Trio on
   Hypercorn), with the same file names in each.
 - ``server/``: ``serve()``: the process, its signals and its drain.

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import trio
 
-from ..auth._tokens import load_jwks, mint_token
 from ..server._gc import FULL_COLLECTION_INTERVAL_S, collect_periodically, tune_gc_for_serving
 from ..server._serve import RunningServer, serve
-from ..services._build import build_services, read_secret
+from ..services._build import build_services
 from ..services._services import Services
 from ..services._settings import ConfigError, Settings, add_setting_arguments, load_settings
 from ..threads._common import StoreConfigError
+from ..web._dev_token import TokenMinter
 
 __all__ = ["DEV_SECRET_FILE", "DEV_STORE", "ensure_dev_secret", "main"]
 
@@ -49,28 +49,19 @@ def _key_configured(values: Mapping[str, str | None], environ: Mapping[str, str]
 
 def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     values = {k: v for k, v in vars(args).items() if isinstance(v, str) or v is None}
-    overrides = {}
+    overrides: dict[str, str | bool] = {}
     if getattr(args, "dev", False) and not _key_configured(values, environ):
         overrides["jwt_secret_file"] = str(ensure_dev_secret())
     if getattr(args, "dev", False) and not (values.get("store") or environ.get("ENCLAVE_STORE")):
         # Dev mode keeps its threads across restarts, beside its secret.
         overrides["store"] = DEV_STORE
+    if args.command == "serve" and args.dev:  # the page's dev-token button
+        overrides["dev_tokens"] = True
     return load_settings(values, environ, **overrides)
 
 
 def _mint(settings: Settings, sub: str, ttl_s: float) -> str:
-    algorithm = settings.effective_algorithms()[0]
-    common = {
-        "algorithm": algorithm,
-        "subject": sub,
-        "ttl_s": ttl_s,
-        "now": time.time(),
-        "audience": settings.audience,
-        "issuer": settings.issuer,
-    }
-    if settings.jwks:
-        return mint_token(jwks=load_jwks(settings.jwks), **common)  # type: ignore[arg-type]
-    return mint_token(secret=read_secret(settings), **common)  # type: ignore[arg-type]
+    return TokenMinter.from_settings(settings).mint(sub, now=time.time(), ttl_s=ttl_s)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -109,6 +100,7 @@ def _dev_banner(server: RunningServer, settings: Settings) -> str:
     ws_url = server.ws_url + settings.path
     return (
         f"trio-enclave (dev mode) listening on {server.url}\n"
+        f"  chat in a browser: {server.url}/\n"
         f"  a token for user 'dev-user' (24 h):\n    {token}\n"
         f"  chat from another terminal:\n"
         f"    .venv/bin/enclave chat --url {ws_url} --token {token}\n"

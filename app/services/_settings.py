@@ -136,6 +136,11 @@ class Settings:
         100, int, "connections to the model server; more runs wait for one"
     )
     log_level: str = _field("info", str, "debug, info, warning or error")
+    dev_tokens: bool = _field(
+        False,
+        _bool,
+        "DEV ONLY: POST /dev/token mints a token for any user (set by `enclave serve --dev`)",
+    )
     conformance_echo: bool = _field(
         False,
         _bool,

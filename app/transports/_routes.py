@@ -1,4 +1,5 @@
-"""What both transports answer over HTTP: ``/health``, ``/ready``, admission, rejections.
+"""What both transports answer over HTTP: ``/health``, ``/ready``, the chat page (``/``,
+``/app.js``, ``/app.css``), ``POST /dev/token`` (dev mode only), admission, rejections.
 
 The ASGI transport (``transports/asgi/_server.py``) and the lean transport
 (``transports/lean/_server.py``) turn
@@ -13,22 +14,45 @@ from typing import Any, Final
 
 import attrs
 
+from ..auth._tokens import MAX_SUBJECT_CHARS
 from ..services._services import ServerLifecycle, Services
 from ..session._transport import HandshakeInfo
+from ..web._dev_token import DEV_SUBJECT, TokenMinter
+from ..web._static import StaticFiles
 from ._handshake import Accept, Reject, evaluate_handshake, refused_for_user, unavailable
 
 __all__ = [
+    "DEV_TOKEN_MAX_BODY",
+    "DEV_TOKEN_PATH",
     "JSON_HEADERS",
+    "PAGE_CSP",
     "HttpReply",
     "admit",
     "decide",
+    "dev_token_reply",
     "health_reply",
     "json_reply",
+    "page_reply",
     "ready_reply",
     "rejection_reply",
 ]
 
 JSON_HEADERS: Final = (("content-type", "application/json"),)
+#: The page's scripts, styles and connections are its own origin's; nothing inline,
+#: nothing from another host, no plugins, no framing.
+PAGE_CSP: Final = (
+    "default-src 'self'; connect-src 'self' ws: wss:; "
+    "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+_PAGE_HEADERS: Final = (
+    ("cache-control", "no-cache"),
+    ("content-security-policy", PAGE_CSP),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+)
+DEV_TOKEN_PATH: Final = "/dev/token"
+#: The largest ``POST /dev/token`` body read; larger gets 413.
+DEV_TOKEN_MAX_BODY: Final = 4096
 
 
 @attrs.frozen
@@ -55,6 +79,49 @@ def ready_reply(lifecycle: ServerLifecycle) -> HttpReply:
     if lifecycle.draining.is_set():
         return json_reply({"status": "draining"}, 503)
     return json_reply({"status": "ready"}, 200)
+
+
+def page_reply(static: StaticFiles, path: str) -> HttpReply | None:
+    """``GET`` of one of the page's files, or None if ``path`` is not one of them."""
+    file = static.get(path)
+    if file is None:
+        return None
+    return HttpReply(200, file.body, (("content-type", file.content_type), *_PAGE_HEADERS))
+
+
+def _bad_dev_request(detail: str) -> HttpReply:
+    return json_reply({"error": "invalid_request", "detail": detail}, 400)
+
+
+def dev_token_reply(minter: TokenMinter, body: bytes, now: float) -> HttpReply:
+    """``POST /dev/token`` (only served in dev mode): ``{"token": ...}`` for the body's
+    optional ``sub`` (default ``dev-user``), valid from ``now`` (wall clock).
+
+    The body is empty or a JSON object; anything else is a 400 ``invalid_request``.
+    A key that cannot sign (a JWKS of public keys) answers 500 ``cannot_sign``.
+    """
+    if len(body) > DEV_TOKEN_MAX_BODY:
+        return json_reply({"error": "too_large", "detail": "the body is too large"}, 413)
+    request: Any = {}
+    if body.strip():
+        try:
+            request = json.loads(body)
+        except (ValueError, RecursionError):
+            return _bad_dev_request("the body is not JSON")
+    if not isinstance(request, dict) or request.keys() - {"sub"}:
+        return _bad_dev_request('the body must be a JSON object with at most "sub"')
+    subject = request.get("sub", DEV_SUBJECT)
+    if not isinstance(subject, str) or not 1 <= len(subject) <= MAX_SUBJECT_CHARS:
+        return _bad_dev_request(f"sub must be a string of 1 to {MAX_SUBJECT_CHARS} characters")
+    try:
+        token = minter.mint(subject, now=now)
+    except ValueError:
+        detail = "the configured key cannot sign tokens"
+        return json_reply({"error": "cannot_sign", "detail": detail}, 500)
+    return attrs.evolve(
+        json_reply({"token": token, "sub": subject}, 200),
+        headers=(*JSON_HEADERS, ("cache-control", "no-store")),
+    )
 
 
 def rejection_reply(rejection: Reject) -> HttpReply:

@@ -17,6 +17,7 @@ LAYERS = frozenset(
         "testing",
         "threads",
         "transports",
+        "web",
     }
 )
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import encodings.idna  # noqa: F401
 
 import trio
-from quart import Response, websocket
+from quart import Response, request, websocket
 from quart.wrappers import Websocket
 from quart_trio import QuartTrio
 
@@ -23,9 +23,22 @@ from ...auth._context import UserContext
 from ...services._services import ServerLifecycle, Services
 from ...session._session import run_session
 from ...session._transport import HandshakeInfo
+from ...web._dev_token import TokenMinter
+from ...web._static import PAGE_FILES, load_static
 from .._conformance import ECHO_PATH, log_startup_warning, serve_quart_echo
 from .._handshake import Reject
-from .._routes import HttpReply, admit, decide, health_reply, ready_reply, rejection_reply
+from .._routes import (
+    DEV_TOKEN_MAX_BODY,
+    DEV_TOKEN_PATH,
+    HttpReply,
+    admit,
+    decide,
+    dev_token_reply,
+    health_reply,
+    page_reply,
+    ready_reply,
+    rejection_reply,
+)
 from ._connection import QuartTransport
 
 __all__ = ["QuartTransport", "create_app"]
@@ -50,6 +63,8 @@ def create_app(services: Services, lifecycle: ServerLifecycle) -> QuartTrio:
     settings = services.settings
     app = QuartTrio("trio_enclave")
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    app.config["MAX_CONTENT_LENGTH"] = DEV_TOKEN_MAX_BODY  # the only body read: /dev/token's
+    static = load_static(ws_path=settings.path, dev_tokens=settings.dev_tokens)
 
     @app.get("/health")
     async def health() -> Response:
@@ -58,6 +73,22 @@ def create_app(services: Services, lifecycle: ServerLifecycle) -> QuartTrio:
     @app.get("/ready")
     async def ready() -> Response:
         return _response(ready_reply(lifecycle))
+
+    async def page() -> Response:
+        reply = page_reply(static, request.path)
+        assert reply is not None  # routed only for the page's paths
+        return _response(reply)
+
+    for path, name, _ in PAGE_FILES:
+        app.add_url_rule(path, f"page:{name}", page, methods=["GET"])
+
+    if settings.dev_tokens:  # otherwise the route does not exist: 404
+        minter = TokenMinter.from_settings(settings)
+
+        @app.post(DEV_TOKEN_PATH)
+        async def dev_token() -> Response:
+            body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+            return _response(dev_token_reply(minter, body, services.wall_clock()))
 
     if (
         settings.conformance_echo

@@ -1,6 +1,7 @@
 """The lean transport: Trio sockets, one task per connection, HTTP/1.1 answered here.
 
-One port serves ``GET /health``, ``GET /ready`` and the WebSocket upgrade at
+One port serves ``GET /health``, ``GET /ready``, the chat page (``GET /``,
+``/app.js``, ``/app.css``; ``POST /dev/token`` in dev mode) and the WebSocket upgrade at
 ``settings.path``; everything the ASGI transport also answers comes from
 ``app/transports/_routes.py`` (same statuses, headers and JSON bodies), admission included and
 in the same order: WebSocket headers, then ``admit`` (503), then the handshake
@@ -31,14 +32,20 @@ from ...auth._context import UserContext
 from ...services._services import ServerLifecycle, Services
 from ...session._session import CLOSE_TIMEOUT_S, run_session
 from ...session._transport import HandshakeInfo
+from ...web._dev_token import TokenMinter
+from ...web._static import StaticFiles, load_static
 from .._conformance import echo_path, log_startup_warning, serve_lean_echo
 from .._handshake import Reject
 from .._routes import (
+    DEV_TOKEN_MAX_BODY,
+    DEV_TOKEN_PATH,
     HttpReply,
     admit,
     decide,
+    dev_token_reply,
     health_reply,
     json_reply,
+    page_reply,
     ready_reply,
     rejection_reply,
 )
@@ -58,6 +65,7 @@ _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VALUE: Final = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 _TARGET: Final = re.compile(rb"/[\x21-\x7e]*")
 _HTTP_PATHS: Final = frozenset({"/health", "/ready"})
+_CONTENT_LENGTH: Final = re.compile(r"[0-9]{1,9}")
 
 
 def _error(status: int, detail: str, *headers: tuple[str, str]) -> HttpReply:
@@ -174,6 +182,8 @@ class _LeanServer:
     services: Services
     lifecycle: ServerLifecycle
     ws_log: QuietInfoLogger
+    static: StaticFiles
+    minter: TokenMinter | None  # None unless --dev: then /dev/token is a 404
 
     async def handle(self, conn: socket.socket, address: Any) -> None:
         """Serve one accepted TCP connection, HTTP or WebSocket; never raises an error.
@@ -228,8 +238,31 @@ class _LeanServer:
             else:
                 reply = ready_reply(self.lifecycle)
                 await self._answer(stream, reply, head_only=request.method == "HEAD")
+        elif (page := page_reply(self.static, request.path)) is not None:
+            if request.method not in ("GET", "HEAD"):
+                await self._answer(stream, _error(405, "use GET", ("allow", "HEAD, GET")))
+            else:
+                await self._answer(stream, page, head_only=request.method == "HEAD")
+        elif request.path == DEV_TOKEN_PATH and self.minter is not None:
+            await self._dev_token(stream, request, rest, self.minter)
         else:
             await self._answer(stream, _error(404, f"nothing at {request.path[:64]}"))
+
+    async def _dev_token(
+        self, stream: trio.SocketStream, request: _Request, rest: bytes, minter: TokenMinter
+    ) -> None:
+        if request.method != "POST":
+            await self._answer(stream, _error(405, "use POST", ("allow", "POST")))
+            return
+        body: bytes | HttpReply | None = None
+        with trio.move_on_after(self.services.settings.open_timeout_s):
+            body = await _read_body(stream, request, rest)
+        if body is None:
+            return  # the peer left, or took too long: dropped like a slow request head
+        if isinstance(body, HttpReply):
+            await self._answer(stream, body)
+        else:
+            await self._answer(stream, dev_token_reply(minter, body, self.services.wall_clock()))
 
     async def _answer(
         self,
@@ -319,6 +352,28 @@ class _LeanServer:
             lifecycle.release()
 
 
+async def _read_body(
+    stream: trio.abc.ReceiveStream, request: _Request, rest: bytes
+) -> bytes | HttpReply | None:
+    """The request's body (``content-length`` bytes, at most :data:`DEV_TOKEN_MAX_BODY`),
+    the 4xx refusing it, or None if the peer left first. Unbounded in time: the caller's."""
+    if request.values("transfer-encoding"):
+        return _error(411, "send the body with a content-length")
+    lengths = request.values("content-length") or ["0"]
+    if len(lengths) != 1 or not _CONTENT_LENGTH.fullmatch(lengths[0]):
+        return _error(400, "malformed content-length")
+    length = int(lengths[0])
+    if length > DEV_TOKEN_MAX_BODY:
+        return _error(413, f"the body exceeds {DEV_TOKEN_MAX_BODY} bytes")
+    body = bytearray(rest)
+    while len(body) < length:
+        data = await stream.receive_some(DEV_TOKEN_MAX_BODY)
+        if not data:
+            return None
+        body += data
+    return bytes(body[:length])
+
+
 def _try_write(stream: trio.SocketStream, data: bytes) -> int:
     """Write what the socket takes now, without blocking; the number of bytes written."""
     try:
@@ -377,7 +432,13 @@ async def serve_lean(
     listeners = await trio.open_tcp_listeners(
         settings.port, host=settings.host, backlog=settings.backlog
     )
-    server = _LeanServer(services, lifecycle, QuietInfoLogger(services.log.getChild("websocket")))
+    server = _LeanServer(
+        services,
+        lifecycle,
+        QuietInfoLogger(services.log.getChild("websocket")),
+        load_static(ws_path=settings.path, dev_tokens=settings.dev_tokens),
+        TokenMinter.from_settings(settings) if settings.dev_tokens else None,
+    )
     url = _url(listeners[0].socket.getsockname())
     raw = [raw_listener(listener) for listener in listeners]
     async with trio.open_nursery() as handlers:

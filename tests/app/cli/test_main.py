@@ -79,3 +79,13 @@ def test_dev_secret_is_private_and_stable(tmp_path: Path) -> None:
     first = path.read_text()
     assert len(first.strip()) >= 32
     assert ensure_dev_secret(path).read_text() == first
+
+
+def test_serve_dev_turns_dev_tokens_on_and_nothing_else_does() -> None:
+    from app.cli._main import _parser, _settings
+
+    env = {"ENCLAVE_JWT_SECRET": SECRET}
+    assert _settings(_parser().parse_args(["serve", "--dev"]), env).dev_tokens is True
+    assert _settings(_parser().parse_args(["serve"]), env).dev_tokens is False
+    token_args = _parser().parse_args(["token", "--dev", "--sub", "a"])
+    assert _settings(token_args, env).dev_tokens is False

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
-import pytest
 from playwright.sync_api import Page, Route, WebSocketRoute, expect
 
 from app import mint_token

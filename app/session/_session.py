@@ -292,10 +292,12 @@ class _Session:
         written stays queued.
         """
         deadline = trio.current_time() + self._send_timeout_s
-        if not self._threads.sendable(self._ticket):
+        threads = self._threads
+        # A loop: frames queued while waiting raise the ticket to wait for.
+        while not threads.sendable(self._ticket):
             with trio.move_on_at(deadline):
-                await self._threads.wait_sendable(self._ticket)
-            if not self._threads.sendable(self._ticket):
+                await threads.wait_sendable(self._ticket)
+            if trio.current_time() >= deadline and not threads.sendable(self._ticket):
                 self._log.error("thread store too slow on connection %s", self._connection_id)
                 self._request_close(CloseCode.INTERNAL_ERROR, CloseReason.INTERNAL_ERROR)
                 return

@@ -1,5 +1,5 @@
-"""``python -m bench``: ``run``, ``capacity``, ``soak``, ``attacks`` (and ``child``, used by
-the harness)."""
+"""``python -m bench``: ``run``, ``capacity``, ``soak``, ``attacks``, ``resume`` (and ``child``,
+used by the harness)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,20 @@ from pathlib import Path
 
 from .attacks import add_parser as add_attacks_parser
 from .attacks import main as attacks_main
-from .harness import ORDER, Progress, parse_servers, results_dir, sigterm_as_interrupt
+from .harness import (
+    ORDER,
+    STORES,
+    Progress,
+    parse_servers,
+    results_dir,
+    sigterm_as_interrupt,
+    with_stores,
+)
 from .load import CapacityPlan, Plan, run_benchmark, run_capacity
 from .soak import add_parser as add_soak_parser
 from .soak import main as soak_main
+from .threads import add_parser as add_resume_parser
+from .threads import main as resume_main
 
 __all__ = ["main"]
 
@@ -34,6 +44,16 @@ def _ints(text: str) -> tuple[int, ...]:
         ) from None
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError("user counts must be >= 1")
+    return values
+
+
+def _stores(text: str) -> tuple[str, ...]:
+    values = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [v for v in values if v not in STORES]
+    if not values or unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated stores among {', '.join(STORES)}, got {text!r}"
+        )
     return values
 
 
@@ -99,6 +119,13 @@ def _parser() -> argparse.ArgumentParser:
         "--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="client event loop"
     )
     run.add_argument("--no-pin", action="store_true", help="do not pin server and clients to cores")
+    run.add_argument(
+        "--stores",
+        type=_stores,
+        default=("memory",),
+        help="thread stores of enclave, side by side: memory, sqlite or memory,sqlite "
+        "(default memory; sqlite: a fresh file per server start)",
+    )
     run.add_argument("--seed", default="bench", help="seed of the users' canaries")
     run.add_argument("--out", type=Path, help="output directory (default bench/results/<time>)")
 
@@ -120,6 +147,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_soak_parser(sub)
     add_attacks_parser(sub)
+    add_resume_parser(sub)
     sub.add_parser("child", help=argparse.SUPPRESS)
     return parser
 
@@ -135,9 +163,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return soak_main(args, shown)
     if args.command == "attacks":
         return attacks_main(args, shown)
+    if args.command == "resume":
+        return resume_main(args, shown)
     sigterm_as_interrupt()
     try:
         specs = tuple(parse_servers(args.servers))
+        if args.command == "run":
+            specs = tuple(with_stores(specs, args.stores))
     except ValueError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2

@@ -33,12 +33,14 @@ from ._progress import Progress
 from ._servers import (
     ORDER,
     SERVERS,
+    STORES,
     RunningServer,
     ServerOptions,
     ServerSpec,
     ServerUnavailable,
     parse_servers,
     start_server,
+    with_stores,
 )
 from ._spawn import ProcessSet, python_argv, raise_nofile, sigterm_as_interrupt
 from ._stats import LatencySummary, median, summarize
@@ -48,6 +50,7 @@ __all__ = [
     "OK",
     "ORDER",
     "SERVERS",
+    "STORES",
     "Child",
     "ChildError",
     "Commands",
@@ -85,4 +88,5 @@ __all__ = [
     "topology",
     "user_name",
     "verdict",
+    "with_stores",
 ]

@@ -27,7 +27,12 @@ __all__ = [
     "ServerUnavailable",
     "parse_servers",
     "start_server",
+    "with_stores",
 ]
+
+#: Thread stores the bench can put under our server: ``--store memory`` or
+#: ``--store sqlite:PATH`` (a fresh file next to the server's log, removed after).
+STORES: tuple[str, ...] = ("memory", "sqlite")
 
 #: Our server's limits for load runs: everything on, only the rate limit raised.
 ENCLAVE_LOAD_FLAGS: tuple[str, ...] = (
@@ -49,6 +54,7 @@ class ServerSpec:
     module: str  # python -m MODULE
     transport: str | None = None  # for trio-enclave: --transport
     description: str = ""
+    store: str = "memory"  # for trio-enclave: one of STORES
 
     @property
     def ours(self) -> bool:
@@ -122,11 +128,30 @@ class RunningServer:
     def pid(self) -> int:
         return self.proc.pid
 
+    @property
+    def store_path(self) -> Path | None:
+        """The SQLite file of an enclave on ``--store sqlite:PATH``."""
+        return store_path(self.spec, self.log_path)
+
+    def discard_store(self) -> None:
+        """Remove the SQLite file (and its WAL) once the server has stopped."""
+        path = self.store_path
+        if path is not None:
+            for suffix in ("", "-wal", "-shm"):
+                path.with_name(path.name + suffix).unlink(missing_ok=True)
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 
 
-def server_argv(spec: ServerSpec, port: int, opts: ServerOptions) -> list[str]:
+def store_path(spec: ServerSpec, log_path: Path) -> Path | None:
+    """Where an enclave on the SQLite store keeps it: beside its log (fresh each start)."""
+    return log_path.with_name("threads.db") if spec.ours and spec.store == "sqlite" else None
+
+
+def server_argv(
+    spec: ServerSpec, port: int, opts: ServerOptions, db: Path | None = None
+) -> list[str]:
     if spec.ours:
         assert spec.transport is not None
         return python_argv(
@@ -145,6 +170,8 @@ def server_argv(spec: ServerSpec, port: int, opts: ServerOptions) -> list[str]:
             f"{opts.agent_delay_ms:g}",
             "--log-level",
             "warning",
+            "--store",
+            "memory" if db is None else f"sqlite:{db}",
             *opts.extra_enclave_flags,
         )
     return python_argv(
@@ -216,9 +243,12 @@ def start_server(
     """
     port = free_port(opts.host)
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    db = store_path(spec, log_path)
+    if db is not None:
+        db.unlink(missing_ok=True)  # a fresh store for every start
     with log_path.open("wb") as log:
         proc = procs.start(
-            server_argv(spec, port, opts),
+            server_argv(spec, port, opts, db),
             cores=cores,
             nofile=opts.nofile,
             stdout=log,
@@ -263,11 +293,51 @@ def _inspect(server: RunningServer, opts: ServerOptions) -> dict[str, Any]:
 
 
 def parse_servers(text: str) -> list[ServerSpec]:
-    """Specs for a comma-separated list of names (``all`` for every server)."""
+    """Specs for a comma-separated list of names (``all`` for every server); an enclave
+    name may end in ``+sqlite`` (its thread store; ``+memory`` is the default)."""
     names: Sequence[str] = (
         ORDER if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
     )
-    unknown = [n for n in names if n not in SERVERS]
+    specs: list[ServerSpec] = []
+    unknown: list[str] = []
+    for name in names:
+        base, _, store = name.partition("+")
+        spec = SERVERS.get(base)
+        if spec is None or (store and (not spec.ours or store not in STORES)):
+            unknown.append(name)
+        else:
+            specs.extend(with_stores([spec], (store or "memory",)))
     if unknown:
-        raise ValueError(f"unknown server(s) {', '.join(unknown)}; known: {', '.join(ORDER)}")
-    return [SERVERS[n] for n in names]
+        raise ValueError(
+            f"unknown server(s) {', '.join(unknown)}; known: {', '.join(ORDER)} "
+            f"(enclave-*: +{' or +'.join(STORES)} picks the thread store)"
+        )
+    return specs
+
+
+def with_stores(specs: Sequence[ServerSpec], stores: Sequence[str]) -> list[ServerSpec]:
+    """Each enclave spec once per thread store, side by side (``name+sqlite``); peers once.
+
+    The memory store keeps the plain name, so results stay comparable with earlier runs.
+    """
+    out: list[ServerSpec] = []
+    for spec in specs:
+        if not spec.ours:
+            out.append(spec)
+            continue
+        for store in stores:
+            if store not in STORES:
+                raise ValueError(f"unknown store {store!r}; known: {', '.join(STORES)}")
+            if store == "memory":
+                out.append(attrs.evolve(spec, store="memory"))
+            else:
+                out.append(
+                    attrs.evolve(
+                        spec,
+                        name=f"{spec.name}+{store}",
+                        label=spec.label.replace(")", f", {store})"),
+                        description=f"{spec.description}; thread store {store}",
+                        store=store,
+                    )
+                )
+    return out

@@ -325,6 +325,7 @@ def measure(
         return Measurement(spec.name, users, round_no, f"failed: {exc}")
     finally:
         procs.stop(server.proc)
+        server.discard_store()
     return to_measurement(
         spec,
         users,

@@ -371,24 +371,14 @@ class _Audit:
         assert thread is not None
         victim = self.plans[plan.victim].user
         fake = lookalike_id(thread, random.Random(f"{plan.bogus_seed}:thread"))
-        own = thread in link.ledger.threads_used
-        for ident in (thread, fake):
-            await link.history(ident)
-            await link.resume(ident)
-        await link.ping()
-        self.thread_lookups.append(
-            ThreadProbe(
-                attacker=plan.user,
-                victim=victim,
-                thread_id=thread,
-                bogus_thread=fake,
-                own_thread=own,
-                history_real=_first(link.answers("history_page", thread)),
-                history_bogus=_first(link.answers("history_page", fake)),
-                resume_real=_first(link.answers("resumed", thread)),
-                resume_bogus=_first(link.answers("resumed", fake)),
-            )
-        )
+        # A thread id the prober used itself (a colliding one) names its own thread: then
+        # there is nothing to tell apart, and a resume would replay its own events.
+        if thread not in link.ledger.threads_used:
+            for ident in (thread, fake):
+                await link.history(ident)
+                await link.resume(ident)
+            await link.ping()
+            self.thread_lookups.append(self._thread_lookup(link, plan.user, victim, thread, fake))
         self.thread_probes += 1
         self.probe_threads.add((plan.user, thread))
         run = plan.probe_run
@@ -420,6 +410,22 @@ class _Audit:
             await link.wait_end(answer.run_id)
         await link.history(thread)  # only the prober's own events may be in it
         await link.threads()
+
+    @staticmethod
+    def _thread_lookup(
+        link: Link, attacker: str, victim: str, thread: str, fake: str
+    ) -> ThreadProbe:
+        return ThreadProbe(
+            attacker=attacker,
+            victim=victim,
+            thread_id=thread,
+            bogus_thread=fake,
+            own_thread=False,
+            history_real=_first(link.answers("history_page", thread)),
+            history_bogus=_first(link.answers("history_page", fake)),
+            resume_real=_first(link.answers("resumed", thread)),
+            resume_bogus=_first(link.answers("resumed", fake)),
+        )
 
     async def _still_open(self, victim: int, run_id: str) -> bool:
         """Whether ``run_id`` was still running when the server answered the probe.

@@ -61,19 +61,18 @@ async def test_a_clean_audit_of_our_server(kit: AuditKit) -> None:
         assert probe.real_reply is not None
         assert probe.real_reply["code"] == "run_not_found"
     # History and resume of another user's thread: like a thread that never existed.
-    assert len(report.thread_lookups) == probers
+    # (A prober that used the victim's thread id itself, a colliding one, skips them.)
+    assert 0 < len(report.thread_lookups) <= probers
     for lookup in report.thread_lookups:
         assert lookup.problems() == []
-        if not lookup.own_thread:
-            assert lookup.history_real == {
-                "type": "history_page",
-                "thread_id": lookup.thread_id,
-                "events": [],
-                "has_more": False,
-            }
-            assert lookup.resume_real is not None
-            assert lookup.resume_real["reason"] == "unknown_thread"
-    assert any(not lookup.own_thread for lookup in report.thread_lookups)
+        assert lookup.history_real == {
+            "type": "history_page",
+            "thread_id": lookup.thread_id,
+            "events": [],
+            "has_more": False,
+        }
+        assert lookup.resume_real is not None
+        assert lookup.resume_real["reason"] == "unknown_thread"
     # Every user read its thread list and some of its histories.
     assert report.lookups_sent >= 50 * 2, shown
     assert report.seed == 7

@@ -257,6 +257,12 @@ class Link:
         finally:
             self._waiting.discard(event)
 
+    @property
+    def threads_supported(self) -> bool:
+        """Whether the server keeps threads (its connection_ready names a store epoch):
+        only then are history, threads and resume asked for."""
+        return self.ready_frame is not None and "epoch" in self.ready_frame
+
     async def wait_ready(self) -> None:
         await self._wait(self._ready, trio.current_time() + self.timeout)
         if self.ready_frame is not None:

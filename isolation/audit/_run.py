@@ -253,7 +253,8 @@ class _Audit:
                 work.start_soon(self._run, link, plan, run, slots, state.remaining, None)
         if not link.dropped and not link.closed.is_set():
             try:
-                await self._own_threads(link)
+                if link.threads_supported:
+                    await self._own_threads(link)
                 await link.ping()  # every frame of this connection's runs has been read
             except FrameTimeout as exc:
                 link.ledger.add_anomaly("timeout", f"final ping: {exc}")
@@ -373,7 +374,8 @@ class _Audit:
         fake = lookalike_id(thread, random.Random(f"{plan.bogus_seed}:thread"))
         # A thread id the prober used itself (a colliding one) names its own thread: then
         # there is nothing to tell apart, and a resume would replay its own events.
-        if thread not in link.ledger.threads_used:
+        supported = link.threads_supported
+        if supported and thread not in link.ledger.threads_used:
             for ident in (thread, fake):
                 await link.history(ident)
                 await link.resume(ident)
@@ -384,6 +386,10 @@ class _Audit:
         run = plan.probe_run
         await link.start(run, thread)
         answer = await link.wait_start(run.tag)
+        if not supported:
+            if answer.type == "agent_started" and answer.run_id is not None:
+                await link.wait_end(answer.run_id)
+            return
         if answer.type == "agent_started" and answer.run_id is not None:
             # This connection now follows a thread named like the victim's: a cancel must
             # still not reach the victim's run through it.

@@ -149,7 +149,8 @@ class InvalidEvent(Exception):
         Replacement(
             "session/_emitter.py",
             "    record: Record | None = None\n",
-            "    record: Record | None = None\n    routes: dict[str, str] = attrs.field(factory=dict)\n",
+            "    record: Record | None = None\n"
+            "    routes: dict[str, str] = attrs.field(factory=dict)\n",
         ),
         Replacement(
             "session/_emitter.py",

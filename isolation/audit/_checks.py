@@ -13,7 +13,7 @@ from collections.abc import Collection, Iterable, Sequence
 import attrs
 
 from ._ledger import UserLedger, Violation
-from ._report import ProbeResult
+from ._report import ProbeResult, ThreadProbe
 
 __all__ = ["cross_check", "lookalike_id", "violations_with_owners"]
 
@@ -62,6 +62,7 @@ def cross_check(
     ledgers: Sequence[UserLedger],
     probes: Sequence[ProbeResult],
     probe_threads: Collection[tuple[str, str]] = (),
+    thread_lookups: Sequence[ThreadProbe] = (),
 ) -> None:
     """Add the cross-user violations to the ledgers concerned.
 
@@ -99,6 +100,46 @@ def cross_check(
     by_user = {ledger.user: ledger for ledger in ledgers}
     for probe in probes:
         _judge_probe(probe, by_user)
+    for lookup in thread_lookups:
+        problems = lookup.problems()
+        if problems:
+            evidence = (
+                f"{lookup.attacker}: [thread-distinguishable] {lookup.victim}'s thread "
+                f"{lookup.thread_id}: {'; '.join(problems)}"
+            )
+            by_user[lookup.attacker].add_violation(
+                Violation(lookup.attacker, "thread-distinguishable", evidence, owner=lookup.victim)
+            )
+    _named(ledgers, threads)
+
+
+def _named(ledgers: Sequence[UserLedger], threads: dict[str, set[str]]) -> None:
+    """Runs and threads a user was told of (history, lists) that are another user's."""
+    owners = {run_id: ledger.user for ledger in ledgers for run_id in ledger.run_ids()}
+    for ledger in ledgers:
+        for run_id, evidence in ledger.named_runs.items():
+            owner = owners.get(run_id)
+            if owner is not None and owner != ledger.user:
+                ledger.add_violation(
+                    Violation(
+                        ledger.user,
+                        "foreign-history",
+                        f"{evidence}, a run of {owner}",
+                        run_id=run_id,
+                        owner=owner,
+                    )
+                )
+        for thread, evidence in ledger.listed_threads.items():
+            others = sorted(threads.get(thread, set()) - {ledger.user})
+            if others:  # a thread nobody else used is this user's (a message lost in a drop)
+                ledger.add_violation(
+                    Violation(
+                        ledger.user,
+                        "foreign-history",
+                        f"{evidence} (a thread of {others[:3]})",
+                        owner=others[0],
+                    )
+                )
 
 
 def _show(reply: object) -> str:

@@ -28,6 +28,7 @@ from .._markers import request_scoped
 __all__ = [
     "ANOMALY_KINDS",
     "CANARY_PATTERN",
+    "LOOKUP_TYPES",
     "RUN_EVENT_TYPES",
     "TERMINAL_TYPES",
     "VIOLATION_KINDS",
@@ -49,6 +50,8 @@ RUN_EVENT_TYPES: Final = TERMINAL_TYPES.union(
     ("agent_started", "agent_thinking", "agent_delta", "tool_executing", "tool_completed")
 )
 _CONNECTION_TYPES: Final = frozenset({"connection_ready", "error", "pong", "auth_ok"})
+#: Answers to the thread look-ups (``history``, ``threads``, ``resume``).
+LOOKUP_TYPES: Final = frozenset({"history_page", "thread_list", "resumed"})
 
 #: What each violation kind means; every kind a ledger or the auditor reports is here.
 VIOLATION_KINDS: Final = MappingProxyType(
@@ -70,6 +73,11 @@ VIOLATION_KINDS: Final = MappingProxyType(
         "shared-thread-id": "a server-chosen thread_id is also another user's thread",
         "idor-distinguishable": "cancel of another user's run is answered unlike an unknown id",
         "idor-cancelled": "another user's cancel ended this user's run",
+        "foreign-duplicate": "duplicate_message names a run this user never had",
+        "foreign-history": "history or a thread list holds another user's run or thread",
+        "foreign-message": "message_accepted on a thread or with a client_id not this user's",
+        "thread-distinguishable": "history or resume of another user's thread is answered "
+        "unlike one of a thread that never existed",
     }
 )
 ANOMALY_KINDS: Final = MappingProxyType(
@@ -83,9 +91,10 @@ ANOMALY_KINDS: Final = MappingProxyType(
         "agent-error": "a run ended agent_error",
         "server-cancel": "a run cancelled by the server (e.g. shutdown), not by a user",
         "rate-limited": "the server answered rate_limited",
-        "run-resumed": "an event of a run of an earlier connection of this user",
         "run-crosstalk": "a run's event carries the canary of another run of the same user",
         "unpaired-error": "an error refers to this user's client_id but answers nothing pending",
+        "duplicate-mismatch": "duplicate_message names this user's run of another thread",
+        "unknown-thread-listed": "a thread list names a thread no user of the audit used",
     }
 )
 
@@ -210,6 +219,8 @@ class LedgerCounts:
     errored: int
     interrupted: int  # started, but the connection ended before the terminal event
     cancels_sent: int
+    duplicates: int = 0  # messages answered duplicate_message
+    lookups: int = 0  # history, threads and resume requests sent
 
 
 @attrs.define
@@ -218,6 +229,7 @@ class _Send:
     client_id: str
     thread_id: str | None
     canaries: frozenset[str]
+    connection: int = 0
 
 
 @attrs.define
@@ -227,6 +239,7 @@ class _Run:
     thread_id: str
     connection: int
     canaries: frozenset[str]
+    client_id: str | None = None
     last_seq: int = 1
     terminal: str | None = None
     cancel_sent: bool = False
@@ -270,7 +283,14 @@ class UserLedger:
         self._connection_ids: list[str] = []
         self._threads_sent: set[str] = set()
         self._threads_assigned: set[str] = set()
-        self._n = {"sent": 0, "rejected": 0, "lost": 0, "interrupted": 0, "cancels": 0}
+        #: Messages pending on connections that ended: another connection of this user
+        #: following the thread may still be told of their runs.
+        self._lost_sends: dict[str, deque[_Send]] = {}
+        #: Run ids named in history pages, thread lists and message_accepted, and thread
+        #: ids listed: judged across users at the end (another user's is a leak).
+        self._named_runs: dict[str, str] = {}  # run_id -> evidence
+        self._listed_threads: dict[str, str] = {}  # thread_id -> evidence
+        self._n = {"sent": 0, "rejected": 0, "lost": 0, "cancels": 0, "dup": 0, "lookups": 0}
         self._terminals = {kind: 0 for kind in TERMINAL_TYPES}
 
     # -- results ------------------------------------------------------------------
@@ -298,8 +318,10 @@ class UserLedger:
             completed=self._terminals["agent_completed"],
             cancelled=self._terminals["run_cancelled"],
             errored=self._terminals["agent_error"],
-            interrupted=self._n["interrupted"],
+            interrupted=sum(run.terminal is None for run in self._runs.values()),
             cancels_sent=self._n["cancels"],
+            duplicates=self._n["dup"],
+            lookups=self._n["lookups"],
         )
 
     @property
@@ -315,6 +337,22 @@ class UserLedger:
     def threads_assigned(self) -> frozenset[str]:
         """thread_ids the server chose for this user's runs (it sent none)."""
         return frozenset(self._threads_assigned)
+
+    @property
+    def threads_used(self) -> frozenset[str]:
+        """Every thread id this user sent or was given."""
+        return frozenset(self._threads_sent | self._threads_assigned)
+
+    @property
+    def named_runs(self) -> Mapping[str, str]:
+        """Run ids this user was told of outside its own runs' events (history, lists,
+        message_accepted), with the evidence; another user's is a leak."""
+        return MappingProxyType(dict(self._named_runs))
+
+    @property
+    def listed_threads(self) -> Mapping[str, str]:
+        """Thread ids a thread list gave this user that it never used, with the evidence."""
+        return MappingProxyType(dict(self._listed_threads))
 
     def run_ids(self) -> frozenset[str]:
         return frozenset(self._runs)
@@ -387,7 +425,7 @@ class UserLedger:
         self._client_ids.add(client_id)
         if thread_id is not None:
             self._threads_sent.add(thread_id)
-        send = _Send(tag or client_id, client_id, thread_id, canaries)
+        send = _Send(tag or client_id, client_id, thread_id, canaries, conn.number)
         conn.pending.setdefault(client_id, deque()).append(send)
         self._n["sent"] += 1
 
@@ -400,6 +438,16 @@ class UserLedger:
         run = self._runs.get(run_id)
         if run is not None:
             run.cancel_sent = True
+
+    def sent_lookup(self, thread_id: str | None = None) -> None:
+        """The user is sending ``history``, ``threads`` or ``resume`` (of ``thread_id``).
+
+        The answer echoes the thread id: its canaries are this user's to see.
+        """
+        self._require_connection()
+        self._n["lookups"] += 1
+        if thread_id is not None:
+            self._echo_ok.update(self._index.canaries_in(thread_id))
 
     def _require_connection(self) -> _Connection:
         if self._conn is None:
@@ -435,11 +483,19 @@ class UserLedger:
             self._anomaly("ready-not-first", f"first frame is {kind!r}", text)
         if kind in RUN_EVENT_TYPES:
             return self._run_event(index, frame, kind, text)
-        if kind == "connection_ready":
+        if kind == "duplicate_message":
+            return self._duplicate(index, conn, frame, text)
+        if kind == "message_accepted":
+            self._accepted(frame, text)
+        elif kind == "history_page":
+            self._history(frame, text)
+        elif kind == "thread_list":
+            self._thread_list(frame, text)
+        elif kind == "connection_ready":
             self._ready(conn, frame, text)
         elif kind == "error":
             return self._error(index, conn, frame, text)
-        elif kind not in _CONNECTION_TYPES:
+        elif kind not in _CONNECTION_TYPES and kind not in LOOKUP_TYPES:
             self._anomaly("unknown-type", f"frame type {kind!r}", text)
         return Observed(index, frame, kind)
 
@@ -495,9 +551,8 @@ class UserLedger:
                 "foreign-run", f"{kind} of run {run_id} never announced here", text, run_id=run_id
             )
             return Observed(index, frame, kind, run_id)
-        assert self._conn is not None
-        if run.connection != self._conn.number:
-            self._anomaly("run-resumed", f"{kind} of run {run_id} of connection {run.connection}")
+        # An event of a run of an earlier connection of this user is fine: a connection
+        # following a thread gets the events of every run of the user on it.
         if run.terminal is not None:
             detail = f"{kind} of run {run_id} after its {run.terminal}"
             self._violation("after-terminal", detail, text, run_id=run_id)
@@ -526,13 +581,17 @@ class UserLedger:
     def _started(self, index: int, frame: Frame, run_id: str, text: str) -> Observed:
         assert self._conn is not None
         client_id = frame.get("client_id")
-        queue = self._conn.pending.get(client_id) if isinstance(client_id, str) else None
+        thread = frame.get("thread_id")
+        send = self._take(self._conn.pending, client_id, thread)
+        relayed = send is None
+        if relayed:  # a message of an earlier connection, relayed through its thread
+            send = self._take(self._lost_sends, client_id, thread, strict=True)
         if run_id in self._runs:
             self._violation(
                 "duplicate-run-id", f"agent_started reuses run_id {run_id}", text, run_id=run_id
             )
             return Observed(index, frame, "agent_started", run_id)
-        if not queue:
+        if send is None:
             self._violation(
                 "foreign-start",
                 f"agent_started of run {run_id} for client_id {client_id!r}, "
@@ -541,7 +600,8 @@ class UserLedger:
                 run_id=run_id,
             )
             return Observed(index, frame, "agent_started", run_id)
-        send = queue.popleft()
+        if relayed:
+            self._n["lost"] -= 1  # counted lost when its connection ended; it did start
         seq = frame.get("seq")
         if seq != 1 or isinstance(seq, bool):
             self._violation("seq", f"agent_started with seq {seq!r}", text, run_id=run_id)
@@ -559,10 +619,111 @@ class UserLedger:
             )
         elif send.thread_id is None:
             self._threads_assigned.add(thread_id)
-        run = _Run(run_id, send.tag, thread_id, self._conn.number, send.canaries)
+        run = _Run(run_id, send.tag, thread_id, send.connection, send.canaries, send.client_id)
         self._runs[run_id] = run
-        self._conn.runs.append(run_id)
-        return Observed(index, frame, "agent_started", run_id, send.tag)
+        if not relayed:  # a relayed run is its own connection's to finish, not this one's
+            self._conn.runs.append(run_id)
+        return Observed(index, frame, "agent_started", run_id, None if relayed else send.tag)
+
+    @staticmethod
+    def _take(
+        pending: dict[str, deque[_Send]], client_id: object, thread: object, *, strict: bool = False
+    ) -> _Send | None:
+        """The pending send ``client_id``'s answer on ``thread`` answers: the first on that
+        thread, else the first leaving the thread to the server; else (unless ``strict``)
+        the first at all (its thread is then wrong: a violation)."""
+        queue = pending.get(client_id) if isinstance(client_id, str) else None
+        if not queue:
+            return None
+        for wanted in (thread, None):
+            for send in queue:
+                if send.thread_id == wanted:
+                    queue.remove(send)
+                    return send
+        return None if strict else queue.popleft()
+
+    # -- the thread frames ------------------------------------------------------------
+
+    def _duplicate(self, index: int, conn: _Connection, frame: Frame, text: str) -> Observed:
+        """``duplicate_message``: the answer to a message whose client_id the thread has."""
+        client_id, run_id, thread = (
+            frame.get("client_id"),
+            frame.get("run_id"),
+            frame.get("thread_id"),
+        )
+        send = self._take(conn.pending, client_id, thread)
+        if send is None:
+            if client_id in self._client_ids:
+                self._anomaly("unpaired-error", f"duplicate_message for {client_id!r}", text)
+            else:
+                detail = f"duplicate_message for client_id {client_id!r}, never sent here"
+                self._violation("foreign-ref", detail, text)
+            return Observed(index, frame, "duplicate_message")
+        self._n["dup"] += 1
+        run = self._runs.get(run_id) if isinstance(run_id, str) else None
+        if run is None:
+            self._violation(
+                "foreign-duplicate",
+                f"message {send.tag} (client_id {client_id!r}) answered as a duplicate of run "
+                f"{run_id!r}, which this user never had",
+                text,
+                run_id=run_id if isinstance(run_id, str) else None,
+            )
+        elif run.thread_id != thread or run.client_id != client_id:
+            detail = (
+                f"duplicate_message names run {run_id} of thread {run.thread_id!r} "
+                f"(client_id {run.client_id!r}) for a message on {thread!r}"
+            )
+            self._anomaly("duplicate-mismatch", detail, text)
+        return Observed(index, frame, "duplicate_message", tag=send.tag)
+
+    def _own_thread(self, thread: object) -> bool:
+        return thread in self._threads_sent or thread in self._threads_assigned
+
+    def _accepted(self, frame: Frame, text: str) -> None:
+        """``message_accepted`` of a message this user sent on another connection."""
+        thread, client_id, run_id = (
+            frame.get("thread_id"),
+            frame.get("client_id"),
+            frame.get("run_id"),
+        )
+        if not self._own_thread(thread) or (
+            client_id is not None and client_id not in self._client_ids
+        ):
+            detail = f"message_accepted on thread {thread!r} for client_id {client_id!r}"
+            self._violation(
+                "foreign-message", detail, text, run_id=run_id if isinstance(run_id, str) else None
+            )
+        if isinstance(run_id, str) and run_id not in self._runs:
+            self._named_runs.setdefault(run_id, f"{self.user}: message_accepted of run {run_id}")
+
+    def _history(self, frame: Frame, text: str) -> None:
+        """``history_page``: every event is of the page's thread; its runs are judged later."""
+        thread = frame.get("thread_id")
+        events = frame.get("events")
+        for event in events if isinstance(events, list) else ():
+            if not isinstance(event, Mapping):
+                self._anomaly("bad-frame", "a history event that is not an object", text)
+                continue
+            if event.get("thread_id") != thread:
+                detail = f"history of {thread!r} holds an event of {event.get('thread_id')!r}"
+                self._violation("foreign-history", detail, text)
+            run_id = event.get("run_id")
+            if isinstance(run_id, str) and run_id not in self._runs:
+                evidence = f"{self.user}: history of {thread!r} holds run {run_id}"
+                self._named_runs.setdefault(run_id, evidence)
+
+    def _thread_list(self, frame: Frame, text: str) -> None:
+        threads = frame.get("threads")
+        for item in threads if isinstance(threads, list) else ():
+            thread = item.get("thread_id") if isinstance(item, Mapping) else None
+            if not isinstance(thread, str):
+                self._anomaly("bad-frame", "a thread list entry without a thread_id", text)
+            elif not self._own_thread(thread):
+                evidence = (
+                    f"{self.user}: [foreign-history] thread list names {thread!r} | {excerpt(text)}"
+                )
+                self._listed_threads.setdefault(thread, evidence)
 
     def _crosstalk(self, run: _Run, text: str) -> None:
         for canary, owner, _ in self._index.scan(text):
@@ -612,7 +773,8 @@ class UserLedger:
         unfinished = [rid for rid in conn.runs if self._runs[rid].terminal is None]
         if lost:
             self._n["lost"] += len(unanswered)
-            self._n["interrupted"] += len(unfinished)
+            for send in unanswered:
+                self._lost_sends.setdefault(send.client_id, deque()).append(send)
             return
         excused = conn.unattributed_refusals
         for send in unanswered:

@@ -28,7 +28,7 @@ from trio_websocket import (
 from wsproto.utilities import LocalProtocolError
 
 from .._markers import request_scoped
-from ._ledger import Observed, UserLedger
+from ._ledger import LOOKUP_TYPES, Observed, UserLedger
 from ._plan import RunPlan
 
 __all__ = [
@@ -185,6 +185,8 @@ class Link:
         self._ended: dict[str, int] = {}  # run_id -> frame index of its terminal event
         self._progress: dict[str, float] = {}
         self._replies: dict[str, list[Mapping[str, Any]]] = {}
+        #: Answers to look-ups: (type, thread_id or "") -> frames, in order.
+        self._lookups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
         self._pongs = 0
         self._pong_index: dict[int, int] = {}  # pong number -> frame index
         self._pings = 0
@@ -224,7 +226,7 @@ class Link:
             self._pong_index[self._pongs] = seen.index
             self._pong_event.set()
             self._pong_event = trio.Event()
-        if seen.tag is not None and kind in ("agent_started", "error"):
+        if seen.tag is not None and kind in ("agent_started", "error", "duplicate_message"):
             start = self._starts.get(seen.tag)
             if start is not None and start.answer is None:
                 start.answer = seen
@@ -236,6 +238,10 @@ class Link:
                 self._ends.setdefault(seen.run_id, trio.Event()).set()
         if kind == "error" and seen.ref is not None and seen.frame is not None:
             self._replies.setdefault(seen.ref, []).append(seen.frame)
+        if kind in LOOKUP_TYPES and seen.frame is not None:
+            thread = seen.frame.get("thread_id")
+            key = (kind, thread if isinstance(thread, str) else "")
+            self._lookups.setdefault(key, []).append(seen.frame)
 
     async def _wait(self, event: trio.Event, until: float) -> None:
         """Wait for ``event`` until ``until``; also woken when the link closes.
@@ -250,6 +256,12 @@ class Link:
                 await event.wait()
         finally:
             self._waiting.discard(event)
+
+    @property
+    def threads_supported(self) -> bool:
+        """Whether the server keeps threads (its connection_ready names a store epoch):
+        only then are history, threads and resume asked for."""
+        return self.ready_frame is not None and "epoch" in self.ready_frame
 
     async def wait_ready(self) -> None:
         await self._wait(self._ready, trio.current_time() + self.timeout)
@@ -339,6 +351,28 @@ class Link:
                 raise FrameTimeout("no pong")
             await self._wait(self._pong_event, until)
         return self._pong_index[wanted]
+
+    async def history(self, thread_id: str) -> None:
+        """Ask for the newest page of ``thread_id``; read it with :meth:`answers`."""
+        await self.pacer.take()
+        self.ledger.sent_lookup(thread_id)
+        await self._write({"type": "history", "thread_id": thread_id})
+
+    async def resume(self, thread_id: str, after: int = 0) -> None:
+        """Ask to resume ``thread_id`` after ``after``; read ``resumed`` with :meth:`answers`."""
+        await self.pacer.take()
+        self.ledger.sent_lookup(thread_id)
+        await self._write({"type": "resume", "thread_id": thread_id, "after": after})
+
+    async def threads(self) -> None:
+        """Ask for this user's thread list; read it with :meth:`answers`."""
+        await self.pacer.take()
+        self.ledger.sent_lookup()
+        await self._write({"type": "threads"})
+
+    def answers(self, kind: str, thread_id: str = "") -> tuple[Mapping[str, Any], ...]:
+        """Look-up answers of type ``kind`` (for ``thread_id``) received so far."""
+        return tuple(self._lookups.get((kind, thread_id), ()))
 
     def replies(self, ref: str) -> tuple[Mapping[str, Any], ...]:
         """Error frames received so far whose ``ref`` is ``ref``."""

@@ -196,8 +196,14 @@ def make_plans(config: AuditConfig, seed: int) -> tuple[UserPlan, ...]:
         attacker = config.users > 1 and rng.random() < config.idor_rate
         runs: list[RunPlan] = []
         dropped = attacker  # attackers keep their connection; at most one drop per user
+        used: set[tuple[str, str | None]] = set()
         for number in range(1, config.runs + 1):
             run = _run_plan(rng, config, seed, user, number, colliding)
+            if (run.client_id, run.thread_id) in used:
+                # A client_id the thread already accepted is answered duplicate_message:
+                # the message goes to a new thread instead, so every planned run runs.
+                run = attrs.evolve(run, thread_id=None)
+            used.add((run.client_id, run.thread_id))
             if not dropped and rng.random() < config.drop_rate:
                 run = attrs.evolve(run, drop=True)
                 dropped = True

@@ -17,6 +17,7 @@ __all__ = [
     "EXIT_VIOLATIONS",
     "AuditReport",
     "ProbeResult",
+    "ThreadProbe",
     "reply_shape",
 ]
 
@@ -56,6 +57,8 @@ class ProbeResult:
     real_reply: Mapping[str, Any] | None
     bogus_reply: Mapping[str, Any] | None
     victim_run_open: bool  # the victim had not received its run's end when the probe was answered
+    #: Sent while the attacker followed a thread of the victim's thread's id (its own).
+    following: bool = False
 
     @property
     def indistinguishable(self) -> bool:
@@ -68,6 +71,61 @@ class ProbeResult:
         out["real_reply"] = dict(self.real_reply) if self.real_reply is not None else None
         out["bogus_reply"] = dict(self.bogus_reply) if self.bogus_reply is not None else None
         return out
+
+
+@attrs.frozen
+class ThreadProbe:
+    """``attacker`` asked for the history of ``victim``'s thread and resumed it, and did
+    the same with a look-alike thread id that never existed; the answers must not differ.
+
+    ``own_thread``: the attacker had used that thread id itself (a colliding id), so its
+    own thread of that name answers: the two answers may differ then.
+    """
+
+    attacker: str
+    victim: str
+    thread_id: str
+    bogus_thread: str
+    own_thread: bool
+    history_real: Mapping[str, Any] | None
+    history_bogus: Mapping[str, Any] | None
+    resume_real: Mapping[str, Any] | None
+    resume_bogus: Mapping[str, Any] | None
+
+    def problems(self) -> list[str]:
+        """What gives the victim's thread away (nothing when ``own_thread``)."""
+        if self.own_thread:
+            return []
+        replies = (self.history_real, self.history_bogus, self.resume_real, self.resume_bogus)
+        if all(reply is None for reply in replies):
+            return []  # a server without thread look-ups: nothing told apart
+        out = []
+        for name, real, bogus in (
+            ("history", self.history_real, self.history_bogus),
+            ("resume", self.resume_real, self.resume_bogus),
+        ):
+            if reply_shape(real, self.thread_id) != reply_shape(bogus, self.bogus_thread):
+                out.append(f"{name} of it got {_show(real)}, of {self.bogus_thread} {_show(bogus)}")
+        page = self.history_real
+        if page is not None and (page.get("events") != [] or page.get("has_more") is not False):
+            out.append(f"its history is not an empty page: {_show(page)}")
+        resumed = self.resume_real
+        if resumed is not None and (
+            resumed.get("recovered") is not False or resumed.get("reason") != "unknown_thread"
+        ):
+            out.append(f"its resume is not unknown_thread: {_show(resumed)}")
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        out = attrs.asdict(self)
+        for name in ("history_real", "history_bogus", "resume_real", "resume_bogus"):
+            value = getattr(self, name)
+            out[name] = dict(value) if value is not None else None
+        return out
+
+
+def _show(reply: Mapping[str, Any] | None) -> str:
+    return "no reply" if reply is None else json.dumps(dict(reply), sort_keys=True)[:300]
 
 
 @attrs.frozen(kw_only=True)
@@ -104,6 +162,10 @@ class AuditReport:
     anomaly_count: int
     anomalies: tuple[Anomaly, ...]
     probes: tuple[ProbeResult, ...] = ()
+    #: Runs answered duplicate_message; history, threads and resume requests sent.
+    runs_duplicate: int = 0
+    lookups_sent: int = 0
+    thread_lookups: tuple[ThreadProbe, ...] = ()
     notes: tuple[str, ...] = ()
 
     @property
@@ -128,7 +190,7 @@ class AuditReport:
         out: dict[str, Any] = {}
         for field in attrs.fields(AuditReport):
             value = getattr(self, field.name)
-            if field.name in ("violations", "anomalies", "probes"):
+            if field.name in ("violations", "anomalies", "probes", "thread_lookups"):
                 value = [item.as_dict() for item in value]
             elif isinstance(value, tuple):
                 value = list(value)
@@ -159,10 +221,12 @@ class AuditReport:
             f"  runs: {self.runs_planned} planned, {self.runs_sent} sent, "
             f"{self.runs_started} started, {self.runs_completed} completed, "
             f"{self.runs_cancelled} cancelled, {self.runs_errored} errored, "
-            f"{self.runs_rejected} rejected, {self.runs_interrupted} interrupted by drops, "
-            f"{self.runs_lost} lost unanswered",
+            f"{self.runs_rejected} rejected, {self.runs_duplicate} duplicates, "
+            f"{self.runs_interrupted} interrupted by drops, {self.runs_lost} lost unanswered",
             f"  cancels sent {self.cancels_sent}; IDOR probes {self.idor_probes} "
-            f"({self.idor_probes_live} on runs still open), thread probes {self.thread_probes}",
+            f"({self.idor_probes_live} on runs still open), thread probes {self.thread_probes} "
+            f"(history and resume of another's thread: {len(self.thread_lookups)}); "
+            f"thread look-ups sent {self.lookups_sent}",
             f"  frames checked {self.frames_checked}; wall time {self.wall_time_s:.1f} s",
             *(f"  note: {note}" for note in self.notes),
             verdict,

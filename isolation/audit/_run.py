@@ -19,8 +19,8 @@ import secrets
 import ssl
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Final
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Final
 
 import attrs
 import trio
@@ -42,7 +42,7 @@ from ._link import (
 )
 from ._plan import AuditConfig, AuditError, RunPlan, UserPlan, canary_index, fetch_tokens
 from ._plan import make_plans as make_plans
-from ._report import AuditReport, ProbeResult
+from ._report import AuditReport, ProbeResult, ThreadProbe
 
 __all__ = ["AuditConfig", "AuditError", "AuditReport", "lookalike_id", "run_audit"]
 
@@ -55,6 +55,8 @@ _RESULT_FAILED: Final = "failed"
 _PREFLIGHT_OK: Final = "ok"
 #: Handshakes a user tries before giving up (timeouts and 503 only).
 _CONNECT_ATTEMPTS: Final = 3
+#: Own threads whose history each user reads at the end of its work.
+_OWN_HISTORIES: Final = 2
 
 
 @attrs.define
@@ -80,6 +82,7 @@ class _Audit:
         self.board = Board(len(plans))
         self.handshakes = trio.Semaphore(config.connect_concurrency)
         self.probes: list[ProbeResult] = []
+        self.thread_lookups: list[ThreadProbe] = []
         self.connections = 0
         self.connect_failures = 0
         self.connect_retries = 0
@@ -250,6 +253,8 @@ class _Audit:
                 work.start_soon(self._run, link, plan, run, slots, state.remaining, None)
         if not link.dropped and not link.closed.is_set():
             try:
+                if link.threads_supported:
+                    await self._own_threads(link)
                 await link.ping()  # every frame of this connection's runs has been read
             except FrameTimeout as exc:
                 link.ledger.add_anomaly("timeout", f"final ping: {exc}")
@@ -302,6 +307,13 @@ class _Audit:
                 requeue.appendleft(run)  # never sent: it runs on the next connection
             slots.release()
 
+    async def _own_threads(self, link: Link) -> None:
+        """Ask for this user's thread list and the history of a few of its threads: the
+        ledger judges every entry (another user's canary, run or thread is a leak)."""
+        await link.threads()
+        for thread in sorted(link.ledger.threads_used)[:_OWN_HISTORIES]:
+            await link.history(thread)
+
     async def _probe(
         self, link: Link, plan: UserPlan, state: _UserState, slots: trio.Semaphore
     ) -> None:
@@ -334,10 +346,11 @@ class _Audit:
             )
             done = True
             if plan.probe_run is not None and target.thread_id is not None:
-                self.thread_probes += 1
-                self.probe_threads.add((plan.user, target.thread_id))
                 await slots.acquire()
-                await self._run(link, plan, plan.probe_run, slots, None, target.thread_id)
+                try:
+                    await self._probe_thread(link, plan, target, bogus)
+                finally:
+                    slots.release()
         except FrameTimeout as exc:
             done = True
             link.ledger.add_anomaly("timeout", f"IDOR probe: {exc}")
@@ -346,6 +359,79 @@ class _Audit:
         finally:
             if not done:
                 state.probe_pending = True  # retried on the next connection
+
+    async def _probe_thread(self, link: Link, plan: UserPlan, target: Target, bogus: str) -> None:
+        """Probe the victim's thread by its id: history and resume of it and of a
+        look-alike that never existed (the answers must match), then a message on it
+        (which must start a thread of the prober's own), a cancel of the victim's run
+        while following that thread, and the history and thread list afterwards.
+        """
+        assert plan.probe_run is not None
+        assert plan.victim is not None
+        thread = target.thread_id
+        assert thread is not None
+        victim = self.plans[plan.victim].user
+        fake = lookalike_id(thread, random.Random(f"{plan.bogus_seed}:thread"))
+        # A thread id the prober used itself (a colliding one) names its own thread: then
+        # there is nothing to tell apart, and a resume would replay its own events.
+        supported = link.threads_supported
+        if supported and thread not in link.ledger.threads_used:
+            for ident in (thread, fake):
+                await link.history(ident)
+                await link.resume(ident)
+            await link.ping()
+            self.thread_lookups.append(self._thread_lookup(link, plan.user, victim, thread, fake))
+        self.thread_probes += 1
+        self.probe_threads.add((plan.user, thread))
+        run = plan.probe_run
+        await link.start(run, thread)
+        answer = await link.wait_start(run.tag)
+        if not supported:
+            if answer.type == "agent_started" and answer.run_id is not None:
+                await link.wait_end(answer.run_id)
+            return
+        if answer.type == "agent_started" and answer.run_id is not None:
+            # This connection now follows a thread named like the victim's: a cancel must
+            # still not reach the victim's run through it.
+            before = len(link.replies(target.run_id)), len(link.replies(bogus))
+            await link.cancel(target.run_id)
+            await link.ping()
+            still_open = await self._still_open(plan.victim, target.run_id)
+            await link.cancel(bogus)
+            await link.ping()
+            real = link.replies(target.run_id)[before[0] :]
+            fake_reply = link.replies(bogus)[before[1] :]
+            self.probes.append(
+                ProbeResult(
+                    attacker=plan.user,
+                    victim=victim,
+                    run_id=target.run_id,
+                    bogus_id=bogus,
+                    real_reply=_first(real),
+                    bogus_reply=_first(fake_reply),
+                    victim_run_open=still_open,
+                    following=True,
+                )
+            )
+            await link.wait_end(answer.run_id)
+        await link.history(thread)  # only the prober's own events may be in it
+        await link.threads()
+
+    @staticmethod
+    def _thread_lookup(
+        link: Link, attacker: str, victim: str, thread: str, fake: str
+    ) -> ThreadProbe:
+        return ThreadProbe(
+            attacker=attacker,
+            victim=victim,
+            thread_id=thread,
+            bogus_thread=fake,
+            own_thread=False,
+            history_real=_first(link.answers("history_page", thread)),
+            history_bogus=_first(link.answers("history_page", fake)),
+            resume_real=_first(link.answers("resumed", thread)),
+            resume_bogus=_first(link.answers("resumed", fake)),
+        )
 
     async def _still_open(self, victim: int, run_id: str) -> bool:
         """Whether ``run_id`` was still running when the server answered the probe.
@@ -395,6 +481,9 @@ class _Audit:
             cancels_sent=sum(c.cancels_sent for c in counts),
             frames_checked=sum(c.frames for c in counts),
             idor_probes=len(self.probes),
+            runs_duplicate=sum(c.duplicates for c in counts),
+            lookups_sent=sum(c.lookups for c in counts),
+            thread_lookups=tuple(self.thread_lookups),
             idor_probes_live=sum(p.victim_run_open for p in self.probes),
             thread_probes=self.thread_probes,
             drops=self.drops,
@@ -437,10 +526,14 @@ async def run_audit(config: AuditConfig) -> AuditReport:
         raise AuditError(f"could not get tokens within --timeout {config.timeout_s:g} s")
     if overall.cancelled_caught:
         notes.append(f"stopped by --timeout {config.timeout_s:g} s: the results are partial")
-    cross_check(audit.ledgers, audit.probes, audit.probe_threads)
+    cross_check(audit.ledgers, audit.probes, audit.probe_threads, audit.thread_lookups)
     return audit.report(
         seed=seed,
         wall_time_s=time.monotonic() - started,
         complete=not overall.cancelled_caught,
         notes=notes,
     )
+
+
+def _first(frames: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    return frames[0] if frames else None

@@ -83,18 +83,25 @@ class Services:
         ),
         Replacement(
             "session/_emitter.py",
-            "        await self.write(self.connection_id, (frame,), deferred)\n",
+            "        await self.write(self.connection_id, (frame,), deferred, ticket)\n",
             "        connection_id, write = self.dispatcher.route()\n"
-            "        await write(connection_id, (frame,), False)\n",
+            "        await write(connection_id, (frame,), False, ticket)\n",
         ),
         Replacement(
             "session/_session.py",
             """\
-        self._emitter = EventEmitter(self._connection_id, self._state, self._write, self._log)
+        self._emitter = EventEmitter(
+            self._connection_id, self._state, self._write, self._log, self._record
+        )
 """,
             """\
         self._emitter = EventEmitter(
-            self._connection_id, self._state, self._write, self._log, services.dispatcher
+            self._connection_id,
+            self._state,
+            self._write,
+            self._log,
+            dispatcher=services.dispatcher,
+            record=self._record,
         )
         services.dispatcher.connect(context.user_id, self._connection_id, self._write)
 """,
@@ -141,18 +148,19 @@ class InvalidEvent(Exception):
         ),
         Replacement(
             "session/_emitter.py",
-            "    log: logging.Logger\n",
-            "    log: logging.Logger\n    routes: dict[str, str] = attrs.field(factory=dict)\n",
+            "    record: Record | None = None\n",
+            "    record: Record | None = None\n"
+            "    routes: dict[str, str] = attrs.field(factory=dict)\n",
         ),
         Replacement(
             "session/_emitter.py",
-            "        await self.write(self.connection_id, (frame,), deferred)\n",
+            "        await self.write(self.connection_id, (frame,), deferred, ticket)\n",
             "        connection_id, write = self._route(run_id, payload)\n"
-            "        await write(connection_id, (frame,), False)\n",
+            "        await write(connection_id, (frame,), False, ticket)\n",
         ),
         Replacement(
             "session/_emitter.py",
-            "\n\ndef _encode(",
+            "\n\ndef encode_run_event(",
             """
 
     def _route(self, run_id: str, payload: RunPayload) -> tuple[str, Write]:
@@ -163,7 +171,7 @@ class InvalidEvent(Exception):
         return _ROUTES.get(self.routes.get(run_id, ""), home)
 
 
-def _encode(""",
+def encode_run_event(""",
         ),
     ),
     expected_static=frozenset({"ISO101"}),
@@ -367,27 +375,12 @@ _IDOR_CANCEL: Final = Mutant(
     ),
     replacements=(
         Replacement(
-            "core/_state.py",
-            """\
-        run = self._runs.get(run_id)
-        if run is None or run.cancel_reason is not None:
-            return _error(ErrorCode.RUN_NOT_FOUND, _RUN_NOT_FOUND, run_id)
-""",
-            """\
-        run = self._runs.get(run_id)
-        if run is None:
-            return StopRun(run_id, None)  # the session finds it, on this connection or another
-        if run.cancel_reason is not None:
-            return _error(ErrorCode.RUN_NOT_FOUND, _RUN_NOT_FOUND, run_id)
-""",
-        ),
-        Replacement(
             "session/_session.py",
             "\n\ndef run_session(\n",
             """
 
 #: Every live run of the process, so that a cancel sent from another tab reaches it.
-_RUN_SCOPES: dict[str, trio.CancelScope] = {}
+_RUN_STOPS: dict[str, Callable[[], bool]] = {}
 
 
 def run_session(
@@ -395,27 +388,27 @@ def run_session(
         ),
         Replacement(
             "session/_session.py",
-            "            action.handle.cancel()\n",
+            "        # A run of this user whose connection left, on a thread this connection"
+            " follows.\n",
             """\
-            handle = action.handle or _RUN_SCOPES.get(action.run_id)
-            if handle is None:
-                await self._emitter.send_event(
-                    ErrorEvent(ErrorCode.RUN_NOT_FOUND, "no such run", action.run_id)
-                )
-            else:
-                handle.cancel()
+        stop = _RUN_STOPS.get(run_id)  # a run of another tab, wherever it runs
+        if stop is not None and stop():
+            return
+        # A run of this user whose connection left, on a thread this connection follows.
 """,
         ),
         Replacement(
             "session/_session.py",
-            "        self._state.attach(start.run_id, scope)\n",
-            "        self._state.attach(start.run_id, scope)\n"
-            "        _RUN_SCOPES[start.run_id] = scope\n",
+            "            thread.live_runs[run_id] = lambda: self._stop_run(run_id)\n",
+            "            thread.live_runs[run_id] = _RUN_STOPS[run_id] = (\n"
+            "                lambda: self._stop_run(run_id)\n"
+            "            )\n",
         ),
         Replacement(
             "session/_session.py",
-            "            state.discard(run_id)\n",
-            "            state.discard(run_id)\n            _RUN_SCOPES.pop(run_id, None)\n",
+            "                thread.live_runs.pop(run_id, None)\n",
+            "                thread.live_runs.pop(run_id, None)\n"
+            "                _RUN_STOPS.pop(run_id, None)\n",
         ),
     ),
     expected_static=frozenset({"ISO101"}),
@@ -512,6 +505,138 @@ def run_session(
 )
 
 #: The unmodified app: both checks must find it clean.
+# -- history_by_thread_id: a history page looked up by the thread id alone ------------------
+
+_HISTORY_BY_THREAD_ID: Final = Mutant(
+    name="history_by_thread_id",
+    story=(
+        "history finds a thread by its id alone, whoever's it is ('server thread ids are 96 "
+        "random bits: unique'), but clients choose their thread ids: another user's history "
+        "answers for the same id (IDOR on a client-chosen key; OWASP API1:2023)"
+    ),
+    replacements=(
+        Replacement(
+            "threads/_memory.py",
+            """\
+        check_limit(limit)
+        thread = await self._thread(user_id, thread_id)
+        if thread is None:
+            return [], False
+""",
+            """\
+        check_limit(limit)
+        thread = await self._find(thread_id)
+        if thread is None:
+            return [], False
+""",
+        ),
+        Replacement(
+            "threads/_memory.py",
+            "    def _last_seq(self, key: ThreadKey) -> int:\n",
+            """\
+    async def _find(self, thread_id: str) -> _Thread | None:
+        # Thread ids are unique: no need to know whose it is.
+        await self._checkpoint()
+        for threads in self._users.values():
+            if thread_id in threads:
+                return threads[thread_id]
+        return None
+
+    def _last_seq(self, key: ThreadKey) -> int:
+""",
+        ),
+    ),
+    expected_static=frozenset(),
+    expected_runtime=True,
+    signature=frozenset({"foreign-canary", "foreign-history", "thread-distinguishable"}),
+)
+
+# -- open_threads_by_thread_id: the table of live threads keyed by thread id alone -----------
+
+_OPEN_THREADS_BY_THREAD_ID: Final = Mutant(
+    name="open_threads_by_thread_id",
+    story=(
+        "the server's table of live (pinned) threads is keyed by thread_id alone, so a resume "
+        "or a message naming another user's thread id joins that user's live thread: its "
+        "followers, its numbering and its idempotency keys (a cache key missing the tenant)"
+    ),
+    replacements=(
+        Replacement(
+            "threads/_logs.py",
+            "        self._open: dict[tuple[str, str], ThreadLog] = {}\n",
+            "        self._open: dict[str, ThreadLog] = {}  # thread ids are unique\n",
+        ),
+        Replacement(
+            "threads/_logs.py",
+            """\
+    async def _open_thread(self, user_id: str, thread_id: str) -> ThreadLog:
+        key = (user_id, thread_id)
+""",
+            """\
+    async def _open_thread(self, user_id: str, thread_id: str) -> ThreadLog:
+        key = thread_id
+""",
+        ),
+        Replacement(
+            "threads/_logs.py",
+            """\
+    def _create_thread(self, user_id: str, thread_id: str) -> ThreadLog:
+        key = (user_id, thread_id)
+""",
+            """\
+    def _create_thread(self, user_id: str, thread_id: str) -> ThreadLog:
+        key = thread_id
+""",
+        ),
+        Replacement(
+            "threads/_logs.py",
+            "            self._open.pop((thread.user_id, thread.thread_id), None)\n",
+            "            self._open.pop(thread.thread_id, None)\n",
+        ),
+    ),
+    expected_static=frozenset(),
+    expected_runtime=True,
+    signature=frozenset(
+        {"foreign-canary", "foreign-run", "foreign-start", "thread-distinguishable"}
+    ),
+)
+
+# -- idempotency_by_client_id: retries answered from a server-wide client_id cache ----------
+
+_IDEMPOTENCY_BY_CLIENT_ID: Final = Mutant(
+    name="idempotency_by_client_id",
+    story=(
+        "a server-wide idempotency cache client_id -> run_id on the thread logs, so that a "
+        "retry is answered even before its thread is loaded; client ids are the client's "
+        "choice and collide across users, so a user's message is answered duplicate_message "
+        "with another user's run id (idempotency keys not scoped to the user)"
+    ),
+    replacements=(
+        Replacement(
+            "threads/_logs.py",
+            "        self._pending: list[Entry] = []\n",
+            "        self._pending: list[Entry] = []\n"
+            "        self.accepted: dict[str, str] = {}  # client_id -> run_id, for retries\n",
+        ),
+        Replacement(
+            "session/_session.py",
+            "            first = None if client_id is None else thread.client_ids.get(client_id)\n",
+            """\
+            accepted = self._lifecycle.threads.accepted
+            first = None if client_id is None else accepted.get(client_id)
+""",
+        ),
+        Replacement(
+            "session/_session.py",
+            "                thread.client_ids[client_id] = run_id\n",
+            "                thread.client_ids[client_id] = accepted[client_id] = run_id\n",
+        ),
+    ),
+    expected_static=frozenset(),
+    expected_runtime=True,
+    signature=frozenset({"foreign-duplicate"}),
+)
+
 CONTROL: Final = Mutant(
     name="control",
     story="the unmodified app",
@@ -530,6 +655,9 @@ CATALOGUE: Final = (
     _IDOR_CANCEL,
     _GLOBAL_LAST_CONTEXT,
     _DEBUG_SESSION_REGISTRY,
+    _HISTORY_BY_THREAD_ID,
+    _OPEN_THREADS_BY_THREAD_ID,
+    _IDEMPOTENCY_BY_CLIENT_ID,
 )
 
 

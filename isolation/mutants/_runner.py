@@ -440,6 +440,9 @@ async def audit_copy(root: Path, options: MutantOptions, mutant: Mutant) -> Runt
         named = not mutant.signature or bool(mutant.signature & set(report.violation_kinds()))
         if report.violation_count and (named or report.complete):
             return _outcome(attempts, report=report, signature=mutant.signature)
+        if report.complete and report.runs_completed == 0:
+            # A server that ends every run (a crash on each) leaks nothing and proves nothing.
+            return _outcome(attempts, error="the audit saw no run complete: is the server broken?")
         if report.complete:
             return _outcome(attempts, clean=report.clean)
     return _outcome(

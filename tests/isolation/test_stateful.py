@@ -288,6 +288,8 @@ def make_services(*, agent_delay_s: float, log: logging.Logger) -> Services:
         send_timeout_s=SEND_TIMEOUT_S,
         idle_timeout_s=FOREVER_S,
         run_timeout_s=FOREVER_S,
+        # Runs end with their connection: the model checks that nothing of it remains.
+        resume_grace_s=0.0,
     )
     settings.validate()
     return Services(

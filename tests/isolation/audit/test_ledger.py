@@ -336,10 +336,11 @@ def test_a_reconnect_ends_the_old_connection_and_judges_the_new_one() -> None:
     ledger.observe(started("run_b", f"c-{A_RUN2}"))
     for text in whole_run("run_b", TEXT2):
         ledger.observe(text)
-    # An event of the first connection's run on the second: same user, so an anomaly.
+    # An event of the first connection's run on the second: the same user's run, relayed
+    # through its thread to the connection that now follows it; nothing to report.
     ledger.observe(event("agent_thinking", "run_a", 2, thought="resumed"))
     assert ledger.finish(connection_ended=False) == ()
-    assert anomaly_kinds(ledger) == ["run-resumed"]
+    assert anomaly_kinds(ledger) == []
     assert ledger.connection_ids == ("conn_1", "conn_2")
     assert ledger.counts().interrupted == 1
     # The first frame of the new connection was judged on its own.
@@ -475,3 +476,132 @@ def test_violations_serialise() -> None:
     assert as_dict["kind"] == "foreign-canary"
     assert as_dict["owner"] == "bob"
     json.dumps(as_dict)
+
+
+# -- durable threads: look-ups, duplicates, relayed runs ---------------------------------
+
+
+def test_a_message_lost_in_a_drop_may_start_on_a_later_connection() -> None:
+    ledger = alice()
+    ledger.sent_message(client_id=f"c-{A_RUN2}", text=TEXT2, thread_id=THREAD, tag=A_RUN2)
+    ledger.begin_connection()  # the first is lost with run 2 unanswered
+    ledger.observe(ready(connection_id="conn_2"))
+    assert ledger.counts().lost == 1
+    # The new connection follows THREAD: the run the old one started is relayed to it.
+    accepted = frame(
+        "message_accepted",
+        run_id="run_b",
+        thread_id=THREAD,
+        thread_seq=5,
+        text=TEXT2,
+        client_id=f"c-{A_RUN2}",
+    )
+    ledger.observe(accepted)
+    seen = ledger.observe(started("run_b", f"c-{A_RUN2}"))
+    assert (seen.run_id, seen.tag) == ("run_b", None)  # no message of this connection waits
+    for text in whole_run("run_b", TEXT2):
+        ledger.observe(text)
+    assert ledger.finish(connection_ended=False) == ()
+    assert anomaly_kinds(ledger) == []
+    assert ledger.counts().lost == 0
+    assert ledger.counts().completed == 1
+    assert ledger.named_runs == {"run_b": "alice: message_accepted of run run_b"}
+
+
+def test_starts_are_paired_by_thread_when_client_ids_repeat() -> None:
+    ledger = alice()
+    ledger.sent_message(client_id="c1", text=TEXT2, thread_id="main", tag=A_RUN2)
+    ledger.sent_message(client_id="c1", text=TEXT2, tag="second")
+    # The second message's start (a new thread) comes first.
+    seen = ledger.observe(started("run_b", "c1", thread_id="thr_new"))
+    assert seen.tag == "second"
+    seen = ledger.observe(started("run_c", "c1", thread_id="main"))
+    assert seen.tag == A_RUN2
+    assert ledger.violations == ()
+
+
+def test_a_duplicate_of_an_own_run_answers_the_message() -> None:
+    ledger = alice()
+    ledger.sent_message(client_id=f"c-{A_RUN1}", text=TEXT1, thread_id=THREAD, tag="again")
+    dup = frame("duplicate_message", thread_id=THREAD, client_id=f"c-{A_RUN1}", run_id="run_a")
+    seen = ledger.observe(dup)
+    assert (seen.type, seen.tag) == ("duplicate_message", "again")
+    assert ledger.violations == ()
+    assert ledger.counts().duplicates == 1
+    # The same run named for a message on another thread: odd, but the user's own.
+    ledger.sent_message(client_id=f"c-{A_RUN1}", text=TEXT1, thread_id="other", tag="third")
+    ledger.observe(
+        frame("duplicate_message", thread_id="other", client_id=f"c-{A_RUN1}", run_id="run_a")
+    )
+    assert ledger.violations == ()
+    assert anomaly_kinds(ledger) == ["duplicate-mismatch"]
+
+
+def test_a_duplicate_naming_a_run_the_user_never_had_is_a_violation() -> None:
+    ledger = alice()
+    ledger.sent_message(client_id="c1", text=TEXT2, thread_id="main", tag=A_RUN2)
+    seen = ledger.observe(
+        frame("duplicate_message", thread_id="main", client_id="c1", run_id="run_of_bob")
+    )
+    assert seen.tag == A_RUN2  # it answers the message all the same
+    assert kinds(ledger) == ["foreign-duplicate"]
+    (violation,) = ledger.violations
+    assert violation.run_id == "run_of_bob"
+    assert "which this user never had" in violation.evidence
+
+
+def test_a_duplicate_for_nothing_pending() -> None:
+    ledger = alice()
+    ledger.observe(frame("duplicate_message", thread_id=THREAD, client_id="zz", run_id="run_a"))
+    assert kinds(ledger) == ["foreign-ref"]
+    ledger = alice()
+    ledger.observe(
+        frame("duplicate_message", thread_id=THREAD, client_id=f"c-{A_RUN1}", run_id="run_a")
+    )
+    assert kinds(ledger) == []
+    assert anomaly_kinds(ledger) == ["unpaired-error"]
+
+
+def test_message_accepted_on_a_thread_not_the_users_is_a_violation() -> None:
+    ledger = alice()
+    ledger.observe(
+        frame("message_accepted", run_id="run_x", thread_id="t-bob", thread_seq=1, text="hi")
+    )
+    ledger.observe(
+        frame(
+            "message_accepted",
+            run_id="run_a",
+            thread_id=THREAD,
+            thread_seq=1,
+            text="hi",
+            client_id="c-bob",
+        )
+    )
+    assert kinds(ledger) == ["foreign-message", "foreign-message"]
+
+
+def test_history_pages_and_thread_lists_are_judged() -> None:
+    ledger = alice()
+    ledger.sent_lookup(f"t-{B_THREAD}")  # the answer echoes bob's thread id: hers to see
+    ledger.observe(frame("history_page", thread_id=f"t-{B_THREAD}", events=[], has_more=False))
+    assert kinds(ledger) == []
+    own = json.loads(started())
+    page = frame(
+        "history_page",
+        thread_id=THREAD,
+        events=[own, {**own, "run_id": "run_zz"}, {**own, "thread_id": "main"}, 3],
+        has_more=False,
+    )
+    ledger.observe(page)
+    assert kinds(ledger) == ["foreign-history"]
+    assert "holds an event of 'main'" in ledger.violations[0].evidence
+    assert anomaly_kinds(ledger) == ["bad-frame"]
+    assert set(ledger.named_runs) == {"run_zz"}
+    ledger.observe(
+        frame("thread_list", threads=[{"thread_id": THREAD}, {"thread_id": "main"}, {"x": 1}])
+    )
+    assert set(ledger.listed_threads) == {"main"}
+    assert anomaly_kinds(ledger) == ["bad-frame", "bad-frame"]
+    ledger.observe(frame("resumed", thread_id=THREAD, recovered=False, reason="unknown_thread"))
+    assert ledger.counts().lookups == 1
+    assert "unknown-type" not in anomaly_kinds(ledger)

@@ -37,7 +37,10 @@ async def test_a_clean_audit_of_our_server(kit: AuditKit) -> None:
     plans = make_plans(cfg, 7)  # the plan is a pure function of config and seed
     probers = sum(plan.victim is not None for plan in plans)
     assert probers > 0
-    assert report.idor_probes == probers
+    # Each prober cancels the victim's run twice: before and while following a thread
+    # named like the victim's (its own).
+    assert sum(probe.following for probe in report.probes) == probers
+    assert report.idor_probes == 2 * probers
     assert report.idor_probes_live > 0, report.probes
     assert report.thread_probes == probers
     shown = report.format_text()
@@ -47,7 +50,7 @@ async def test_a_clean_audit_of_our_server(kit: AuditKit) -> None:
     assert report.runs_planned == 50 * 4 + probers, shown
     assert report.runs_sent == report.runs_planned, shown
     assert report.runs_rejected == report.runs_errored == 0, shown
-    assert report.runs_started + report.runs_lost == report.runs_sent, shown
+    assert report.runs_started + report.runs_lost + report.runs_duplicate == report.runs_sent, shown
     ended = report.runs_completed + report.runs_cancelled + report.runs_interrupted
     assert ended == report.runs_started, shown
     assert report.runs_cancelled > 0, shown
@@ -57,6 +60,21 @@ async def test_a_clean_audit_of_our_server(kit: AuditKit) -> None:
         assert probe.indistinguishable
         assert probe.real_reply is not None
         assert probe.real_reply["code"] == "run_not_found"
+    # History and resume of another user's thread: like a thread that never existed.
+    # (A prober that used the victim's thread id itself, a colliding one, skips them.)
+    assert 0 < len(report.thread_lookups) <= probers
+    for lookup in report.thread_lookups:
+        assert lookup.problems() == []
+        assert lookup.history_real == {
+            "type": "history_page",
+            "thread_id": lookup.thread_id,
+            "events": [],
+            "has_more": False,
+        }
+        assert lookup.resume_real is not None
+        assert lookup.resume_real["reason"] == "unknown_thread"
+    # Every user read its thread list and some of its histories.
+    assert report.lookups_sent >= 50 * 2, shown
     assert report.seed == 7
     assert "PASS" in report.format_text()
 

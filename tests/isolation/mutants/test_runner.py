@@ -104,6 +104,28 @@ async def test_a_server_that_does_not_start_fails_loudly(tmp_path: Path) -> None
         await audit_copy(tmp_path, OPTIONS, broken)
 
 
+async def test_a_server_that_completes_no_run_is_an_error_not_clean(tmp_path: Path) -> None:
+    crashing = Mutant(
+        name="crashing",
+        story="every run crashes its connection: nothing leaks, and nothing is proved",
+        replacements=(
+            Replacement(
+                "session/_session.py",
+                "        agent = self._services.agent\n",
+                "        raise RuntimeError('broken on purpose')\n",
+            ),
+        ),
+        expected_static=frozenset(),
+        expected_runtime=False,
+    )
+    build_copy(crashing, tmp_path)
+    small = attrs.evolve(OPTIONS, users=4, runs=1, drop_rate=0.0, idor_rate=0.0)
+    outcome = await audit_copy(tmp_path, small, crashing)
+    assert not outcome.clean
+    assert outcome.error is not None
+    assert "saw no run complete" in outcome.error
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("mutant", ALL, ids=ids)
 async def test_the_runtime_audit_catches_the_mutant_as_expected(

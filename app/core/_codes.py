@@ -79,6 +79,9 @@ class CancelReason(enum.StrEnum):
     #: The connection that started the run left and no connection of the user
     #: followed its thread again within ``resume_grace_s``.
     CLIENT_GONE = "client_gone"
+    #: The server stopped without ending the run (a crash: SIGKILL, power loss); written
+    #: to its thread's log when a later server process first opens the thread.
+    INTERRUPTED = "interrupted"
 
 
 class ResumeFailure(enum.StrEnum):

@@ -542,6 +542,8 @@ class _Session:
         if isinstance(request, ResumeRequest):
             await self._resume(request)
         elif isinstance(request, HistoryRequest):
+            # Opened first: a thread a crash left with a run unended is mended on open.
+            self._threads.release(await self._threads.open(request.thread_id))
             entries, has_more = await self._threads.page(
                 request.thread_id, request.before, request.limit
             )
@@ -648,8 +650,20 @@ class _Session:
                 assert client_id is not None
                 await emitter.send_event(DuplicateMessage(thread.thread_id, client_id, first))
                 return
+            history: tuple[tuple[str, str], ...] = ()
+            if getattr(self._services.agent, "uses_history", False) and thread.exists:
+                if client_id is not None:
+                    thread.client_ids[client_id] = run_id  # claimed while we read
+                try:
+                    history = await self._conversation(thread.thread_id, thread.last_seq + 1)
+                except BaseException:
+                    if client_id is not None:
+                        del thread.client_ids[client_id]
+                    raise
             if client_id is not None:
                 thread.client_ids[client_id] = run_id
+            # From the message to agent_started no wait: both are in one commit, so a crash
+            # leaves no accepted message without its run's start.
             _, ticket = thread.append(
                 "user_message",  # the entry of the message itself (its wire type: message_accepted)
                 run_id,
@@ -661,7 +675,7 @@ class _Session:
             )
             self._ticket = max(self._ticket, ticket)
             thread.live_runs[run_id] = lambda: self._stop_run(run_id)
-            await self._run_agent(start, scope, thread.last_seq)
+            await self._run_agent(start, scope, history)
         finally:
             if thread is not None and thread.live_runs.pop(run_id, None) is not None:
                 self._log_unfinished(run_id)
@@ -703,7 +717,9 @@ class _Session:
                 turns.append(("assistant", text if isinstance(text, str) else json.dumps(result)))
         return tuple(turns)
 
-    async def _run_agent(self, start: StartRun, scope: trio.CancelScope, seq: int) -> None:
+    async def _run_agent(
+        self, start: StartRun, scope: trio.CancelScope, history: tuple[tuple[str, str], ...]
+    ) -> None:
         run_id = start.run_id
         emitter, state = self._emitter, self._state
 
@@ -714,9 +730,6 @@ class _Session:
             await emitter.emit_run(run_id, payload, deferred=True)
 
         agent = self._services.agent
-        history: tuple[tuple[str, str], ...] = ()
-        if getattr(agent, "uses_history", False) and seq > 1:
-            history = await self._conversation(start.thread_id, seq)
         run = RunContext(
             run_id=run_id,
             thread_id=start.thread_id,

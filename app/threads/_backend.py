@@ -14,11 +14,14 @@ backend.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple, Protocol
+from typing import Final, NamedTuple, Protocol
 
 import attrs
 
-__all__ = ["Backend", "Entry", "Retention", "ThreadHead", "ThreadSummary"]
+__all__ = ["TERMINAL_KINDS", "Backend", "Entry", "Retention", "ThreadHead", "ThreadSummary"]
+
+#: The kinds of entry that end a run.
+TERMINAL_KINDS: Final = frozenset({"agent_completed", "agent_error", "run_cancelled"})
 
 
 class Entry(NamedTuple):
@@ -52,6 +55,10 @@ class ThreadHead:
     first_seq: int
     #: ``client_id -> run_id`` of the retained ``user_message`` entries.
     client_ids: Mapping[str, str]
+    #: ``run_id -> the text of its last entry`` of the runs with no terminal event
+    #: (``agent_completed``, ``agent_error``, ``run_cancelled``) among the retained entries.
+    #: Not part of equality: a head is "where the thread stands" (its numbering).
+    open_runs: Mapping[str, str] = attrs.field(factory=dict, eq=False)
 
 
 @attrs.frozen

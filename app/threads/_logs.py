@@ -16,14 +16,17 @@ only place that keys the store.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
 import attrs
 import trio
 
+from ..core._codes import CancelReason
+from ..core._events import RunCancelled, encode_json
 from ._backend import Backend, Entry, Retention, ThreadSummary
 from ._memory import MemoryBackend
 from ._open import open_backend
@@ -284,6 +287,7 @@ class ThreadLogs:
                     logs=self,
                 )
                 self._open[key] = thread
+                _end_interrupted(thread, head.open_runs)
         thread.refs += 1
         return thread
 
@@ -388,3 +392,29 @@ async def open_thread_logs(
         return ThreadLogs.in_memory(retention, max_bytes=max_memory_bytes)
     backend = await open_backend(spec, retention)
     return ThreadLogs(backend, durable=True, ttl_s=retention.ttl_s, log=log)
+
+
+def _end_interrupted(thread: ThreadLog, open_runs: Mapping[str, str]) -> None:
+    """Give the runs a crashed server left without an end their terminal event.
+
+    A thread not pinned has no run live in this process (a run pins its thread until its
+    end is appended), so a run with no end in the log was cut by a crash of an earlier
+    process: its end is written now, the next event of the run and of the thread.
+    """
+    for run_id, last_text in sorted(open_runs.items(), key=lambda item: item[1]):
+        last = json.loads(last_text)
+        seq = last.get("seq") if isinstance(last, dict) else None
+        if not isinstance(seq, int):  # only its message: its agent_started was never written
+            seq = 0
+        wire = {
+            "type": RunCancelled.TYPE,
+            "reason": CancelReason.INTERRUPTED.value,
+            "run_id": run_id,
+            "thread_id": thread.thread_id,
+            "seq": max(seq, 1) + 1,
+        }
+
+        def build(thread_seq: int, wire: dict[str, Any] = wire) -> str:
+            return encode_json({**wire, "thread_seq": thread_seq})
+
+        thread.append(RunCancelled.TYPE, run_id, build)

@@ -17,13 +17,24 @@ from typing import Final
 
 import trio
 
-from ._backend import Entry, Retention, ThreadHead, ThreadSummary
+from ._backend import TERMINAL_KINDS, Entry, Retention, ThreadHead, ThreadSummary
 from ._common import ThreadKey, check_limit, last_entries
 
 __all__ = ["ENTRY_OVERHEAD", "MemoryBackend"]
 
 #: Bytes an entry takes beyond its text (the tuple, its strings' headers), about.
 ENTRY_OVERHEAD: Final = 250
+
+
+def _open_runs(entries: Sequence[Entry]) -> dict[str, str]:
+    last: dict[str, str] = {}
+    ended: set[str] = set()
+    for entry in entries:
+        if entry.run_id is not None:
+            last[entry.run_id] = entry.text
+            if entry.kind in TERMINAL_KINDS:
+                ended.add(entry.run_id)
+    return {run_id: text for run_id, text in last.items() if run_id not in ended}
 
 
 def _seq(entry: Entry) -> int:
@@ -94,6 +105,7 @@ class MemoryBackend:
                 for e in entries
                 if e.kind == "user_message" and e.client_id is not None and e.run_id is not None
             },
+            open_runs=_open_runs(entries),
         )
 
     @property

@@ -306,10 +306,19 @@ def _head(conn: sqlite3.Connection, user_id: str, thread_id: str) -> ThreadHead:
             " AND kind = 'user_message' AND client_id IS NOT NULL AND run_id IS NOT NULL",
             key,
         ).fetchall()
+        open_runs = conn.execute(
+            "SELECT e.run_id, e.text FROM entries e JOIN ("
+            " SELECT run_id, max(thread_seq) AS last FROM entries"
+            " WHERE user_id = ? AND thread_id = ? AND run_id IS NOT NULL GROUP BY run_id"
+            " HAVING sum(kind IN ('agent_completed', 'agent_error', 'run_cancelled')) = 0"
+            ") o ON e.user_id = ? AND e.thread_id = ? AND e.thread_seq = o.last",
+            key + key,
+        ).fetchall()
     return ThreadHead(
         last_seq=last_seq,
         first_seq=last_seq + 1 if first is None else first,
         client_ids=dict(client_ids),
+        open_runs=dict(open_runs),
     )
 
 

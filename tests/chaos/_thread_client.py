@@ -390,15 +390,18 @@ def check_thread(client: ThreadClient, log: list[dict[str, Any]]) -> ThreadRepor
             problems.append(f"run {run_id}: seq {numbered}")
         terminals = sum(kind in TERMINAL_TYPES for kind in kinds)
         last = int(events[-1]["thread_seq"])
-        if terminals == 1 and kinds[-1] in TERMINAL_TYPES:
+        interrupted = events[-1].get("reason") == "interrupted"
+        if terminals == 1 and kinds[-1] in TERMINAL_TYPES and not interrupted:
             continue
+        before_end = int(events[-2]["thread_seq"]) if len(events) > 1 else 0
         if (
-            terminals == 0
+            terminals == 1
+            and interrupted
             and client.boundary is not None
-            and last <= client.boundary
-            and run_id in client.cut
+            and before_end <= client.boundary
         ):
-            cut += 1  # cut by the SIGKILL: the log ends where the process died
+            # Cut by the SIGKILL: the restarted server ended it when the thread was opened.
+            cut += 1
             continue
         problems.append(
             f"run {run_id}: {terminals} terminal events ({kinds}); "

@@ -14,30 +14,15 @@ if TYPE_CHECKING:
 TERMINAL = ("agent_completed", "agent_error", "run_cancelled")
 
 
-@pytest.mark.parametrize(
-    "durable",
-    [
-        False,
-        pytest.param(
-            True,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "bug: on a durable store (sqlite) _Session._flush waits for the commit of "
-                    "self._ticket, then checks sendable(self._ticket) again; a frame queued "
-                    "meanwhile (another run of the connection) has raised self._ticket past "
-                    "that commit, so the check fails at once and the connection is closed "
-                    "1011 'thread store too slow', its runs cancelled with no terminal event"
-                ),
-            ),
-        ),
-    ],
-    ids=["memory", "sqlite"],
-)
+@pytest.mark.parametrize("durable", [False, True], ids=["memory", "sqlite"])
 async def test_concurrent_runs_on_one_connection_all_end(
     e2e: E2E, tmp_path: Path, durable: bool
 ) -> None:
-    """Four runs at once on one connection, ten times: each ends, nothing is closed 1011."""
+    """Four runs at once on one connection, ten times: each ends, nothing is closed 1011.
+
+    Regression: on SQLite, a frame queued while ``_flush`` waited for a commit made it
+    close the connection 1011 ("thread store too slow").
+    """
     store = f"sqlite:{tmp_path / 'threads.db'}" if durable else "memory"
     async with e2e.server(store=store, agent_delay_ms=1) as live, live.chat() as chat:
         for round_no in range(10):

@@ -13,11 +13,11 @@ At the end every thread is read back with ``history`` (paged with ``before``) an
 
 - the log is ``thread_seq`` 1, 2, 3, ... with no gap and no duplicate;
 - every run is ``message_accepted`` first, ``seq`` 1..n, and ends with exactly one
-  terminal event (``agent_completed``, ``agent_error`` or ``run_cancelled``) -- except
-  the runs the SIGKILL cut: those have **no** terminal event; the log ends where the
-  process died (at most what it committed). The test counts them: a run is cut when it
-  has no terminal event and all its events are at or below ``last_seq`` of the first
-  resume after the restart (the log as the SIGKILL left it);
+  terminal event (``agent_completed``, ``agent_error`` or ``run_cancelled``). For the
+  runs the SIGKILL cut that event is ``run_cancelled`` ``interrupted``, written by the
+  restarted server when the thread is first opened; the test counts them and checks
+  that everything before it is at or below ``last_seq`` of the first resume after the
+  restart (the log as the SIGKILL left it);
 - every ``client_id`` started exactly one run (a re-send is a new run only if the
   first copy never reached the log, else ``duplicate_message``);
 - what each client received is the log: every ``thread_seq`` it got is the identical
@@ -59,14 +59,6 @@ KILL_AT: Final = 0.4
 DEADLINE_S: Final = 55.0
 #: Longest the clients may take to send everything and see every run end.
 CLIENTS_S: Final = 30.0
-#: The log line of a known server bug (see ``test_store_races.py``): while it is not
-#: fixed, the problems it causes make this test xfail instead of fail.
-KNOWN_BUG: Final = "thread store too slow on connection"
-KNOWN_BUG_REASON: Final = (
-    "known bug: on a durable store, _Session._flush re-reads self._ticket after waiting for "
-    "the commit of an earlier one, and closes the connection 1011 (cancelling its runs "
-    "with no terminal event) when a frame was queued meanwhile"
-)
 
 
 def _server_args(db: Path) -> tuple[str, ...]:
@@ -178,10 +170,6 @@ async def test_threads_survive_cut_sockets_and_a_sigkill(tmp_path: Path) -> None
         f"{sum(r.runs for r in reports)} runs / {sum(r.events for r in reports)} events logged, "
         f"{cut_runs} runs cut by the SIGKILL ({busy_at_kill} clients busy then)"
     )
-    logs_dir = trio.Path(tmp_path)
-    server_logs = "".join([await p.read_text() for p in await logs_dir.glob("server-*.log")])
-    if problems and KNOWN_BUG in server_logs:
-        pytest.xfail(f"{KNOWN_BUG_REASON}; {len(problems)} problems, first: {problems[0]}")
     assert not problems, "\n".join(problems[:40])
     assert sum(r.runs for r in reports) == USERS * MESSAGES
     assert cuts > 0

@@ -110,7 +110,7 @@ AGENT_ERROR_CODES = (
     "upstream_invalid",
     "too_many_tool_rounds",
 )
-CANCEL_REASONS = ("cancelled_by_client", "server_shutdown", "client_gone")
+CANCEL_REASONS = ("cancelled_by_client", "server_shutdown", "client_gone", "interrupted")
 
 MESSAGE_TYPE: Mapping[type[Any], str] = {
     UserMessage: "user_message",

@@ -308,3 +308,20 @@ async def test_a_cancelled_append_happened_whole_or_not_at_all(store: Backend) -
     last_seq = (await store.head("alice", "t1")).last_seq
     assert last_seq in (0, 500)
     assert len(await store.after("alice", "t1", 0, 1000)) == last_seq
+
+
+async def test_head_names_the_runs_without_an_end(store: Backend) -> None:
+    await store.append(
+        [
+            entry(1, kind="user_message", run_id="run_a"),
+            entry(2, kind="agent_started", run_id="run_a"),
+            entry(3, kind="agent_completed", run_id="run_a"),
+            entry(4, kind="user_message", run_id="run_b"),
+            entry(5, kind="agent_started", run_id="run_b"),
+            entry(6, kind="agent_thinking", run_id="run_b"),
+            entry(7, kind="agent_thinking", run_id=None),
+            entry(8, kind="run_cancelled", run_id="run_c"),
+        ]
+    )
+    head = await store.head("alice", "t1")
+    assert head.open_runs == {"run_b": entry(6, kind="agent_thinking", run_id="run_b").text}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -225,3 +226,32 @@ async def test_open_thread_logs_from_a_spec(tmp_path: Path) -> None:
         assert durable.epoch
     finally:
         await durable.aclose()
+
+
+async def test_a_run_a_crash_left_without_an_end_is_ended_on_open(tmp_path: Path) -> None:
+    path = f"sqlite:{tmp_path / 't.db'}"
+    crashed = await open_thread_logs(path, Retention())
+    thread = crashed.for_user("alice").create("thr_1")
+    thread.append("user_message", "run_1", lambda seq: '{"type":"message_accepted"}')
+    started = '{"type":"agent_started","run_id":"run_1","seq":1,"thread_seq":%d}'
+    thread.append("agent_started", "run_1", lambda seq: started % seq)
+    await crashed.flush()
+    await crashed.aclose()  # no end was appended: as after a SIGKILL
+    restarted = await open_thread_logs(path, Retention())
+    try:
+        alice = restarted.for_user("alice")
+        again = await alice.open("thr_1")
+        assert again.last_seq == 3
+        await restarted.flush()
+        [end] = await alice.after("thr_1", 2, 5)
+        assert (await alice.open("thr_1")).last_seq == 3  # open again: nothing more
+    finally:
+        await restarted.aclose()
+    assert json.loads(end.text) == {
+        "type": "run_cancelled",
+        "reason": "interrupted",
+        "run_id": "run_1",
+        "thread_id": "thr_1",
+        "seq": 2,
+        "thread_seq": 3,
+    }

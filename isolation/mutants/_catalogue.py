@@ -130,9 +130,10 @@ _REGISTRY_BY_CLIENT_ID: Final = Mutant(
     replacements=(
         Replacement(
             "session/_emitter.py",
-            "from ..core._events import RunEvent, RunPayload, ServerEvent, serialize\n",
+            "from ..core._events import RunEvent, RunPayload, ServerEvent, encode_json,"
+            " serialize\n",
             "from ..core._events import AgentStarted, RunEvent, RunPayload, ServerEvent\n"
-            "from ..core._events import serialize\n",
+            "from ..core._events import encode_json, serialize\n",
         ),
         Replacement(
             "session/_emitter.py",
@@ -406,9 +407,9 @@ def run_session(
         ),
         Replacement(
             "session/_session.py",
-            "                thread.live_runs.pop(run_id, None)\n",
-            "                thread.live_runs.pop(run_id, None)\n"
-            "                _RUN_STOPS.pop(run_id, None)\n",
+            "        finally:\n            if thread is not None and thread.live_runs.pop(",
+            "        finally:\n            _RUN_STOPS.pop(run_id, None)\n"
+            "            if thread is not None and thread.live_runs.pop(",
         ),
     ),
     expected_static=frozenset({"ISO101"}),

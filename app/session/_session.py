@@ -346,7 +346,7 @@ class _Session:
 
     async def _apply(self, action: Action) -> None:
         if isinstance(action, StartRun):
-            self._start_run(action)
+            await self._start_run(action)
         elif isinstance(action, Reply):
             await self._emitter.send_event(action.event)
         elif isinstance(action, StopRun):
@@ -629,20 +629,26 @@ class _Session:
 
     # -- runs ----------------------------------------------------------------
 
-    def _start_run(self, start: StartRun) -> None:
+    async def _start_run(self, start: StartRun) -> None:
+        # The thread is loaded here, by the reader: runs start in the order of their
+        # messages, and the next message waits for this one's thread.
+        try:
+            thread = await self._follow(start.thread_id, fresh=start.message.thread_id is None)
+        except BaseException:
+            self._state.discard(start.run_id)
+            raise
         settings = self._services.settings
         # The run's own scope carries its time limit too: one cancel scope per run.
         scope = trio.CancelScope(deadline=trio.current_time() + settings.run_timeout_s)
         self._state.attach(start.run_id, scope)
         assert self._nursery is not None
-        self._nursery.start_soon(self._run, start, scope)
+        self._nursery.start_soon(self._run, start, scope, thread)
 
-    async def _run(self, start: StartRun, scope: trio.CancelScope) -> None:
+    async def _run(self, start: StartRun, scope: trio.CancelScope, thread: ThreadLog) -> None:
         run_id, message = start.run_id, start.message
         emitter, state = self._emitter, self._state
-        thread: ThreadLog | None = None
+        accepted = False
         try:
-            thread = await self._follow(start.thread_id, fresh=message.thread_id is None)
             client_id = message.client_id
             first = None if client_id is None else thread.client_ids.get(client_id)
             if first is not None:
@@ -675,9 +681,10 @@ class _Session:
             )
             self._ticket = max(self._ticket, ticket)
             thread.live_runs[run_id] = lambda: self._stop_run(run_id)
+            accepted = True
             await self._run_agent(start, scope, history)
         finally:
-            if thread is not None and thread.live_runs.pop(run_id, None) is not None:
+            if accepted and thread.live_runs.pop(run_id, None) is not None:
                 self._log_unfinished(run_id)
             state.discard(run_id)
             if self._runs_idle is not None and not state.has_runs:

@@ -313,13 +313,14 @@ async def open_mock_llm(respond: Responder, host: str = "127.0.0.1") -> AsyncIte
 
 async def _main(host: str, port: int, responder: Responder) -> None:
     llm = MockLLM(responder)
-    async with trio.open_nursery() as nursery:
-        url: str = await nursery.start(llm.serve, host, port)
-        print(url, flush=True)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    # The receiver first: a signal sent as soon as the URL is read must find it.
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            url: str = await nursery.start(llm.serve, host, port)
+            print(url, flush=True)
             async for _ in signals:
                 break
-        nursery.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -407,9 +407,9 @@ def run_session(
         ),
         Replacement(
             "session/_session.py",
-            "        finally:\n            if thread is not None and thread.live_runs.pop(",
+            "        finally:\n            if accepted and thread.live_runs.pop(",
             "        finally:\n            _RUN_STOPS.pop(run_id, None)\n"
-            "            if thread is not None and thread.live_runs.pop(",
+            "            if accepted and thread.live_runs.pop(",
         ),
     ),
     expected_static=frozenset({"ISO101"}),

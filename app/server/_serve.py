@@ -14,6 +14,7 @@ import trio
 
 from ..services._admission import SubjectGuard
 from ..services._build import build_services
+from ..services._metrics import watch_event_loop
 from ..services._services import ServerLifecycle, Services
 from ..services._settings import Settings
 from ..transports._accept_log import throttle_accept_errors
@@ -68,6 +69,7 @@ async def serve(
 
     async with trio.open_nursery() as outer:
         await outer.start(lifecycle.timer.run)
+        outer.start_soon(watch_event_loop, lifecycle.metrics)  # enclave_event_loop_lag_seconds
         if handle_signals:
             outer.start_soon(
                 _watch_signals, lifecycle, settings.shutdown_grace_s, outer, services.log

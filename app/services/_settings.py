@@ -19,6 +19,7 @@ __all__ = ["ENV_PREFIX", "ConfigError", "Settings", "add_setting_arguments", "lo
 
 ENV_PREFIX: Final = "ENCLAVE_"
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+LOG_FORMATS: Final = ("text", "json")
 TRANSPORTS: Final = ("asgi", "lean")
 #: The conformance echo route (``app/transports/_conformance.py``); reserved while it is on.
 CONFORMANCE_ECHO_PATH: Final = "/conformance/echo"
@@ -101,6 +102,7 @@ class Settings:
     agent: str = _field("echo", str, "agent: 'echo' or 'module:attr' of an agent factory")
     agent_delay_ms: float = _field(0.0, float, "simulated model latency per agent step, ms")
     log_level: str = _field("info", str, "debug, info, warning or error")
+    log_format: str = _field("text", str, "'text' (one line a record) or 'json' (an object a line)")
     conformance_echo: bool = _field(
         False,
         _bool,
@@ -183,6 +185,8 @@ def _problems(s: Settings) -> list[str]:
         out.append(f"{_names('transport')} must be one of {', '.join(TRANSPORTS)}")
     if s.log_level not in LOG_LEVELS:
         out.append(f"{_names('log_level')} must be one of {', '.join(LOG_LEVELS)}")
+    if s.log_format not in LOG_FORMATS:
+        out.append(f"{_names('log_format')} must be one of {', '.join(LOG_FORMATS)}")
     keys = [n for n in ("jwt_secret", "jwt_secret_file", "jwks") if getattr(s, n)]
     if len(keys) != 1:
         out.append(

@@ -1,4 +1,9 @@
-"""The per-connection event emitter: stamps, checks and encodes outbound events once."""
+"""The per-connection event emitter: stamps, checks and encodes outbound events once.
+
+It sees every run event, so it also counts runs started and how they ended, and times
+each turn (``user_message`` received to the terminal event queued) into the server's
+:class:`~app.services._metrics.Metrics`.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,23 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 import attrs
+import trio
 
 from isolation import request_scoped
 
-from ..core._events import RunEvent, RunPayload, ServerEvent, serialize
+from ..core._events import (
+    TERMINAL_PAYLOADS,
+    AgentCompleted,
+    AgentError,
+    AgentStarted,
+    RunCancelled,
+    RunEvent,
+    RunPayload,
+    ServerEvent,
+    serialize,
+)
 from ..core._state import ConnectionState, EventRefused
+from ..services._metrics import Metrics
 
 __all__ = ["EventEmitter", "InvalidEvent", "Write"]
 
@@ -32,12 +49,21 @@ class EventEmitter:
     connection's :class:`ConnectionState`, which refuses runs it does not own. ``write``
     (the session's) checks the stamp again before the transport gets the frame
     (defence in depth). Each event is serialized and encoded once.
+
+    ``metrics`` is the server's (the session passes its lifecycle's).
     """
 
     connection_id: str
     state: ConnectionState
     write: Write
     log: logging.Logger
+    metrics: Metrics = attrs.field(factory=Metrics)
+    # When each run's user_message was received (Trio's clock), until its terminal event.
+    _received: dict[str, float] = attrs.field(factory=dict, init=False)
+
+    def run_received(self, run_id: str, at: float) -> None:
+        """Note when the message starting ``run_id`` was received: its turn starts then."""
+        self._received[run_id] = at
 
     async def send_event(self, event: ServerEvent) -> None:
         """Send a connection-level event; returns once it is written.
@@ -60,16 +86,39 @@ class EventEmitter:
         try:
             event = self.state.prepare(run_id, payload)
         except EventRefused:
+            self.metrics.isolation_violations += 1
             self.log.error(
                 "isolation violation: refused %s for run %s on connection %s",
                 payload.TYPE,
                 run_id,
                 self.connection_id,
+                extra={"connection_id": self.connection_id, "run_id": run_id},
             )
             raise
         frame = _encode(event)
         self.state.commit(event)
+        kind = type(payload)
+        if kind is AgentStarted:
+            self.metrics.runs_started += 1
+            self._received.setdefault(run_id, trio.current_time())
+        elif kind in TERMINAL_PAYLOADS:
+            self._ended(run_id, payload)
         await self.write(self.connection_id, (frame,), deferred)
+
+    def _ended(self, run_id: str, payload: RunPayload) -> None:
+        metrics = self.metrics
+        if isinstance(payload, AgentCompleted):
+            metrics.runs_completed += 1
+        elif isinstance(payload, RunCancelled):
+            counts = metrics.cancelled_by_reason
+            counts[payload.reason] = counts.get(payload.reason, 0) + 1
+        else:
+            assert isinstance(payload, AgentError)  # the last of TERMINAL_PAYLOADS
+            counts = metrics.failed_by_code
+            counts[payload.code] = counts.get(payload.code, 0) + 1
+        received = self._received.pop(run_id, None)
+        if received is not None:
+            metrics.turn_seconds.observe(trio.current_time() - received)
 
 
 def _encode(event: RunEvent) -> bytes:

@@ -135,7 +135,9 @@ class _Session:
                 rate_abuse_limit=s.rate_abuse_limit,
             )
         )
-        self._emitter = EventEmitter(self._connection_id, self._state, self._write, self._log)
+        self._emitter = EventEmitter(
+            self._connection_id, self._state, self._write, self._log, lifecycle.metrics
+        )
         self._runs_idle: trio.Event | None = None  # made by the drain, set by the last run
         self._flushing = False  # a flusher task writes what a run left queued
         self._close: Close | None = None
@@ -167,7 +169,11 @@ class _Session:
                 await self._reader()
                 nursery.cancel_scope.cancel()
         except Exception:
-            self._log.exception("internal error on connection %s", self._connection_id)
+            self._log.exception(
+                "internal error on connection %s",
+                self._connection_id,
+                extra={"connection_id": self._connection_id},
+            )
             self._request_close(CloseCode.INTERNAL_ERROR, CloseReason.INTERNAL_ERROR)
         finally:
             self._nursery = None
@@ -207,6 +213,7 @@ class _Session:
         queued in the transport and go out.
         """
         if connection_id != self._connection_id:
+            self._lifecycle.metrics.isolation_violations += 1
             self._log.error(
                 "isolation violation: frame for connection %s refused on %s",
                 connection_id,
@@ -369,6 +376,7 @@ class _Session:
         # The run's own scope carries its time limit too: one cancel scope per run.
         scope = trio.CancelScope(deadline=trio.current_time() + settings.run_timeout_s)
         self._state.attach(start.run_id, scope)
+        self._emitter.run_received(start.run_id, self._last_seen)  # the turn's start
         assert self._nursery is not None
         self._nursery.start_soon(self._run, start, scope)
 
@@ -402,7 +410,11 @@ class _Session:
                 except (InvalidEvent, EventRefused) as exc:
                     terminal = AgentError(RunErrorCode.INVALID_EVENT, str(exc))
                 except Exception:
-                    self._log.exception("agent failed in run %s", run_id)
+                    self._log.exception(
+                        "agent failed in run %s",
+                        run_id,
+                        extra={"connection_id": self._connection_id, "run_id": run_id},
+                    )
                     terminal = AgentError(RunErrorCode.AGENT_FAILED, "the agent failed")
             reason = state.cancel_reason(run_id)
             if reason is not None:  # a cancel always records its reason before cancelling

@@ -1,4 +1,5 @@
-"""What both transports answer over HTTP: ``/health``, ``/ready``, admission, rejections.
+"""What both transports answer over HTTP: ``/health``, ``/ready``, ``/metrics``, admission,
+rejections.
 
 The ASGI transport (``transports/asgi/_server.py``) and the lean transport
 (``transports/lean/_server.py``) turn
@@ -9,9 +10,11 @@ body come from here, so the two cannot drift apart. No I/O.
 from __future__ import annotations
 
 import json
+import types
 from typing import Any, Final
 
 import attrs
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ..services._services import ServerLifecycle, Services
 from ..session._transport import HandshakeInfo
@@ -24,11 +27,22 @@ __all__ = [
     "decide",
     "health_reply",
     "json_reply",
+    "metrics_reply",
     "ready_reply",
     "rejection_reply",
 ]
 
 JSON_HEADERS: Final = (("content-type", "application/json"),)
+# What a handshake rejection's ``error`` counts as in ``enclave_handshakes_refused_total``;
+# every other error is an AuthError's (missing, malformed, expired, bad signature ...).
+_REFUSAL_OF_ERROR: Final = types.MappingProxyType(
+    {
+        "forbidden_origin": "origin",
+        "unsupported_subprotocol": "subprotocol",
+        "too_many_connections": "rate",
+        "cooling_down": "cooldown",
+    }
+)
 
 
 @attrs.frozen
@@ -57,6 +71,11 @@ def ready_reply(lifecycle: ServerLifecycle) -> HttpReply:
     return json_reply({"status": "ready"}, 200)
 
 
+def metrics_reply(lifecycle: ServerLifecycle) -> HttpReply:
+    """``GET /metrics``: every metric in the Prometheus text format."""
+    return HttpReply(200, lifecycle.metrics.render(), (("content-type", CONTENT_TYPE_LATEST),))
+
+
 def rejection_reply(rejection: Reject) -> HttpReply:
     """A refused handshake as an HTTP response."""
     return HttpReply(rejection.status, rejection.body(), rejection.all_headers())
@@ -70,8 +89,9 @@ def admit(lifecycle: ServerLifecycle, retry_after_s: int) -> Reject | None:
     """
     if lifecycle.try_admit():
         return None
-    detail = "server is draining" if lifecycle.draining.is_set() else "server is full"
-    return unavailable(detail, retry_after_s)
+    draining = lifecycle.draining.is_set()
+    lifecycle.metrics.refused("draining" if draining else "full")
+    return unavailable("server is draining" if draining else "server is full", retry_after_s)
 
 
 def decide(
@@ -85,7 +105,10 @@ def decide(
     decision = evaluate_handshake(
         info, settings=services.settings, verifier=services.verifier, now=services.wall_clock()
     )
-    if isinstance(decision, Reject):
-        return decision
-    refused = lifecycle.subjects.admit(decision.claims.subject, now)
-    return decision if refused is None else refused_for_user(refused, services.settings)
+    if isinstance(decision, Accept):
+        refused = lifecycle.subjects.admit(decision.claims.subject, now)
+        if refused is None:
+            return decision
+        decision = refused_for_user(refused, services.settings)
+    lifecycle.metrics.refused(_REFUSAL_OF_ERROR.get(decision.error, "token"))
+    return decision

@@ -25,7 +25,15 @@ from ...session._session import run_session
 from ...session._transport import HandshakeInfo
 from .._conformance import ECHO_PATH, log_startup_warning, serve_quart_echo
 from .._handshake import Reject
-from .._routes import HttpReply, admit, decide, health_reply, ready_reply, rejection_reply
+from .._routes import (
+    HttpReply,
+    admit,
+    decide,
+    health_reply,
+    metrics_reply,
+    ready_reply,
+    rejection_reply,
+)
 from ._connection import QuartTransport
 
 __all__ = ["QuartTransport", "create_app"]
@@ -59,6 +67,10 @@ def create_app(services: Services, lifecycle: ServerLifecycle) -> QuartTrio:
     async def ready() -> Response:
         return _response(ready_reply(lifecycle))
 
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return _response(metrics_reply(lifecycle))
+
     if (
         settings.conformance_echo
     ):  # testing only: no token, no session (app/transports/_conformance.py)
@@ -90,7 +102,14 @@ def create_app(services: Services, lifecycle: ServerLifecycle) -> QuartTrio:
                 return _response(rejection_reply(decision))
             await ws.accept(subprotocol=decision.subprotocol)
             context = UserContext.from_claims(decision.claims, carrier=decision.carrier)
-            await run_session(QuartTransport(ws), context, services, lifecycle)
+            metrics = lifecycle.metrics
+            transport = QuartTransport(ws, metrics.traffic)
+            metrics.connections_open += 1
+            try:
+                await run_session(transport, context, services, lifecycle)
+            finally:
+                metrics.connections_open -= 1
+                metrics.closed(*transport.closed_with())
         finally:
             lifecycle.release()
         return None

@@ -1,6 +1,6 @@
 """The lean transport: Trio sockets, one task per connection, HTTP/1.1 answered here.
 
-One port serves ``GET /health``, ``GET /ready`` and the WebSocket upgrade at
+One port serves ``GET /health``, ``GET /ready``, ``GET /metrics`` and the WebSocket upgrade at
 ``settings.path``; everything the ASGI transport also answers comes from
 ``app/transports/_routes.py`` (same statuses, headers and JSON bodies), admission included and
 in the same order: WebSocket headers, then ``admit`` (503), then the handshake
@@ -39,6 +39,7 @@ from .._routes import (
     decide,
     health_reply,
     json_reply,
+    metrics_reply,
     ready_reply,
     rejection_reply,
 )
@@ -57,7 +58,7 @@ _GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VALUE: Final = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 _TARGET: Final = re.compile(rb"/[\x21-\x7e]*")
-_HTTP_PATHS: Final = frozenset({"/health", "/ready"})
+_HTTP_PATHS: Final = frozenset({"/health", "/ready", "/metrics"})
 
 
 def _error(status: int, detail: str, *headers: tuple[str, str]) -> HttpReply:
@@ -225,8 +226,11 @@ class _LeanServer:
                 await self._answer(stream, _error(405, "use GET", ("allow", "HEAD, GET")))
             elif request.path == "/health":
                 await self._answer(stream, health_reply(), head_only=request.method == "HEAD")
-            else:
+            elif request.path == "/ready":
                 reply = ready_reply(self.lifecycle)
+                await self._answer(stream, reply, head_only=request.method == "HEAD")
+            else:
+                reply = metrics_reply(self.lifecycle)
                 await self._answer(stream, reply, head_only=request.method == "HEAD")
         else:
             await self._answer(stream, _error(404, f"nothing at {request.path[:64]}"))
@@ -304,16 +308,21 @@ class _LeanServer:
                 await stream.send_all(_accept(key, decision.subprotocol))
             if opening.cancelled_caught:
                 return
+            metrics = lifecycle.metrics
             transport = LeanTransport(
                 stream,
                 max_message_bytes=services.settings.max_message_bytes,
                 logger=self.ws_log,
                 initial=rest,
+                traffic=metrics.traffic,
             )
             context = UserContext.from_claims(decision.claims, carrier=decision.carrier)
+            metrics.connections_open += 1
             try:
                 await run_session(transport, context, services, lifecycle)
             finally:
+                metrics.connections_open -= 1
+                metrics.closed(*transport.closed_with())
                 await transport.finish(CLOSE_TIMEOUT_S)
         finally:
             lifecycle.release()

@@ -8,10 +8,11 @@ each turn (``user_message`` received to the terminal event queued) into the serv
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Final
 
 import attrs
-import trio
 
 from isolation import request_scoped
 
@@ -30,6 +31,9 @@ from ..core._state import ConnectionState, EventRefused
 from ..services._metrics import Metrics
 
 __all__ = ["EventEmitter", "InvalidEvent", "Write"]
+
+# Payloads the metrics count: a run's start and its ends (a set: one lookup per event).
+_COUNTED: Final = frozenset({AgentStarted, *TERMINAL_PAYLOADS})
 
 #: The connection's outbound path: (the connection the frames were stamped for, frames,
 #: whether writing may wait until the calling task is about to wait).
@@ -58,12 +62,16 @@ class EventEmitter:
     write: Write
     log: logging.Logger
     metrics: Metrics = attrs.field(factory=Metrics)
-    # When each run's user_message was received (Trio's clock), until its terminal event.
-    _received: dict[str, float] = attrs.field(factory=dict, init=False)
+    # When each run's user_message was received (time.perf_counter: a fifth of
+    # trio.current_time's cost), until its terminal event; None while no run is timed,
+    # so an idle connection keeps no dict.
+    _received: dict[str, float] | None = attrs.field(default=None, init=False)
 
-    def run_received(self, run_id: str, at: float) -> None:
-        """Note when the message starting ``run_id`` was received: its turn starts then."""
-        self._received[run_id] = at
+    def run_received(self, run_id: str) -> None:
+        """Note that the message starting ``run_id`` was just received: its turn starts now."""
+        if self._received is None:
+            self._received = {}
+        self._received[run_id] = time.perf_counter()
 
     async def send_event(self, event: ServerEvent) -> None:
         """Send a connection-level event; returns once it is written.
@@ -97,16 +105,17 @@ class EventEmitter:
             raise
         frame = _encode(event)
         self.state.commit(event)
-        kind = type(payload)
-        if kind is AgentStarted:
-            self.metrics.runs_started += 1
-            self._received.setdefault(run_id, trio.current_time())
-        elif kind in TERMINAL_PAYLOADS:
-            self._ended(run_id, payload)
+        if type(payload) in _COUNTED:
+            self._count(run_id, payload)
         await self.write(self.connection_id, (frame,), deferred)
 
-    def _ended(self, run_id: str, payload: RunPayload) -> None:
+    def _count(self, run_id: str, payload: RunPayload) -> None:
         metrics = self.metrics
+        if isinstance(payload, AgentStarted):
+            metrics.runs_started += 1
+            if self._received is None or run_id not in self._received:
+                self.run_received(run_id)  # no receive time noted: time it from here
+            return
         if isinstance(payload, AgentCompleted):
             metrics.runs_completed += 1
         elif isinstance(payload, RunCancelled):
@@ -116,9 +125,11 @@ class EventEmitter:
             assert isinstance(payload, AgentError)  # the last of TERMINAL_PAYLOADS
             counts = metrics.failed_by_code
             counts[payload.code] = counts.get(payload.code, 0) + 1
-        received = self._received.pop(run_id, None)
-        if received is not None:
-            metrics.turn_seconds.observe(trio.current_time() - received)
+        received = self._received
+        if received is not None and run_id in received:
+            metrics.turn_seconds.observe(time.perf_counter() - received.pop(run_id))
+            if not received:
+                self._received = None
 
 
 def _encode(event: RunEvent) -> bytes:

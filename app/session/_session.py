@@ -376,7 +376,7 @@ class _Session:
         # The run's own scope carries its time limit too: one cancel scope per run.
         scope = trio.CancelScope(deadline=trio.current_time() + settings.run_timeout_s)
         self._state.attach(start.run_id, scope)
-        self._emitter.run_received(start.run_id, self._last_seen)  # the turn's start
+        self._emitter.run_received(start.run_id)  # the turn starts: its message was just read
         assert self._nursery is not None
         self._nursery.start_soon(self._run, start, scope)
 

@@ -61,7 +61,7 @@ class EventEmitter:
     state: ConnectionState
     write: Write
     log: logging.Logger
-    metrics: Metrics = attrs.field(factory=Metrics)
+    metrics: Metrics = attrs.field(factory=Metrics, kw_only=True)
     # When each run's user_message was received (time.perf_counter: a fifth of
     # trio.current_time's cost), until its terminal event; None while no run is timed,
     # so an idle connection keeps no dict.

@@ -136,7 +136,7 @@ class _Session:
             )
         )
         self._emitter = EventEmitter(
-            self._connection_id, self._state, self._write, self._log, lifecycle.metrics
+            self._connection_id, self._state, self._write, self._log, metrics=lifecycle.metrics
         )
         self._runs_idle: trio.Event | None = None  # made by the drain, set by the last run
         self._flushing = False  # a flusher task writes what a run left queued

@@ -90,11 +90,18 @@ class Services:
         Replacement(
             "session/_session.py",
             """\
-        self._emitter = EventEmitter(self._connection_id, self._state, self._write, self._log)
+        self._emitter = EventEmitter(
+            self._connection_id, self._state, self._write, self._log, metrics=lifecycle.metrics
+        )
 """,
             """\
         self._emitter = EventEmitter(
-            self._connection_id, self._state, self._write, self._log, services.dispatcher
+            self._connection_id,
+            self._state,
+            self._write,
+            self._log,
+            services.dispatcher,
+            metrics=lifecycle.metrics,
         )
         services.dispatcher.connect(context.user_id, self._connection_id, self._write)
 """,
@@ -121,12 +128,6 @@ _REGISTRY_BY_CLIENT_ID: Final = Mutant(
         "Channels 3.0, CVE-2020-35681: the last socket received everyone's messages)"
     ),
     replacements=(
-        Replacement(
-            "session/_emitter.py",
-            "from ..core._events import RunEvent, RunPayload, ServerEvent, serialize\n",
-            "from ..core._events import AgentStarted, RunEvent, RunPayload, ServerEvent\n"
-            "from ..core._events import serialize\n",
-        ),
         Replacement(
             "session/_emitter.py",
             "class InvalidEvent(Exception):\n",

@@ -118,7 +118,9 @@ async def test_runs_are_counted_by_how_they_end_and_each_turn_is_timed() -> None
         RunLimits(max_runs=8), new_run_id=iter(["r1", "r2", "r3", "r4"]).__next__
     )
     metrics = Metrics()
-    emitter = EventEmitter("conn_a", state, Recorder().write, logging.getLogger("t"), metrics)
+    emitter = EventEmitter(
+        "conn_a", state, Recorder().write, logging.getLogger("t"), metrics=metrics
+    )
     ends: list[RunPayload] = [
         AgentCompleted({"ok": True}),
         RunCancelled(CancelReason.CANCELLED_BY_CLIENT),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import secrets
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import trio
 
 from ..server._gc import FULL_COLLECTION_INTERVAL_S, collect_periodically, tune_gc_for_serving
+from ..server._logging import configure_logging
 from ..server._serve import RunningServer, serve
 from ..services._build import build_services
 from ..services._services import Services
@@ -146,10 +146,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if args.command == "token":
             print(_mint(settings, args.sub, args.ttl))
             return 0
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        configure_logging(settings.log_level, settings.log_format)
         services = build_services(settings)  # every key/agent problem surfaces before serving
         tune_gc_for_serving()
         trio.run(_serve_main, settings, services, args.dev)

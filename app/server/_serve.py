@@ -17,6 +17,7 @@ import trio
 from ..agents._agent import Agent
 from ..services._admission import SubjectGuard
 from ..services._build import build_services
+from ..services._metrics import watch_event_loop
 from ..services._services import ServerLifecycle, Services
 from ..services._settings import Settings
 from ..threads._backend import Retention
@@ -89,6 +90,7 @@ async def serve(
             await outer.start(lifecycle.timer.run)
             # The thread logs' writer: started first, stopped last (after a final commit).
             await outer.start(threads.run)
+            outer.start_soon(watch_event_loop, lifecycle.metrics)  # enclave_event_loop_lag_seconds
             if handle_signals:
                 outer.start_soon(
                     _watch_signals, lifecycle, settings.shutdown_grace_s, outer, services.log

@@ -18,6 +18,7 @@ from ..agents._agent import Agent
 from ..auth._tokens import TokenVerifier
 from ..threads._logs import ThreadLogs
 from ._admission import SubjectGuard
+from ._metrics import Metrics
 from ._settings import Settings
 from ._timer import Timer
 
@@ -37,10 +38,10 @@ class Services:
 
 @attrs.define
 class ServerLifecycle:
-    """Admission and draining for one running server.
+    """Admission, draining and metrics for one running server.
 
-    Holds a count and per-user counters (``subjects``), never the connections
-    themselves: there is no registry to reach another user through.
+    Holds a count, per-user counters (``subjects``) and the process's metrics, never
+    the connections themselves: there is no registry to reach another user through.
     """
 
     max_connections: int
@@ -52,6 +53,8 @@ class ServerLifecycle:
     timer: Timer = attrs.field(factory=Timer)
     #: Every thread's log; ``serve()`` runs its writer. Default: in memory.
     threads: ThreadLogs = attrs.field(factory=ThreadLogs.in_memory)
+    #: The process's counters and the registry ``/metrics`` renders (no user data).
+    metrics: Metrics = attrs.field(factory=Metrics)
     _idle: trio.Event = attrs.field(factory=trio.Event)
 
     def __attrs_post_init__(self) -> None:

@@ -19,6 +19,7 @@ __all__ = ["ENV_PREFIX", "ConfigError", "Settings", "add_setting_arguments", "lo
 
 ENV_PREFIX: Final = "ENCLAVE_"
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+LOG_FORMATS: Final = ("text", "json")
 TRANSPORTS: Final = ("asgi", "lean")
 #: The conformance echo route (``app/transports/_conformance.py``); reserved while it is on.
 CONFORMANCE_ECHO_PATH: Final = "/conformance/echo"
@@ -141,6 +142,7 @@ class Settings:
         _bool,
         "DEV ONLY: POST /dev/token mints a token for any user (set by `enclave serve --dev`)",
     )
+    log_format: str = _field("text", str, "'text' (one line a record) or 'json' (an object a line)")
     conformance_echo: bool = _field(
         False,
         _bool,
@@ -241,6 +243,8 @@ def _problems(s: Settings) -> list[str]:
             out.append(f"--agent openai needs {_names('llm_model')}")
     if s.log_level not in LOG_LEVELS:
         out.append(f"{_names('log_level')} must be one of {', '.join(LOG_LEVELS)}")
+    if s.log_format not in LOG_FORMATS:
+        out.append(f"{_names('log_format')} must be one of {', '.join(LOG_FORMATS)}")
     keys = [n for n in ("jwt_secret", "jwt_secret_file", "jwks") if getattr(s, n)]
     if len(keys) != 1:
         out.append(

@@ -1,19 +1,40 @@
-"""The per-connection event emitter: stamps, checks and encodes outbound events once."""
+"""The per-connection event emitter: stamps, checks and encodes outbound events once.
+
+It sees every run event, so it also counts runs started and how they ended, and times
+each turn (``user_message`` received to the terminal event queued) into the server's
+:class:`~app.services._metrics.Metrics`.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
 from isolation import request_scoped
 
-from ..core._events import RunEvent, RunPayload, ServerEvent, encode_json, serialize
+from ..core._events import (
+    TERMINAL_PAYLOADS,
+    AgentCompleted,
+    AgentError,
+    AgentStarted,
+    RunCancelled,
+    RunEvent,
+    RunPayload,
+    ServerEvent,
+    encode_json,
+    serialize,
+)
 from ..core._state import ConnectionState, EventRefused
+from ..services._metrics import Metrics
 
 __all__ = ["EventEmitter", "InvalidEvent", "Record", "Write", "encode_run_event"]
+
+# Payloads the metrics count: a run's start and its ends (a set: one lookup per event).
+_COUNTED: Final = frozenset({AgentStarted, *TERMINAL_PAYLOADS})
 
 #: The connection's outbound path: (the connection the frames were stamped for, frames,
 #: whether writing may wait until the calling task is about to wait, the thread-log
@@ -36,6 +57,8 @@ class EventEmitter:
     connection's :class:`ConnectionState`, which refuses runs it does not own. ``write``
     (the session's) checks the stamp again before the transport gets the frame
     (defence in depth). Each event is serialized and encoded once.
+
+    ``metrics`` is the server's (the session passes its lifecycle's).
     """
 
     connection_id: str
@@ -44,6 +67,17 @@ class EventEmitter:
     log: logging.Logger
     #: Without it (tests of the emitter alone) events are encoded and not logged.
     record: Record | None = None
+    metrics: Metrics = attrs.field(factory=Metrics, kw_only=True)
+    # When each run's user_message was received (time.perf_counter: a fifth of
+    # trio.current_time's cost), until its terminal event; None while no run is timed,
+    # so an idle connection keeps no dict.
+    _received: dict[str, float] | None = attrs.field(default=None, init=False)
+
+    def run_received(self, run_id: str) -> None:
+        """Note that the message starting ``run_id`` was just received: its turn starts now."""
+        if self._received is None:
+            self._received = {}
+        self._received[run_id] = time.perf_counter()
 
     async def send_event(self, event: ServerEvent) -> None:
         """Send a connection-level event; returns once it is written.
@@ -66,11 +100,13 @@ class EventEmitter:
         try:
             event = self.state.prepare(run_id, payload)
         except EventRefused:
+            self.metrics.isolation_violations += 1
             self.log.error(
                 "isolation violation: refused %s for run %s on connection %s",
                 payload.TYPE,
                 run_id,
                 self.connection_id,
+                extra={"connection_id": self.connection_id, "run_id": run_id},
             )
             raise
         try:
@@ -81,7 +117,31 @@ class EventEmitter:
         except UnicodeEncodeError as exc:  # a lone surrogate from an agent
             raise InvalidEvent(f"{payload.TYPE} payload is not UTF-8: {exc}") from None
         self.state.commit(event)
+        if type(payload) in _COUNTED:
+            self._count(run_id, payload)
         await self.write(self.connection_id, (frame,), deferred, ticket)
+
+    def _count(self, run_id: str, payload: RunPayload) -> None:
+        metrics = self.metrics
+        if isinstance(payload, AgentStarted):
+            metrics.runs_started += 1
+            if self._received is None or run_id not in self._received:
+                self.run_received(run_id)  # no receive time noted: time it from here
+            return
+        if isinstance(payload, AgentCompleted):
+            metrics.runs_completed += 1
+        elif isinstance(payload, RunCancelled):
+            counts = metrics.cancelled_by_reason
+            counts[payload.reason] = counts.get(payload.reason, 0) + 1
+        else:
+            assert isinstance(payload, AgentError)  # the last of TERMINAL_PAYLOADS
+            counts = metrics.failed_by_code
+            counts[payload.code] = counts.get(payload.code, 0) + 1
+        received = self._received
+        if received is not None and run_id in received:
+            metrics.turn_seconds.observe(time.perf_counter() - received.pop(run_id))
+            if not received:
+                self._received = None
 
 
 def encode_run_event(event: RunEvent, wire: dict[str, Any] | None = None) -> str:

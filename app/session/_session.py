@@ -170,7 +170,12 @@ class _Session:
             )
         )
         self._emitter = EventEmitter(
-            self._connection_id, self._state, self._write, self._log, self._record
+            self._connection_id,
+            self._state,
+            self._write,
+            self._log,
+            self._record,
+            metrics=lifecycle.metrics,
         )
         # The store as this user sees it: every thread read and written is the user's.
         self._threads = lifecycle.threads.for_user(context.user_id)
@@ -211,7 +216,11 @@ class _Session:
                     await self._detached()
                 nursery.cancel_scope.cancel()
         except Exception:
-            self._log.exception("internal error on connection %s", self._connection_id)
+            self._log.exception(
+                "internal error on connection %s",
+                self._connection_id,
+                extra={"connection_id": self._connection_id},
+            )
             self._request_close(CloseCode.INTERNAL_ERROR, CloseReason.INTERNAL_ERROR)
         finally:
             self._nursery = None
@@ -266,6 +275,7 @@ class _Session:
         Cancellation: the frames stay queued in the transport and go out.
         """
         if connection_id != self._connection_id:
+            self._lifecycle.metrics.isolation_violations += 1
             self._log.error(
                 "isolation violation: frame for connection %s refused on %s",
                 connection_id,
@@ -641,6 +651,7 @@ class _Session:
         # The run's own scope carries its time limit too: one cancel scope per run.
         scope = trio.CancelScope(deadline=trio.current_time() + settings.run_timeout_s)
         self._state.attach(start.run_id, scope)
+        self._emitter.run_received(start.run_id)  # the turn starts: its message was just read
         assert self._nursery is not None
         self._nursery.start_soon(self._run, start, scope, thread)
 
@@ -758,7 +769,11 @@ class _Session:
             except AgentFailure as exc:
                 terminal = AgentError(exc.code, exc.message)
             except Exception:
-                self._log.exception("agent failed in run %s", run_id)
+                self._log.exception(
+                    "agent failed in run %s",
+                    run_id,
+                    extra={"connection_id": self._connection_id, "run_id": run_id},
+                )
                 terminal = AgentError(RunErrorCode.AGENT_FAILED, "the agent failed")
         reason = state.cancel_reason(run_id)
         if reason is not None:  # a cancel always records its reason before cancelling

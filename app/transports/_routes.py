@@ -1,5 +1,6 @@
-"""What both transports answer over HTTP: ``/health``, ``/ready``, the chat page (``/``,
-``/app.js``, ``/app.css``), ``POST /dev/token`` (dev mode only), admission, rejections.
+"""What both transports answer over HTTP: ``/health``, ``/ready``, ``/metrics``, the chat
+page (``/``, ``/app.js``, ``/app.css``), ``POST /dev/token`` (dev mode only), admission,
+rejections.
 
 The ASGI transport (``transports/asgi/_server.py``) and the lean transport
 (``transports/lean/_server.py``) turn
@@ -10,9 +11,11 @@ body come from here, so the two cannot drift apart. No I/O.
 from __future__ import annotations
 
 import json
+import types
 from typing import Any, Final
 
 import attrs
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ..auth._tokens import MAX_SUBJECT_CHARS
 from ..services._services import ServerLifecycle, Services
@@ -32,6 +35,7 @@ __all__ = [
     "dev_token_reply",
     "health_reply",
     "json_reply",
+    "metrics_reply",
     "page_reply",
     "ready_reply",
     "rejection_reply",
@@ -53,6 +57,16 @@ _PAGE_HEADERS: Final = (
 DEV_TOKEN_PATH: Final = "/dev/token"
 #: The largest ``POST /dev/token`` body read; larger gets 413.
 DEV_TOKEN_MAX_BODY: Final = 4096
+# What a handshake rejection's ``error`` counts as in ``enclave_handshakes_refused_total``;
+# every other error is an AuthError's (missing, malformed, expired, bad signature ...).
+_REFUSAL_OF_ERROR: Final = types.MappingProxyType(
+    {
+        "forbidden_origin": "origin",
+        "unsupported_subprotocol": "subprotocol",
+        "too_many_connections": "rate",
+        "cooling_down": "cooldown",
+    }
+)
 
 
 @attrs.frozen
@@ -124,6 +138,11 @@ def dev_token_reply(minter: TokenMinter, body: bytes, now: float) -> HttpReply:
     )
 
 
+def metrics_reply(lifecycle: ServerLifecycle) -> HttpReply:
+    """``GET /metrics``: every metric in the Prometheus text format."""
+    return HttpReply(200, lifecycle.metrics.render(), (("content-type", CONTENT_TYPE_LATEST),))
+
+
 def rejection_reply(rejection: Reject) -> HttpReply:
     """A refused handshake as an HTTP response."""
     return HttpReply(rejection.status, rejection.body(), rejection.all_headers())
@@ -137,8 +156,9 @@ def admit(lifecycle: ServerLifecycle, retry_after_s: int) -> Reject | None:
     """
     if lifecycle.try_admit():
         return None
-    detail = "server is draining" if lifecycle.draining.is_set() else "server is full"
-    return unavailable(detail, retry_after_s)
+    draining = lifecycle.draining.is_set()
+    lifecycle.metrics.refused("draining" if draining else "full")
+    return unavailable("server is draining" if draining else "server is full", retry_after_s)
 
 
 def decide(
@@ -152,7 +172,10 @@ def decide(
     decision = evaluate_handshake(
         info, settings=services.settings, verifier=services.verifier, now=services.wall_clock()
     )
-    if isinstance(decision, Reject):
-        return decision
-    refused = lifecycle.subjects.admit(decision.claims.subject, now)
-    return decision if refused is None else refused_for_user(refused, services.settings)
+    if isinstance(decision, Accept):
+        refused = lifecycle.subjects.admit(decision.claims.subject, now)
+        if refused is None:
+            return decision
+        decision = refused_for_user(refused, services.settings)
+    lifecycle.metrics.refused(_REFUSAL_OF_ERROR.get(decision.error, "token"))
+    return decision

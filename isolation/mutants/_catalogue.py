@@ -91,7 +91,12 @@ class Services:
             "session/_session.py",
             """\
         self._emitter = EventEmitter(
-            self._connection_id, self._state, self._write, self._log, self._record
+            self._connection_id,
+            self._state,
+            self._write,
+            self._log,
+            self._record,
+            metrics=lifecycle.metrics,
         )
 """,
             """\
@@ -102,6 +107,7 @@ class Services:
             self._log,
             dispatcher=services.dispatcher,
             record=self._record,
+            metrics=lifecycle.metrics,
         )
         services.dispatcher.connect(context.user_id, self._connection_id, self._write)
 """,
@@ -128,13 +134,6 @@ _REGISTRY_BY_CLIENT_ID: Final = Mutant(
         "Channels 3.0, CVE-2020-35681: the last socket received everyone's messages)"
     ),
     replacements=(
-        Replacement(
-            "session/_emitter.py",
-            "from ..core._events import RunEvent, RunPayload, ServerEvent, encode_json,"
-            " serialize\n",
-            "from ..core._events import AgentStarted, RunEvent, RunPayload, ServerEvent\n"
-            "from ..core._events import encode_json, serialize\n",
-        ),
         Replacement(
             "session/_emitter.py",
             "class InvalidEvent(Exception):\n",

@@ -35,6 +35,7 @@ from .._routes import (
     decide,
     dev_token_reply,
     health_reply,
+    metrics_reply,
     page_reply,
     ready_reply,
     rejection_reply,
@@ -73,6 +74,10 @@ def create_app(services: Services, lifecycle: ServerLifecycle) -> QuartTrio:
     @app.get("/ready")
     async def ready() -> Response:
         return _response(ready_reply(lifecycle))
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return _response(metrics_reply(lifecycle))
 
     async def page() -> Response:
         reply = page_reply(static, request.path)
@@ -121,7 +126,14 @@ def create_app(services: Services, lifecycle: ServerLifecycle) -> QuartTrio:
                 return _response(rejection_reply(decision))
             await ws.accept(subprotocol=decision.subprotocol)
             context = UserContext.from_claims(decision.claims, carrier=decision.carrier)
-            await run_session(QuartTransport(ws), context, services, lifecycle)
+            metrics = lifecycle.metrics
+            transport = QuartTransport(ws, metrics.traffic)
+            metrics.connections_open += 1
+            try:
+                await run_session(transport, context, services, lifecycle)
+            finally:
+                metrics.connections_open -= 1
+                metrics.closed(*transport.closed_with())
         finally:
             lifecycle.release()
         return None

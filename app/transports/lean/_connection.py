@@ -56,6 +56,7 @@ from websockets.protocol import CLOSED, OPEN, SERVER, Protocol
 from isolation import request_scoped
 
 from ...core._codes import CloseReason
+from ...services._metrics import Traffic
 from ...session._transport import SendTimeout, TransportClosed, UnsupportedFrame
 
 __all__ = ["LeanTransport", "QuietInfoLogger", "text_frame"]
@@ -140,8 +141,13 @@ class LeanTransport:
         max_message_bytes: int,
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
         initial: bytes = b"",
+        traffic: Traffic | None = None,
     ) -> None:
         self._stream = stream
+        # The process's counters (its own without one): plain ints, a few ns a frame.
+        self._traffic = Traffic() if traffic is None else traffic
+        # The close the server started (code, reason), for the metrics; see closed_with.
+        self._closing: tuple[int, str] | None = None
         self._protocol = _ServerProtocol(
             SERVER, state=OPEN, max_size=max_message_bytes, logger=logger
         )
@@ -169,6 +175,7 @@ class LeanTransport:
         self._pong: tuple[bytes, trio.Event] | None = None
         self._pings_sent = 0
         if initial:  # frames that arrived with the opening request
+            self._traffic.bytes_in += len(initial)
             self._feed(initial)
 
     # -- reading -----------------------------------------------------------------
@@ -181,7 +188,9 @@ class LeanTransport:
         its close frame). Waits while a write waits for the peer to read.
         Cancellation: nothing read is lost; the next call goes on.
         """
-        return cast("str", await self._receive(binary=False))
+        text = cast("str", await self._receive(binary=False))
+        self._traffic.frames_in += 1
+        return text
 
     async def receive_message(self) -> str | bytes:
         """The next message, text (``str``) or binary (``bytes``), fragments joined.
@@ -299,6 +308,7 @@ class LeanTransport:
                     data = b""
                 break
             self._drained = len(data) < READ_BYTES
+        self._traffic.bytes_in += len(data)
         self._feed(data)
         if self._pending():
             # Pongs, a close echo, the protocol's own close frame: no waiting for a write
@@ -388,6 +398,7 @@ class LeanTransport:
             with trio.move_on_at(deadline):
                 await self._stream.send_all(data)
                 self._sent_bytes += len(data)
+                self._traffic.bytes_out += len(data)
                 return
             self._broken = True  # cut inside send_all: the frame may be cut too
             raise SendTimeout
@@ -413,6 +424,7 @@ class LeanTransport:
                     continue
                 sent += n
                 self._sent_bytes += n
+                self._traffic.bytes_out += n
         except OSError as exc:
             raise trio.BrokenResourceError(str(exc)) from exc
         except BaseException:
@@ -441,6 +453,7 @@ class LeanTransport:
         out = self._out
         for frame in frames:
             out.append(text_frame(frame))
+        self._traffic.frames_out += len(frames)
 
     def backlog(self) -> int:
         """Bytes queued and not yet written."""
@@ -471,6 +484,7 @@ class LeanTransport:
             self._broken = True
             return True
         self._sent_bytes += sent
+        self._traffic.bytes_out += sent
         if sent < len(data):
             out.append(data[sent:])
             return False
@@ -534,11 +548,25 @@ class LeanTransport:
         Raises :class:`TransportClosed` when nothing can be sent. Cancellation: the close
         frame stays queued for :meth:`finish`.
         """
+        if self._closing is None:
+            self._closing = (code, reason)
         if self._broken or self._stalled or self._protocol.state is not OPEN:
             return
         self._protocol.send_close(code, reason)
         self._take_output()
         await self._flush_while_taken()
+
+    def closed_with(self) -> tuple[int | None, str | None]:
+        """The close the server started: (code, reason), or (None, None) when the peer
+        closed first or left. Its own closes (:meth:`close`) and the protocol's (1002,
+        1007, 1009) count, sent or not; an echo of the peer's close does not.
+        """
+        if self._closing is not None:
+            return self._closing
+        sent = self._protocol.close_sent
+        if sent is not None and not self._protocol.close_rcvd_then_sent:
+            return int(sent.code), sent.reason
+        return None, None
 
     async def finish(self, wait_s: float) -> None:
         """End the connection once the session is over, then close the stream.

@@ -1,6 +1,6 @@
 """The lean transport: Trio sockets, one task per connection, HTTP/1.1 answered here.
 
-One port serves ``GET /health``, ``GET /ready``, the chat page (``GET /``,
+One port serves ``GET /health``, ``GET /ready``, ``GET /metrics``, the chat page (``GET /``,
 ``/app.js``, ``/app.css``; ``POST /dev/token`` in dev mode) and the WebSocket upgrade at
 ``settings.path``; everything the ASGI transport also answers comes from
 ``app/transports/_routes.py`` (same statuses, headers and JSON bodies), admission included and
@@ -45,6 +45,7 @@ from .._routes import (
     dev_token_reply,
     health_reply,
     json_reply,
+    metrics_reply,
     page_reply,
     ready_reply,
     rejection_reply,
@@ -64,7 +65,7 @@ _GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VALUE: Final = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 _TARGET: Final = re.compile(rb"/[\x21-\x7e]*")
-_HTTP_PATHS: Final = frozenset({"/health", "/ready"})
+_HTTP_PATHS: Final = frozenset({"/health", "/ready", "/metrics"})
 _CONTENT_LENGTH: Final = re.compile(r"[0-9]{1,9}")
 
 
@@ -235,8 +236,11 @@ class _LeanServer:
                 await self._answer(stream, _error(405, "use GET", ("allow", "HEAD, GET")))
             elif request.path == "/health":
                 await self._answer(stream, health_reply(), head_only=request.method == "HEAD")
-            else:
+            elif request.path == "/ready":
                 reply = ready_reply(self.lifecycle)
+                await self._answer(stream, reply, head_only=request.method == "HEAD")
+            else:
+                reply = metrics_reply(self.lifecycle)
                 await self._answer(stream, reply, head_only=request.method == "HEAD")
         elif (page := page_reply(self.static, request.path)) is not None:
             if request.method not in ("GET", "HEAD"):
@@ -337,16 +341,21 @@ class _LeanServer:
                 await stream.send_all(_accept(key, decision.subprotocol))
             if opening.cancelled_caught:
                 return
+            metrics = lifecycle.metrics
             transport = LeanTransport(
                 stream,
                 max_message_bytes=services.settings.max_message_bytes,
                 logger=self.ws_log,
                 initial=rest,
+                traffic=metrics.traffic,
             )
             context = UserContext.from_claims(decision.claims, carrier=decision.carrier)
+            metrics.connections_open += 1
             try:
                 await run_session(transport, context, services, lifecycle)
             finally:
+                metrics.connections_open -= 1
+                metrics.closed(*transport.closed_with())
                 await transport.finish(CLOSE_TIMEOUT_S)
         finally:
             lifecycle.release()

@@ -13,6 +13,15 @@ def test_defaults_with_a_secret() -> None:
     assert settings.jwt_secret == SECRET.encode()
     assert settings.effective_algorithms() == ("HS256",)
     assert settings.limits()["max_runs"] == 4
+    assert settings.log_format == "text"
+
+
+def test_log_format_from_flag_or_env() -> None:
+    assert (
+        load_settings({"log_format": "json"}, {"ENCLAVE_JWT_SECRET": SECRET}).log_format == "json"
+    )
+    env = {"ENCLAVE_JWT_SECRET": SECRET, "ENCLAVE_LOG_FORMAT": "json"}
+    assert load_settings({}, env).log_format == "json"
 
 
 def test_flag_wins_over_env_over_default() -> None:
@@ -65,6 +74,7 @@ def test_secret_never_shown() -> None:
         ({"retry_after_s": "-1"}, "--retry-after-s"),
         ({"path": "ws"}, "--path"),
         ({"log_level": "loud"}, "--log-level"),
+        ({"log_format": "xml"}, "--log-format"),
         ({"allow_query_token": "maybe"}, "--allow-query-token"),
         ({"algorithms": "none"}, "unsupported none"),
         ({"algorithms": "RS256"}, "only HS algorithms"),

@@ -5,9 +5,18 @@ import attrs
 import pytest
 import trio
 
-from app.core._codes import ErrorCode
-from app.core._events import AgentCompleted, AgentThinking, ErrorEvent
+from app.core._codes import CancelReason, ErrorCode, RunErrorCode
+from app.core._events import (
+    AgentCompleted,
+    AgentError,
+    AgentStarted,
+    AgentThinking,
+    ErrorEvent,
+    RunCancelled,
+    RunPayload,
+)
 from app.core._state import ConnectionState, EventRefused, RunLimits, StartRun
+from app.services._metrics import Metrics
 from app.session._emitter import EventEmitter, InvalidEvent
 
 
@@ -95,3 +104,70 @@ async def test_events_of_a_run_are_numbered_in_order() -> None:
     await emitter.emit_run(run_id, AgentThinking("two"))
     assert [b'"seq":1' in f for _, f in recorder.written] == [True, False]
     assert b'"seq":2' in recorder.written[1][1]
+
+
+# -- what the emitter counts -----------------------------------------------------------
+
+
+def start_run(state: ConnectionState, n: int) -> str:
+    [action] = state.receive_text(f'{{"type":"user_message","text":"x{n}"}}', 0.0)
+    assert isinstance(action, StartRun)
+    return action.run_id
+
+
+async def test_runs_are_counted_by_how_they_end_and_each_turn_is_timed() -> None:
+    state = ConnectionState(
+        RunLimits(max_runs=8), new_run_id=iter(["r1", "r2", "r3", "r4"]).__next__
+    )
+    metrics = Metrics()
+    emitter = EventEmitter(
+        "conn_a", state, Recorder().write, logging.getLogger("t"), metrics=metrics
+    )
+    ends: list[RunPayload] = [
+        AgentCompleted({"ok": True}),
+        RunCancelled(CancelReason.CANCELLED_BY_CLIENT),
+        AgentError(RunErrorCode.RUN_TIMEOUT, "slow"),
+        AgentError(RunErrorCode.RUN_TIMEOUT, "slow"),
+    ]
+    for n, end in enumerate(ends):
+        run_id = start_run(state, n)
+        emitter.run_received(run_id)
+        await emitter.emit_run(run_id, AgentStarted(agent="echo"))
+        await emitter.emit_run(run_id, AgentThinking("hmm"))
+        await trio.sleep(0.02)  # the turn's time is real time
+        await emitter.emit_run(run_id, end)
+    assert metrics.runs_started == 4
+    assert metrics.runs_completed == 1
+    assert metrics.cancelled_by_reason["cancelled_by_client"] == 1
+    assert metrics.failed_by_code["run_timeout"] == 2
+    assert metrics.turn_seconds.count == 4
+    assert 4 * 0.02 <= metrics.turn_seconds.sum < 4.0
+
+
+async def test_a_turn_without_a_receive_time_is_timed_from_agent_started() -> None:
+    emitter, state, _ = make()
+    run_id = start(state)
+    await emitter.emit_run(run_id, AgentStarted(agent="echo"))
+    await emitter.emit_run(run_id, AgentCompleted(None))
+    assert emitter.metrics.turn_seconds.count == 1
+    assert emitter.metrics.turn_seconds.sum < 1.0
+
+
+async def test_an_isolation_violation_is_counted() -> None:
+    emitter, _, _ = make()
+    with pytest.raises(EventRefused):
+        await emitter.emit_run("run_of_another_user", AgentThinking("leak"))
+    assert emitter.metrics.isolation_violations == 1
+
+
+async def test_the_violation_log_names_the_connection_and_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    emitter, _, _ = make()
+    with pytest.raises(EventRefused):
+        await emitter.emit_run("run_x", AgentThinking("leak"))
+    [record] = caplog.records
+    assert (getattr(record, "connection_id", None), getattr(record, "run_id", None)) == (
+        "conn_a",
+        "run_x",
+    )

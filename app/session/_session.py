@@ -123,6 +123,7 @@ class _Session:
     # Slots: 10,000 idle connections keep 10,000 of these.
     __slots__ = (
         "_alarm",
+        "_awaiting_commit",
         "_close",
         "_connection_id",
         "_context",
@@ -184,6 +185,7 @@ class _Session:
         self._ticket = 0  # the last thread-log ticket among the frames queued
         self._runs_idle: trio.Event | None = None  # made by the drain, set by the last run
         self._flushing = False  # a flusher task writes what a run left queued
+        self._awaiting_commit = False  # the thread logs call back once it is sendable
         self._close: Close | None = None
         self._peer_left = False
         self._nursery: trio.Nursery | None = None  # its cancel scope ends the connection
@@ -259,6 +261,8 @@ class _Session:
             return
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + CLOSE_TIMEOUT_S
+            # The close writes what is queued first: only what the log holds.
+            await self._threads.wait_sendable(self._ticket)
             with contextlib.suppress(TransportClosed):
                 await self._transport.close(int(self._close.code), str(self._close.reason))
 
@@ -323,9 +327,19 @@ class _Session:
         (or what the thread log has not committed yet)."""
         if self._flushing or self._nursery is None:
             return
-        if not self._threads.sendable(self._ticket) or not self._transport.write_now():
+        if not self._threads.sendable(self._ticket):
+            # The log's writer calls back after the commit: no task waits for it.
+            if not self._awaiting_commit:
+                self._awaiting_commit = True
+                self._threads.when_sendable(self._ticket, self._committed)
+            return
+        if not self._transport.write_now():
             self._flushing = True
             self._nursery.start_soon(self._flusher)
+
+    def _committed(self) -> None:
+        self._awaiting_commit = False
+        self._write_queued()
 
     async def _flusher(self) -> None:
         try:
@@ -781,9 +795,12 @@ class _Session:
         elif terminal is None:  # the deadline expired
             terminal = AgentError(RunErrorCode.RUN_TIMEOUT, "the run took too long")
         try:
-            await emitter.emit_run(run_id, terminal)
+            await emitter.emit_run(run_id, terminal, deferred=True)
         except InvalidEvent as exc:
-            await emitter.emit_run(run_id, AgentError(RunErrorCode.INVALID_RESULT, str(exc)))
+            invalid = AgentError(RunErrorCode.INVALID_RESULT, str(exc))
+            await emitter.emit_run(run_id, invalid, deferred=True)
+        # Written now, or once the log holds it; a peer that does not read gets a flusher.
+        self._write_queued()
 
 
 @types.coroutine

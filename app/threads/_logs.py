@@ -162,6 +162,9 @@ class ThreadLogs:
         self._wake = trio.Event()  # the writer has something to write
         self._progress = trio.Event()  # ``_written`` moved; replaced each time
         self._lock = trio.Lock()  # one backend call at a time
+        # (ticket, callback) of connections with frames waiting for a commit: like a
+        # trio.Event's waiters, called (and forgotten) by the writer once it is done.
+        self._waiters: list[tuple[int, Callable[[], None]]] = []
         self.batches = 0
         self.entries = 0
 
@@ -209,6 +212,13 @@ class ThreadLogs:
         """Whether a frame of ``ticket`` may be sent now."""
         return ticket <= self._written or not self._durable
 
+    def when_sendable(self, ticket: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (from the writer task) once a frame of ``ticket`` may be sent."""
+        if self.sendable(ticket):
+            callback()
+        else:
+            self._waiters.append((ticket, callback))
+
     async def wait_sendable(self, ticket: int) -> None:
         """Return once a frame of ``ticket`` may be sent. Cancellation: just stops waiting."""
         if self._durable:
@@ -247,6 +257,13 @@ class ThreadLogs:
         self._written = last
         self._progress.set()
         self._progress = trio.Event()
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for ticket, callback in waiters:
+                if ticket <= last:
+                    callback()
+                else:
+                    self._waiters.append((ticket, callback))
 
     async def flush(self) -> None:
         """Commit what is pending now. Cancellation: a batch started completes."""
@@ -327,6 +344,10 @@ class UserThreads:
 
     def sendable(self, ticket: int) -> bool:
         return self._logs.sendable(ticket)
+
+    def when_sendable(self, ticket: int, callback: Callable[[], None]) -> None:
+        """See :meth:`ThreadLogs.when_sendable`."""
+        self._logs.when_sendable(ticket, callback)
 
     async def wait_sendable(self, ticket: int) -> None:
         """See :meth:`ThreadLogs.wait_sendable`."""

@@ -80,6 +80,8 @@ async def serve(
         ),
         threads=threads,
     )
+    store_seconds = lifecycle.metrics.store_seconds
+    threads.observe = lambda op, seconds: store_seconds.labels(op).observe(seconds)
     if settings.transport == "lean":
         transport = serve_lean
     else:  # imported here: only an ASGI server loads Quart and Hypercorn

@@ -165,6 +165,8 @@ class ThreadLogs:
         # (ticket, callback) of connections with frames waiting for a commit: like a
         # trio.Event's waiters, called (and forgotten) by the writer once it is done.
         self._waiters: list[tuple[int, Callable[[], None]]] = []
+        #: ``observe(op, seconds)`` of each backend call (the server's metrics).
+        self.observe: Callable[[str, float], None] | None = None
         self.batches = 0
         self.entries = 0
 
@@ -251,7 +253,9 @@ class ThreadLogs:
         batch, self._pending = self._pending, []
         last = self._given
         async with self._lock:
+            started = time.perf_counter()
             await self._backend.append(batch)
+            self._timed("append", started)
         self.batches += 1
         self.entries += len(batch)
         self._written = last
@@ -292,7 +296,9 @@ class ThreadLogs:
             # An unpinned thread may still have entries pending: its head must include them.
             await self.wait_written(self._given)
             async with self._lock:
+                started = time.perf_counter()
                 head = await self._backend.head(user_id, thread_id)
+                self._timed("head", started)
             thread = self._open.get(key)  # another task may have opened it meanwhile
             if thread is None:
                 thread = ThreadLog(
@@ -324,11 +330,18 @@ class ThreadLogs:
 
     # -- reading --------------------------------------------------------------
 
-    async def _read(self, call: Callable[[], Any]) -> Any:
+    async def _read(self, op: str, call: Callable[[], Any]) -> Any:
         # Reads see every append made before them.
         await self.wait_written(self._given)
         async with self._lock:
-            return await call()
+            started = time.perf_counter()
+            result = await call()
+            self._timed(op, started)
+            return result
+
+    def _timed(self, op: str, started: float) -> None:
+        if self.observe is not None:
+            self.observe(op, time.perf_counter() - started)
 
 
 @attrs.frozen
@@ -374,7 +387,7 @@ class UserThreads:
         """A page of history (see :meth:`Backend.page`). Cancellation: nothing changes."""
         backend = self._logs._backend
         page: tuple[Sequence[Entry], bool] = await self._logs._read(
-            lambda: backend.page(self.user_id, thread_id, before, limit)
+            "page", lambda: backend.page(self.user_id, thread_id, before, limit)
         )
         return page
 
@@ -382,7 +395,7 @@ class UserThreads:
         """Entries after ``after`` (see :meth:`Backend.after`). Cancellation: nothing changes."""
         backend = self._logs._backend
         entries: Sequence[Entry] = await self._logs._read(
-            lambda: backend.after(self.user_id, thread_id, after, limit)
+            "after", lambda: backend.after(self.user_id, thread_id, after, limit)
         )
         return entries
 
@@ -390,7 +403,7 @@ class UserThreads:
         """This user's threads (see :meth:`Backend.threads`). Cancellation: nothing changes."""
         backend = self._logs._backend
         summaries: Sequence[ThreadSummary] = await self._logs._read(
-            lambda: backend.threads(self.user_id, limit)
+            "threads", lambda: backend.threads(self.user_id, limit)
         )
         return summaries
 

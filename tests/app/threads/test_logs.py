@@ -255,3 +255,20 @@ async def test_a_run_a_crash_left_without_an_end_is_ended_on_open(tmp_path: Path
         "seq": 2,
         "thread_seq": 3,
     }
+
+
+async def test_each_backend_call_is_timed(tmp_path: Path) -> None:
+    logs = await open_thread_logs(f"sqlite:{tmp_path / 't.db'}", Retention())
+    seen: list[str] = []
+    logs.observe = lambda op, seconds: seen.append(op) if seconds >= 0 else None
+    try:
+        alice = logs.for_user("alice")
+        alice.release(await alice.open("thr_1"))
+        alice.create("thr_2").append("x", None, text)
+        await logs.flush()
+        await alice.page("thr_2", None, 5)
+        await alice.after("thr_2", 0, 5)
+        await alice.threads(5)
+    finally:
+        await logs.aclose()
+    assert seen == ["head", "append", "page", "after", "threads"]

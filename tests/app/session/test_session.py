@@ -222,7 +222,8 @@ async def test_connections_opened_together_do_not_ping_together(
     for r in recorders:
         gaps = [b - a for a, b in zip(r.sent_at, r.sent_at[1:], strict=False)]
         assert len(gaps) >= 2, r.sent_at
-        assert all(gap == pytest.approx(10, abs=CLOCK_TICK_S) for gap in gaps), r.sent_at
+        # Up to a tick off: pings leave on the clock's grid (a float sum: a hair of slack).
+        assert all(gap == pytest.approx(10, abs=CLOCK_TICK_S + 1e-9) for gap in gaps), r.sent_at
 
 
 async def test_token_expiry(autojump_clock: trio.testing.MockClock) -> None:

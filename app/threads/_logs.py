@@ -151,7 +151,7 @@ class ThreadLogs:
         #: A durable backend: frames wait for their commit. Memory: nothing to wait for.
         self._durable = durable
         # The memory backend is written at once, in the appending task: no writer, no wait.
-        self._append_now: Callable[[Sequence[Entry]], None] | None = None
+        self._append_now: Callable[[Entry], None] | None = None
         self._ttl_s = ttl_s
         self.wall_clock = wall_clock
         self._log = log or logging.getLogger("app.threads")
@@ -182,7 +182,7 @@ class ThreadLogs:
         restart (the epoch tells clients)."""
         backend = MemoryBackend(retention or Retention(), clock=wall_clock, max_bytes=max_bytes)
         logs = cls(backend, durable=False, ttl_s=backend.ttl_s, wall_clock=wall_clock)
-        logs._append_now = backend.append_now
+        logs._append_now = backend.append_one
         return logs
 
     @property
@@ -203,7 +203,7 @@ class ThreadLogs:
         """Queue ``entry`` for the writer; its ticket."""
         self._given += 1
         if self._append_now is not None:
-            self._append_now((entry,))
+            self._append_now(entry)
             self._written = self._given
         else:
             self._pending.append(entry)

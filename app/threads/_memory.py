@@ -82,7 +82,9 @@ class MemoryBackend:
         self.max_bytes = max_bytes
         self._epoch = secrets.token_urlsafe(16)
         self._users: dict[str, dict[str, _Thread]] = {}
-        self._recent: OrderedDict[ThreadKey, _Thread] = OrderedDict()
+        # The threads by last update (least recent first), for the byte bound.
+        self._recent: OrderedDict[_Thread, None] = OrderedDict()
+        self._newest: _Thread | None = None
         self._bytes = 0
         self._closed = False
 
@@ -132,6 +134,12 @@ class MemoryBackend:
         for entry in entries:
             self._add(entry)
 
+    def append_one(self, entry: Entry) -> None:
+        """:meth:`append_now` of one entry (the hot path: one per event sent)."""
+        if self._closed:
+            raise trio.ClosedResourceError("the thread store is closed")
+        self._add(entry)
+
     def _add(self, entry: Entry) -> None:
         threads = self._users.get(entry.user_id)
         if threads is None:
@@ -155,10 +163,11 @@ class MemoryBackend:
         if max_events > 0 and entries[0].thread_seq <= seq - max_events:
             self._drop(thread, bisect.bisect_right(entries, seq - max_events, key=_seq))
         if self.max_bytes:
-            key = (entry.user_id, entry.thread_id)
-            recent = self._recent
-            recent[key] = thread
-            recent.move_to_end(key)
+            if self._newest is not thread:  # a turn appends several in a row: once
+                self._newest = thread
+                recent = self._recent
+                recent[thread] = None
+                recent.move_to_end(thread)
             if self._bytes > self.max_bytes:
                 self._evict()
 
@@ -173,7 +182,9 @@ class MemoryBackend:
         # The least recently updated threads lose their events first, down to 90 %.
         recent = self._recent
         while self._bytes > self.max_bytes * 0.9 and recent:
-            _, thread = recent.popitem(last=False)
+            thread, _ = recent.popitem(last=False)
+            if thread is self._newest:
+                self._newest = None
             self._drop(thread, len(thread.entries))
 
     @property
@@ -244,6 +255,7 @@ class MemoryBackend:
         self._closed = True
         self._users.clear()
         self._recent.clear()
+        self._newest = None
         self._bytes = 0
         await trio.lowlevel.checkpoint()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import trio
 
 from app.threads import Entry, MemoryBackend, Retention, ThreadHead
 from app.threads._memory import ENTRY_OVERHEAD
@@ -51,3 +52,11 @@ async def test_the_least_recently_updated_threads_go_first_past_max_bytes() -> N
     assert (new.last_seq, new.first_seq) == (11, 1)
     with pytest.raises(ValueError, match="not above"):
         store.append_now([Entry("u", "new", 11, "x", None, None, "t", 1.0)])
+
+
+async def test_append_one_refuses_a_closed_store() -> None:
+    store = MemoryBackend(Retention())
+    store.append_one(entry(1, 1.0))
+    await store.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        store.append_one(entry(2, 2.0))

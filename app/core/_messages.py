@@ -277,12 +277,16 @@ def _ref_of(obj: Mapping[str, Any]) -> str | None:
     return None
 
 
+#: Built once: ``json.loads`` with hooks builds a new decoder on every call.
+_DECODE: Final = json.JSONDecoder(
+    object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
+).decode
+
+
 def parse_client_message(text: str) -> ClientMessage | ProtocolError:
     """Parse one text frame. Never raises; bad input becomes a :class:`ProtocolError`."""
     try:
-        obj = json.loads(
-            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
-        )
+        obj = _DECODE(text)
     except (ValueError, RecursionError) as exc:
         # RecursionError: deeply nested arrays; ValueError covers huge ints too.
         detail = str(exc) if isinstance(exc, ValueError) else "nesting too deep"

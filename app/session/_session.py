@@ -549,12 +549,16 @@ class _Session:
             thread.follow(self)
         followed[thread_id] = thread  # the most recently used last
         if len(followed) > MAX_FOLLOWED:
-            busy = {self._state.thread_of(run_id) for run_id in self._state.active_runs}
             for old in followed:
-                if old != thread_id and old not in busy and old not in self._replaying:
+                if old != thread_id and not self._runs_in(old) and old not in self._replaying:
                     self._unfollow(old)
                     break
         return thread
+
+    def _runs_in(self, thread_id: str) -> bool:
+        """Whether a run of this connection is in ``thread_id`` (its log stays pinned)."""
+        state = self._state
+        return any(state.thread_of(run_id) == thread_id for run_id in state.active_runs)
 
     def _unfollow(self, thread_id: str) -> None:
         thread = self._followed.pop(thread_id, None)
@@ -617,9 +621,7 @@ class _Session:
             else:
                 failure = await self._replay(thread_id, after, upto)
         if failure is not None:
-            if not any(
-                self._state.thread_of(run_id) == thread_id for run_id in self._state.active_runs
-            ):
+            if not self._runs_in(thread_id):
                 self._unfollow(thread_id)
             await emitter.send_event(Resumed(thread_id, False, reason=failure))
 
@@ -672,7 +674,6 @@ class _Session:
     async def _run(self, start: StartRun, scope: trio.CancelScope, thread: ThreadLog) -> None:
         run_id, message = start.run_id, start.message
         emitter, state = self._emitter, self._state
-        accepted = False
         try:
             client_id = message.client_id
             first = None if client_id is None else thread.client_ids.get(client_id)
@@ -681,18 +682,16 @@ class _Session:
                 assert client_id is not None
                 await emitter.send_event(DuplicateMessage(thread.thread_id, client_id, first))
                 return
+            if client_id is not None:
+                thread.client_ids[client_id] = run_id  # claimed: a copy now is a duplicate
             history: tuple[tuple[str, str], ...] = ()
             if getattr(self._services.agent, "uses_history", False) and thread.exists:
-                if client_id is not None:
-                    thread.client_ids[client_id] = run_id  # claimed while we read
                 try:
                     history = await self._conversation(thread.thread_id, thread.last_seq + 1)
                 except BaseException:
                     if client_id is not None:
                         del thread.client_ids[client_id]
                     raise
-            if client_id is not None:
-                thread.client_ids[client_id] = run_id
             # From the message to agent_started no wait: both are in one commit, so a crash
             # leaves no accepted message without its run's start.
             _, ticket = thread.append(
@@ -706,10 +705,9 @@ class _Session:
             )
             self._ticket = max(self._ticket, ticket)
             thread.live_runs[run_id] = lambda: self._stop_run(run_id)
-            accepted = True
             await self._run_agent(start, scope, history)
         finally:
-            if accepted and thread.live_runs.pop(run_id, None) is not None:
+            if thread.live_runs.pop(run_id, None) is not None:
                 self._log_unfinished(run_id)
             state.discard(run_id)
             if self._runs_idle is not None and not state.has_runs:

@@ -167,8 +167,6 @@ class ThreadLogs:
         self._waiters: list[tuple[int, Callable[[], None]]] = []
         #: ``observe(op, seconds)`` of each backend call (the server's metrics).
         self.observe: Callable[[str, float], None] | None = None
-        self.batches = 0
-        self.entries = 0
 
     @classmethod
     def in_memory(
@@ -256,8 +254,6 @@ class ThreadLogs:
             started = time.perf_counter()
             await self._backend.append(batch)
             self._timed("append", started)
-        self.batches += 1
-        self.entries += len(batch)
         self._written = last
         self._progress.set()
         self._progress = trio.Event()

@@ -406,9 +406,9 @@ def run_session(
         ),
         Replacement(
             "session/_session.py",
-            "        finally:\n            if accepted and thread.live_runs.pop(",
+            "        finally:\n            if thread.live_runs.pop(",
             "        finally:\n            _RUN_STOPS.pop(run_id, None)\n"
-            "            if accepted and thread.live_runs.pop(",
+            "            if thread.live_runs.pop(",
         ),
     ),
     expected_static=frozenset({"ISO101"}),
@@ -628,8 +628,9 @@ _IDEMPOTENCY_BY_CLIENT_ID: Final = Mutant(
         ),
         Replacement(
             "session/_session.py",
-            "                thread.client_ids[client_id] = run_id\n",
-            "                thread.client_ids[client_id] = accepted[client_id] = run_id\n",
+            "                thread.client_ids[client_id] = run_id  # claimed",
+            "                thread.client_ids[client_id] = accepted[client_id] = run_id"
+            "  # claimed",
         ),
     ),
     expected_static=frozenset(),

@@ -1,10 +1,13 @@
 """For tests of sessions, agents and clients; never loaded by the server.
 
+- ``_components``: find redis-server, nginx, ...; skip when missing (fail under CI).
 - ``_memory``: an in-memory transport and client (a session with no sockets).
 - ``_mock_llm``: a local OpenAI-compatible streaming server with scripted replies.
 - ``_schema``: the chat.v1 JSON schema, to check frames against.
 """
 
+from ._components import find_component as find_component
+from ._components import missing_component as missing_component
 from ._memory import MemoryClient as MemoryClient
 from ._memory import MemoryTransport as MemoryTransport
 from ._memory import PeerClosed as PeerClosed
@@ -29,8 +32,10 @@ __all__ = [
     "Reply",
     "answer_responder",
     "error_reply",
+    "find_component",
     "malformed_reply",
     "memory_transport_pair",
+    "missing_component",
     "open_mock_llm",
     "scripted",
     "text_reply",

@@ -2,6 +2,7 @@
 
 - ``_components``: find redis-server, nginx, ...; skip when missing (fail under CI).
 - ``_memory``: an in-memory transport and client (a session with no sockets).
+- ``_redis``: a private redis-server on an ephemeral port.
 - ``_mock_llm``: a local OpenAI-compatible streaming server with scripted replies.
 - ``_schema``: the chat.v1 JSON schema, to check frames against.
 """
@@ -22,6 +23,9 @@ from ._mock_llm import open_mock_llm as open_mock_llm
 from ._mock_llm import scripted as scripted
 from ._mock_llm import text_reply as text_reply
 from ._mock_llm import tool_reply as tool_reply
+from ._redis import RedisServer as RedisServer
+from ._redis import free_port as free_port
+from ._redis import redis_server as redis_server
 
 __all__ = [
     "MemoryClient",
@@ -29,14 +33,17 @@ __all__ = [
     "MockLLM",
     "PeerClosed",
     "RecordedRequest",
+    "RedisServer",
     "Reply",
     "answer_responder",
     "error_reply",
     "find_component",
+    "free_port",
     "malformed_reply",
     "memory_transport_pair",
     "missing_component",
     "open_mock_llm",
+    "redis_server",
     "scripted",
     "text_reply",
     "tool_reply",

@@ -28,6 +28,8 @@ class ErrorCode(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     INVALID_TOKEN = "invalid_token"
     SHUTTING_DOWN = "shutting_down"
+    #: The run of the thread is still live in another server process sharing the store.
+    THREAD_BUSY = "thread_busy"
 
 
 class CloseCode(enum.IntEnum):

@@ -93,6 +93,10 @@ DEFER_BYTES: Final = 65_536
 MAX_FOLLOWED: Final = 16
 #: How often a connection whose peer left checks whether its runs are still followed.
 DETACHED_TICK_S: Final = 0.25
+#: How long a message waits for its thread while a run of it is live in another process
+#: sharing the store, before ``thread_busy``.
+CLAIM_WAIT_S: Final = 5.0
+THREAD_BUSY: Final = "the thread has a run in progress in another server process"
 #: Events of a thread read for an agent's conversation (``uses_history``).
 HISTORY_TURN_EVENTS: Final = 200
 #: Largest ``history`` frame (characters of events); older events go to the next page.
@@ -638,7 +642,8 @@ class _Session:
         finally:
             del self._replaying[thread_id]
         # No wait from here to the queueing of what was held: its order is the log's.
-        live = tuple(sorted(self._followed[thread_id].live_runs))
+        thread = self._followed[thread_id]
+        live = tuple(sorted(thread.live_runs.keys() | thread.remote_runs))
         frames = [serialize(Resumed(thread_id, True, last_seq=upto, live_runs=live)).encode()]
         frames.extend(frame for frame, _ in held)
         ticket = max((ticket for _, ticket in held), default=0)
@@ -660,9 +665,18 @@ class _Session:
         # messages, and the next message waits for this one's thread.
         try:
             thread = await self._follow(start.thread_id, fresh=start.message.thread_id is None)
+            if not thread.owned:  # another process sharing the store is writing it
+                with trio.move_on_after(CLAIM_WAIT_S):
+                    await self._threads.own(thread)
         except BaseException:
             self._state.discard(start.run_id)
             raise
+        if not thread.owned:
+            self._state.discard(start.run_id)
+            await self._emitter.send_event(
+                ErrorEvent(ErrorCode.THREAD_BUSY, THREAD_BUSY, start.message.client_id)
+            )
+            return
         settings = self._services.settings
         # The run's own scope carries its time limit too: one cancel scope per run.
         scope = trio.CancelScope(deadline=trio.current_time() + settings.run_timeout_s)

@@ -14,11 +14,19 @@ backend.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Final, NamedTuple, Protocol
+from typing import Final, NamedTuple, Protocol, runtime_checkable
 
 import attrs
 
-__all__ = ["TERMINAL_KINDS", "Backend", "Entry", "Retention", "ThreadHead", "ThreadSummary"]
+__all__ = [
+    "TERMINAL_KINDS",
+    "Backend",
+    "Entry",
+    "Retention",
+    "SharedBackend",
+    "ThreadHead",
+    "ThreadSummary",
+]
 
 #: The kinds of entry that end a run.
 TERMINAL_KINDS: Final = frozenset({"agent_completed", "agent_error", "run_cancelled"})
@@ -123,4 +131,40 @@ class Backend(Protocol):
 
     async def aclose(self) -> None:
         """Release files and connections. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class SharedBackend(Backend, Protocol):
+    """A backend several server processes share (Redis): a thread is written by one process
+    at a time, its *owner*, and the others read what it writes as it is written.
+
+    Ownership is a lease: it holds while its process renews :meth:`heartbeat`; the thread
+    of a process that died can be claimed once its heartbeat expired, and its runs with no
+    end are then ended ``interrupted``. :meth:`Backend.append` refuses a thread another live
+    process owns, and an entry whose ``thread_seq`` is not the next: a fence, not a lock.
+    """
+
+    @property
+    def worker_id(self) -> str:
+        """This process's name among those sharing the backend."""
+        ...
+
+    async def heartbeat(self, ttl_s: float) -> None:
+        """Keep this process's leases for ``ttl_s`` more seconds."""
+        ...
+
+    async def claim(self, user_id: str, thread_id: str) -> ThreadHead | str:
+        """Own ``thread_id`` and return its head, or the id of the live process that owns it."""
+        ...
+
+    async def release(self, user_id: str, thread_id: str) -> None:
+        """Give up the ownership of ``thread_id`` (if this process has it)."""
+        ...
+
+    async def read_after(
+        self, cursors: Mapping[tuple[str, str], int], block_ms: int, count: int
+    ) -> list[Entry]:
+        """Entries after each ``(user_id, thread_id)``'s ``thread_seq`` cursor, waiting up to
+        ``block_ms`` for one; ``[]`` when none came."""
         ...

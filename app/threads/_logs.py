@@ -27,7 +27,15 @@ import trio
 
 from ..core._codes import CancelReason
 from ..core._events import RunCancelled, encode_json
-from ._backend import Backend, Entry, Retention, ThreadSummary
+from ._backend import (
+    TERMINAL_KINDS,
+    Backend,
+    Entry,
+    Retention,
+    SharedBackend,
+    ThreadHead,
+    ThreadSummary,
+)
 from ._memory import MemoryBackend
 from ._open import open_backend
 
@@ -44,6 +52,17 @@ __all__ = [
 MAX_REPLAY_PAGE: Final = 500
 #: How often expired entries are pruned when ``history_ttl_s`` is set (seconds).
 PRUNE_EVERY_S: Final = 60.0
+#: A shared backend: how long this process's thread leases last without a renewal,
+#: and how often it renews them. A dead process's threads are claimable after the lease.
+LEASE_S: Final = 5.0
+HEARTBEAT_S: Final = 1.0
+#: How long one read of the threads other processes write waits for an entry. A thread
+#: followed meanwhile is read from its cursor at the next read: late by this much at
+#: most, never missed.
+TAIL_BLOCK_MS: Final = 200
+TAIL_COUNT: Final = 500
+#: How often a process waiting to own a thread asks again.
+CLAIM_RETRY_S: Final = 0.1
 
 
 class Follower(Protocol):
@@ -77,6 +96,11 @@ class ThreadLog:
     #: ``run_id -> stop`` of the runs live in this thread (a resuming connection cancels).
     live_runs: dict[str, Callable[[], bool]] = attrs.field(factory=dict, repr=False)
     refs: int = 0
+    #: Whether this process writes the thread. Always, but with a shared backend while
+    #: another process owns it: then its events arrive by the tail and nothing is appended.
+    owned: bool = True
+    #: The runs live in another process (a shared backend), as the log tells them.
+    remote_runs: set[str] = attrs.field(factory=set, repr=False)
 
     @property
     def exists(self) -> bool:
@@ -118,6 +142,22 @@ class ThreadLog:
             if follower is not origin:
                 follower.deliver(self.thread_id, frame, ticket)
         return frame, ticket
+
+    def take_remote(self, entry: Entry) -> None:
+        """An entry another process appended: the thread moves on and its followers get it."""
+        if entry.thread_seq <= self.last_seq:
+            return  # read twice (the tail and a claim's catch-up)
+        self.last_seq = entry.thread_seq
+        if entry.client_id is not None and entry.run_id is not None:
+            self.client_ids[entry.client_id] = entry.run_id
+        if entry.run_id is not None:
+            if entry.kind in TERMINAL_KINDS:
+                self.remote_runs.discard(entry.run_id)
+            else:
+                self.remote_runs.add(entry.run_id)
+        frame = entry.text.encode()
+        for follower in self.followers:
+            follower.deliver(self.thread_id, frame, 0)  # written already: sendable now
 
     def follow(self, follower: Follower) -> None:
         if not any(f is follower for f in self.followers):  # by identity, not equality
@@ -167,6 +207,10 @@ class ThreadLogs:
         self._waiters: list[tuple[int, Callable[[], None]]] = []
         #: ``observe(op, seconds)`` of each backend call (the server's metrics).
         self.observe: Callable[[str, float], None] | None = None
+        # A backend other processes share: leases, the tail, releases after the last write.
+        self._shared = backend if isinstance(backend, SharedBackend) else None
+        self._releases: dict[tuple[str, str], int] = {}  # key -> the ticket to write first
+        self._tail_wake = trio.Event()
 
     @classmethod
     def in_memory(
@@ -239,13 +283,18 @@ class ThreadLogs:
         async with trio.open_nursery() as nursery:
             if self._ttl_s > 0:
                 nursery.start_soon(self._pruner)
+            if self._shared is not None:
+                await nursery.start(self._heartbeat, self._shared)
+                nursery.start_soon(self._tail, self._shared)
             task_status.started()
             while True:
-                if not self._pending:
+                if self._pending:
+                    await self._write_batch()
+                elif self._releases:
+                    await self._release_written()
+                else:
                     await self._wake.wait()
                     self._wake = trio.Event()
-                    continue
-                await self._write_batch()
 
     async def _write_batch(self) -> None:
         batch, self._pending = self._pending, []
@@ -269,6 +318,72 @@ class ThreadLogs:
         """Commit what is pending now. Cancellation: a batch started completes."""
         while self._pending:
             await self._write_batch()
+        if self._releases:
+            await self._release_written()
+
+    # -- a backend shared with other processes ---------------------------------
+
+    async def _heartbeat(
+        self,
+        shared: SharedBackend,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        # Not under the lock: a long batch must not let the leases lapse.
+        await shared.heartbeat(LEASE_S)
+        task_status.started()
+        while True:
+            await trio.sleep(HEARTBEAT_S)
+            await shared.heartbeat(LEASE_S)
+
+    async def _release_written(self) -> None:
+        """Give up the threads no longer pinned, once what was appended to them is written."""
+        assert self._shared is not None
+        releases, self._releases = self._releases, {}
+        async with self._lock:
+            for user_id, thread_id in releases:
+                await self._shared.release(user_id, thread_id)
+
+    async def _tail(self, shared: SharedBackend) -> None:
+        """Read what other processes append to the threads pinned here that they own."""
+        while True:
+            cursors = {key: t.last_seq for key, t in self._open.items() if not t.owned}
+            if not cursors:
+                await self._tail_wake.wait()
+                self._tail_wake = trio.Event()
+                continue
+            for entry in await shared.read_after(cursors, TAIL_BLOCK_MS, TAIL_COUNT):
+                thread = self._open.get((entry.user_id, entry.thread_id))
+                if thread is not None and not thread.owned:
+                    thread.take_remote(entry)
+
+    async def _own(self, thread: ThreadLog) -> None:
+        """Return once this process owns ``thread`` (at once without a shared backend).
+
+        Cancellation (the caller's deadline): the thread stays as it was.
+        """
+        shared = self._shared
+        while not thread.owned:
+            assert shared is not None
+            await self.wait_written(self._given)
+            async with self._lock:
+                got = await shared.claim(thread.user_id, thread.thread_id)
+                missed: list[Entry] = []
+                if isinstance(got, ThreadHead) and got.last_seq > thread.last_seq:
+                    # What the tail had not read yet: the followers get it before ours.
+                    missed = await self._backend.after(
+                        thread.user_id, thread.thread_id, thread.last_seq, got.last_seq
+                    )
+            if isinstance(got, str):
+                await trio.sleep(CLAIM_RETRY_S)
+                continue
+            for entry in missed:
+                thread.take_remote(entry)
+            thread.owned = True
+            thread.last_seq, thread.first_seq = got.last_seq, got.first_seq
+            thread.client_ids.update(got.client_ids)
+            thread.remote_runs.clear()
+            _end_interrupted(thread, got.open_runs)
 
     async def aclose(self) -> None:
         """Close the backend. Cancellation: the backend is closed all the same."""
@@ -291,9 +406,19 @@ class ThreadLogs:
         if thread is None:
             # An unpinned thread may still have entries pending: its head must include them.
             await self.wait_written(self._given)
+            owner: str | None = None
             async with self._lock:
                 started = time.perf_counter()
-                head = await self._backend.head(user_id, thread_id)
+                if self._shared is None:
+                    head = await self._backend.head(user_id, thread_id)
+                else:
+                    self._releases.pop(key, None)  # pinned again before it was given up
+                    got = await self._shared.claim(user_id, thread_id)
+                    if isinstance(got, str):
+                        owner = got
+                        head = await self._backend.head(user_id, thread_id)
+                    else:
+                        head = got
                 self._timed("head", started)
             thread = self._open.get(key)  # another task may have opened it meanwhile
             if thread is None:
@@ -306,7 +431,12 @@ class ThreadLogs:
                     logs=self,
                 )
                 self._open[key] = thread
-                _end_interrupted(thread, head.open_runs)
+                if owner is None:
+                    _end_interrupted(thread, head.open_runs)
+                else:  # another process writes it: what it writes comes by the tail
+                    thread.owned = False
+                    thread.remote_runs.update(head.open_runs)
+                    self._tail_wake.set()
         thread.refs += 1
         return thread
 
@@ -322,7 +452,12 @@ class ThreadLogs:
     def _release(self, thread: ThreadLog) -> None:
         thread.refs -= 1
         if thread.refs <= 0:
-            self._open.pop((thread.user_id, thread.thread_id), None)
+            key = (thread.user_id, thread.thread_id)
+            self._open.pop(key, None)
+            if self._shared is not None and thread.owned:
+                # Given up by the writer once what was appended to it is written.
+                self._releases[key] = self._given
+                self._wake.set()
 
     # -- reading --------------------------------------------------------------
 
@@ -376,6 +511,14 @@ class UserThreads:
     def release(self, thread: ThreadLog) -> None:
         assert thread.user_id == self.user_id
         self._logs._release(thread)
+
+    async def own(self, thread: ThreadLog) -> None:
+        """Return once this process may append to ``thread`` (another process sharing the
+        store may be writing it: its runs end first). Cancellation: nothing changes; the
+        caller sets the deadline.
+        """
+        assert thread.user_id == self.user_id
+        await self._logs._own(thread)
 
     async def page(
         self, thread_id: str, before: int | None, limit: int

@@ -656,6 +656,10 @@ class _Session:
             stop = thread.live_runs.get(run_id)
             if stop is not None and stop():
                 return
+        for thread in self._followed.values():
+            if run_id in thread.remote_runs:  # live in another process sharing the store
+                await self._threads.cancel_remote(thread, run_id)
+                return
         await self._emitter.send_event(ErrorEvent(ErrorCode.RUN_NOT_FOUND, RUN_NOT_FOUND, run_id))
 
     # -- runs ----------------------------------------------------------------

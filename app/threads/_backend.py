@@ -166,5 +166,23 @@ class SharedBackend(Backend, Protocol):
         self, cursors: Mapping[tuple[str, str], int], block_ms: int, count: int
     ) -> list[Entry]:
         """Entries after each ``(user_id, thread_id)``'s ``thread_seq`` cursor, waiting up to
-        ``block_ms`` for one; ``[]`` when none came."""
+        ``block_ms`` for one; ``[]`` when none came. May run beside the other calls."""
+        ...
+
+    async def mark_followed(self, threads: Sequence[tuple[str, str]], ttl_s: float) -> None:
+        """Say that a client here follows these ``(user_id, thread_id)`` for ``ttl_s``: their
+        owner keeps a run whose own client left (as a follower in its process would)."""
+        ...
+
+    async def followed(self, threads: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of ``threads`` a client of another process follows now."""
+        ...
+
+    async def request_cancel(self, user_id: str, thread_id: str, run_id: str) -> None:
+        """Ask the owner of ``thread_id`` (whichever process it is) to cancel ``run_id``."""
+        ...
+
+    async def read_cancels(self, block_ms: int) -> list[tuple[str, str, str]]:
+        """``(user_id, thread_id, run_id)`` cancels asked since the last call (from the first
+        call's time), waiting up to ``block_ms`` for one. May run beside the other calls."""
         ...

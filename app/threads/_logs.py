@@ -61,6 +61,8 @@ HEARTBEAT_S: Final = 1.0
 #: most, never missed.
 TAIL_BLOCK_MS: Final = 200
 TAIL_COUNT: Final = 500
+#: How long one read of the cancels asked through a shared backend waits.
+CANCEL_BLOCK_MS: Final = 1000
 #: How often a process waiting to own a thread asks again.
 CLAIM_RETRY_S: Final = 0.1
 
@@ -101,6 +103,8 @@ class ThreadLog:
     owned: bool = True
     #: The runs live in another process (a shared backend), as the log tells them.
     remote_runs: set[str] = attrs.field(factory=set, repr=False)
+    #: A client of another process sharing the backend follows it (refreshed by heartbeat).
+    followed_elsewhere: bool = False
 
     @property
     def exists(self) -> bool:
@@ -167,8 +171,11 @@ class ThreadLog:
         self.followers = [f for f in self.followers if f is not follower]
 
     def followed_by_another(self, follower: Follower) -> bool:
-        """Whether a connection other than ``follower`` whose peer is there follows it."""
-        return any(f is not follower and f.attached for f in self.followers)
+        """Whether a connection other than ``follower`` whose peer is there follows it
+        (here, or in another process sharing the backend)."""
+        return self.followed_elsewhere or any(
+            f is not follower and f.attached for f in self.followers
+        )
 
 
 class ThreadLogs:
@@ -286,6 +293,7 @@ class ThreadLogs:
             if self._shared is not None:
                 await nursery.start(self._heartbeat, self._shared)
                 nursery.start_soon(self._tail, self._shared)
+                nursery.start_soon(self._cancels, self._shared)
             task_status.started()
             while True:
                 if self._pending:
@@ -335,6 +343,31 @@ class ThreadLogs:
         while True:
             await trio.sleep(HEARTBEAT_S)
             await shared.heartbeat(LEASE_S)
+            # Runs whose client left are kept while a client follows their thread: tell the
+            # owners of the threads followed here, and learn which of ours are followed there.
+            remote: list[tuple[str, str]] = []
+            runs_here: list[tuple[str, str]] = []
+            for key, thread in list(self._open.items()):
+                if not thread.owned and any(f.attached for f in thread.followers):
+                    remote.append(key)
+                elif thread.owned and thread.live_runs:
+                    runs_here.append(key)
+            if remote:
+                await shared.mark_followed(remote, LEASE_S)
+            followed = await shared.followed(runs_here) if runs_here else set()
+            for key in runs_here:
+                here = self._open.get(key)
+                if here is not None:
+                    here.followed_elsewhere = key in followed
+
+    async def _cancels(self, shared: SharedBackend) -> None:
+        """Carry out the cancels clients of other processes ask of the runs live here."""
+        while True:
+            for user_id, thread_id, run_id in await shared.read_cancels(CANCEL_BLOCK_MS):
+                thread = self._open.get((user_id, thread_id))  # the asker's verified user
+                stop = None if thread is None else thread.live_runs.get(run_id)
+                if stop is not None:
+                    stop()
 
     async def _release_written(self) -> None:
         """Give up the threads no longer pinned, once what was appended to them is written."""
@@ -511,6 +544,14 @@ class UserThreads:
     def release(self, thread: ThreadLog) -> None:
         assert thread.user_id == self.user_id
         self._logs._release(thread)
+
+    async def cancel_remote(self, thread: ThreadLog, run_id: str) -> None:
+        """Ask the process that owns ``thread`` to cancel ``run_id`` (one of its
+        ``remote_runs``); its end arrives like its other events. Cancellation: may be asked."""
+        assert thread.user_id == self.user_id
+        shared = self._logs._shared
+        if shared is not None:
+            await shared.request_cancel(self.user_id, thread.thread_id, run_id)
 
     async def own(self, thread: ThreadLog) -> None:
         """Return once this process may append to ``thread`` (another process sharing the

@@ -33,7 +33,6 @@ from ._backend import (
     Entry,
     Retention,
     SharedBackend,
-    ThreadHead,
     ThreadSummary,
 )
 from ._memory import MemoryBackend
@@ -348,6 +347,9 @@ class ThreadLogs:
             remote: list[tuple[str, str]] = []
             runs_here: list[tuple[str, str]] = []
             for key, thread in list(self._open.items()):
+                if not thread.owned and thread.remote_runs:
+                    # Followed runs of a process that died end when its lease has lapsed.
+                    await self._try_claim(thread)
                 if not thread.owned and any(f.attached for f in thread.followers):
                     remote.append(key)
                 elif thread.owned and thread.live_runs:
@@ -395,28 +397,38 @@ class ThreadLogs:
 
         Cancellation (the caller's deadline): the thread stays as it was.
         """
+        # Polled: the lease is given up, or lapses, in another process.
+        while not await self._try_claim(thread):  # noqa: ASYNC110
+            await trio.sleep(CLAIM_RETRY_S)
+
+    async def _try_claim(self, thread: ThreadLog) -> bool:
+        """Own ``thread`` if no other live process does; whether this process owns it."""
         shared = self._shared
-        while not thread.owned:
-            assert shared is not None
-            await self.wait_written(self._given)
-            async with self._lock:
-                got = await shared.claim(thread.user_id, thread.thread_id)
-                missed: list[Entry] = []
-                if isinstance(got, ThreadHead) and got.last_seq > thread.last_seq:
-                    # What the tail had not read yet: the followers get it before ours.
-                    missed = await self._backend.after(
-                        thread.user_id, thread.thread_id, thread.last_seq, got.last_seq
-                    )
+        if thread.owned:
+            return True
+        assert shared is not None
+        await self.wait_written(self._given)
+        async with self._lock:
+            got = await shared.claim(thread.user_id, thread.thread_id)
             if isinstance(got, str):
-                await trio.sleep(CLAIM_RETRY_S)
-                continue
-            for entry in missed:
-                thread.take_remote(entry)
-            thread.owned = True
-            thread.last_seq, thread.first_seq = got.last_seq, got.first_seq
-            thread.client_ids.update(got.client_ids)
-            thread.remote_runs.clear()
-            _end_interrupted(thread, got.open_runs)
+                return False
+            missed: list[Entry] = []
+            if got.last_seq > thread.last_seq:
+                # What the tail had not read yet: the followers get it before ours.
+                missed = await self._backend.after(
+                    thread.user_id, thread.thread_id, thread.last_seq, got.last_seq
+                )
+        if thread.owned:  # another task claimed it meanwhile
+            return True
+        for entry in missed:
+            thread.take_remote(entry)
+        thread.owned = True
+        thread.last_seq, thread.first_seq = got.last_seq, got.first_seq
+        thread.client_ids.update(got.client_ids)
+        thread.remote_runs.clear()
+        # Runs with no end that no live process owns: their process died.
+        _end_interrupted(thread, got.open_runs)
+        return True
 
     async def aclose(self) -> None:
         """Close the backend. Cancellation: the backend is closed all the same."""

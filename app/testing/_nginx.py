@@ -130,7 +130,7 @@ def render_nginx_site(
         "\n"
         "    # Prometheus metrics: scrape each backend directly, never through the proxy.\n"
         "    location = /metrics {\n"
-        "        deny all;\n"
+        "        return 404;\n"
         "    }\n"
         "\n"
         "    location / {\n"

@@ -81,7 +81,7 @@ def test_site_read_timeout_outlasts_the_servers_idle_timeout() -> None:
 
 def test_site_keeps_metrics_and_tokens_off_the_proxy() -> None:
     site = render_nginx_site(BACKENDS, access_log="/var/log/nginx/enclave.log")
-    assert "location = /metrics {\n        deny all;\n    }" in site
+    assert "location = /metrics {\n        return 404;\n    }" in site
     assert _directives(site, "access_log") == ["/var/log/nginx/enclave.log enclave"]
     (log_format,) = re.findall(r"log_format enclave (.*?);", site, re.DOTALL)
     assert "$uri" in log_format
@@ -200,7 +200,7 @@ def test_proxy_answers_then_is_gone() -> None:
         assert proxy.url == f"http://127.0.0.1:{port}"
         assert proxy.backends == tuple(dead)
         assert f"listen 127.0.0.1:{port};" in proxy.config()
-        assert _get(port, "/metrics").startswith(b"HTTP/1.1 403")
+        assert _get(port, "/metrics").startswith(b"HTTP/1.1 404")
         assert _get(port, "/health").startswith(b"HTTP/1.1 502")
         # Both tried (the first refused, then the next), both taken out of rotation.
         log = proxy.error_log()
@@ -225,7 +225,7 @@ def test_a_taken_port_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
         )
         with nginx_proxy([("127.0.0.1", 1)]) as proxy:
             assert proxy.port != taken
-            assert _get(proxy.port, "/metrics").startswith(b"HTTP/1.1 403")
+            assert _get(proxy.port, "/metrics").startswith(b"HTTP/1.1 404")
 
 
 def test_a_bad_config_fails_with_the_error_log() -> None:

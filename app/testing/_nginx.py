@@ -83,9 +83,9 @@ def render_nginx_site(
     """The ``http``-level config of the proxy: ``map``, ``upstream``, ``server`` (pure).
 
     ``listen`` is what nginx's ``listen`` takes (``"443"``, ``"127.0.0.1:8080"``); with
-    ``tls`` it gets ``ssl``. One failed connect or timeout (``max_fails``) takes a backend
-    out of rotation for ``fail_timeout_s``, and the request is tried on the next backend,
-    as is a handshake a draining or full backend answers with 502 or 503.
+    ``tls`` it gets ``ssl``. ``max_fails`` failed tries (a refused connect, a timeout, a
+    502 or 503 from a draining or full backend) take a backend out of rotation for
+    ``fail_timeout_s``; the request that failed goes on to the next backend at once.
     ``access_log`` is a path (logged without the query string, which may hold an
     ``access_token``) or None for none.
     """

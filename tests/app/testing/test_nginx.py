@@ -234,3 +234,18 @@ def test_a_bad_config_fails_with_the_error_log() -> None:
         nginx_proxy([("127.0.0.1", 0)]),
     ):
         pass  # pragma: no cover - never reached
+
+
+def test_nginx_found_off_path_in_sbin(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    binary = nginx_binary()  # skips here when this machine has none at all
+    monkeypatch.delenv("NGINX", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # a user's PATH without /usr/sbin
+    if binary in nginx_module.NGINX_FALLBACKS:
+        assert nginx_binary() == binary
+
+
+def test_a_missing_nginx_skips(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("NGINX", str(tmp_path / "no-nginx"))
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install -y nginx"):
+        nginx_binary()

@@ -3,6 +3,7 @@
 - ``_components``: find redis-server, nginx, ...; skip when missing (fail under CI).
 - ``_memory``: an in-memory transport and client (a session with no sockets).
 - ``_redis``: a private redis-server on an ephemeral port.
+- ``_nginx``: nginx in front of several servers: its config rendered, and a private nginx.
 - ``_mock_llm``: a local OpenAI-compatible streaming server with scripted replies.
 - ``_schema``: the chat.v1 JSON schema, to check frames against.
 """
@@ -23,6 +24,12 @@ from ._mock_llm import open_mock_llm as open_mock_llm
 from ._mock_llm import scripted as scripted
 from ._mock_llm import text_reply as text_reply
 from ._mock_llm import tool_reply as tool_reply
+from ._nginx import NginxProxy as NginxProxy
+from ._nginx import NginxTLS as NginxTLS
+from ._nginx import nginx_binary as nginx_binary
+from ._nginx import nginx_proxy as nginx_proxy
+from ._nginx import render_nginx_config as render_nginx_config
+from ._nginx import render_nginx_site as render_nginx_site
 from ._redis import RedisServer as RedisServer
 from ._redis import free_port as free_port
 from ._redis import redis_server as redis_server
@@ -31,6 +38,8 @@ __all__ = [
     "MemoryClient",
     "MemoryTransport",
     "MockLLM",
+    "NginxProxy",
+    "NginxTLS",
     "PeerClosed",
     "RecordedRequest",
     "RedisServer",
@@ -42,8 +51,12 @@ __all__ = [
     "malformed_reply",
     "memory_transport_pair",
     "missing_component",
+    "nginx_binary",
+    "nginx_proxy",
     "open_mock_llm",
     "redis_server",
+    "render_nginx_config",
+    "render_nginx_site",
     "scripted",
     "text_reply",
     "tool_reply",

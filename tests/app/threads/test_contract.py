@@ -1,15 +1,23 @@
-"""The contract every thread-store backend keeps, run against each of them."""
+"""The contract every thread-store backend keeps, run against each of them.
+
+The Redis backend runs it with ``contiguous=False``: this contract lets a caller leave
+gaps in a thread's numbering, which the Redis backend refuses by default (see
+``test_redis.py``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import coredis
 import pytest
 import trio
 import trio.testing
 
+from app.testing import RedisServer
 from app.threads import (
     Backend,
     Entry,
@@ -17,6 +25,7 @@ from app.threads import (
     Retention,
     ThreadHead,
     ThreadSummary,
+    open_redis,
     open_sqlite,
 )
 
@@ -50,26 +59,43 @@ def seqs(entries: list[Entry]) -> list[int]:
     return [e.thread_seq for e in entries]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OpenBackend]:
-    """Opens backends of the parametrized kind; closes them all at the end."""
+    """Opens backends of the parametrized kind; closes them all at the end.
+
+    Redis: one client entered here (the fixture's task owns its connections), each
+    backend under a prefix of its own (a store of its own, as a new SQLite file).
+    """
     opened: list[Backend] = []
+    async with contextlib.AsyncExitStack() as stack:
+        client: coredis.Redis[str] | None = None
+        prefix = ""
+        if request.param == "redis":
+            server: RedisServer = request.getfixturevalue("redis")
+            prefix = request.getfixturevalue("redis_prefix")
+            client = coredis.Redis.from_url(server.url, decode_responses=True)
+            await stack.enter_async_context(client)
 
-    async def open_one(retention: Retention | None = None) -> Backend:
-        retention = retention or Retention()
-        backend: Backend
-        if request.param == "memory":
-            backend = MemoryBackend(retention)
-        else:
-            backend = await open_sqlite(tmp_path / "store" / f"{len(opened)}.db", retention)
-        opened.append(backend)
-        return backend
+        async def open_one(retention: Retention | None = None) -> Backend:
+            retention = retention or Retention()
+            backend: Backend
+            if request.param == "memory":
+                backend = MemoryBackend(retention)
+            elif request.param == "sqlite":
+                backend = await open_sqlite(tmp_path / "store" / f"{len(opened)}.db", retention)
+            else:
+                assert client is not None
+                backend = await open_redis(
+                    client, retention, prefix=f"{prefix}-{len(opened)}", contiguous=False
+                )
+            opened.append(backend)
+            return backend
 
-    try:
-        yield open_one
-    finally:
-        for backend in opened:
-            await backend.aclose()
+        try:
+            yield open_one
+        finally:
+            for backend in opened:
+                await backend.aclose()
 
 
 @pytest.fixture

@@ -33,7 +33,6 @@ expects): TTL pruning drops a thread's entries from its oldest while they are ex
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import secrets
 import urllib.parse
@@ -189,34 +188,30 @@ async def open_redis(
     contiguous: bool = True,
 ) -> RedisBackend:
     """A backend on the Redis at ``target``: a ``redis://`` / ``rediss://`` URL (the
-    backend makes, enters and closes its own client) or a client the caller entered
-    (``async with client``) and closes itself. Reads the epoch, setting it if the store
-    has none.
+    backend makes its own client, closed by :meth:`RedisBackend.aclose`) or a client
+    the caller entered (``async with client``) and closes itself. Reads the epoch,
+    setting it if the store has none.
 
     Raises :class:`~app.threads.StoreConfigError` when Redis cannot be reached within
-    :data:`OPEN_TIMEOUT_S`. A client made from a URL runs its connections in a task
-    group entered here: :meth:`RedisBackend.aclose` must run in the same task, after
-    what was opened since is closed (as a ``try``/``finally`` around its use does).
-    Cancellation: nothing is left open (a client of ours is closed).
+    :data:`OPEN_TIMEOUT_S`. Cancellation: nothing is left open (a client of ours is
+    closed).
     """
-    async with contextlib.AsyncExitStack() as stack:
-        if isinstance(target, str):
-            where = _redacted(target)
-            try:
-                client: coredis.Redis[str] = coredis.Redis.from_url(target, decode_responses=True)
-            except (ValueError, coredis.exceptions.RedisError) as exc:
-                raise StoreConfigError(f"bad Redis URL {where!r}: {exc}") from exc
-            await stack.enter_async_context(client)
-        else:
-            client, where = target, repr(target)
-        new = secrets.token_hex(16)
+    host: _ClientHost | None = None
+    if isinstance(target, str):
+        where = _redacted(target)
         try:
-            with trio.fail_after(OPEN_TIMEOUT_S):
-                epoch: Any = await client.register_script(lua.EPOCH)(
-                    keys=[epoch_key(prefix)], args=[new]
-                )
-        except (OSError, trio.TooSlowError, coredis.exceptions.RedisError) as exc:
-            raise StoreConfigError(f"cannot reach Redis at {where}: {exc or 'timed out'}") from exc
+            client: coredis.Redis[str] = coredis.Redis.from_url(target, decode_responses=True)
+        except (ValueError, coredis.exceptions.RedisError) as exc:
+            raise StoreConfigError(f"bad Redis URL {where!r}: {exc}") from exc
+        await _probe(target, where)
+        host = await _ClientHost.start(client)
+    else:
+        client, where = target, repr(target)
+    try:
+        with trio.fail_after(OPEN_TIMEOUT_S):
+            epoch: Any = await client.register_script(lua.EPOCH)(
+                keys=[epoch_key(prefix)], args=[secrets.token_hex(16)]
+            )
         backend = RedisBackend(
             client,
             retention,
@@ -225,9 +220,71 @@ async def open_redis(
             worker_id=worker_id,
             contiguous=contiguous,
         )
-        backend._exit = stack.pop_all()
-        return backend
-    raise AssertionError("unreachable")  # for mypy: the stack does not swallow errors
+    except BaseException as exc:
+        if host is not None:
+            await host.aclose()
+        if isinstance(exc, (OSError, trio.TooSlowError, coredis.exceptions.RedisError)):
+            raise StoreConfigError(f"cannot reach Redis at {where}: {exc or 'timed out'}") from exc
+        raise
+    backend._host = host
+    return backend
+
+
+async def _probe(url: str, where: str) -> None:
+    """Raise :class:`StoreConfigError` unless something listens at the URL's address.
+
+    Checked with a plain socket first: a coredis connection that fails to connect
+    leaves its buffers unclosed (a ``ResourceWarning`` each).
+    """
+    parts = urllib.parse.urlsplit(url)
+    try:
+        with trio.fail_after(OPEN_TIMEOUT_S):
+            stream = await trio.open_tcp_stream(parts.hostname or "localhost", parts.port or 6379)
+            await stream.aclose()
+    except (OSError, ValueError, trio.TooSlowError) as exc:
+        raise StoreConfigError(f"cannot reach Redis at {where}: {exc or 'timed out'}") from exc
+
+
+class _ClientHost:
+    """A coredis client kept entered in a system task of its own.
+
+    coredis runs a client's connections in a task group that must be left in the task
+    and at the cancel-scope depth it was entered at; a backend is opened in one place
+    and closed in another (:meth:`ThreadLogs.aclose` shields the call), so the group
+    lives in a task of its own, told to stop by :meth:`aclose`.
+    """
+
+    def __init__(self, client: coredis.Redis[str]) -> None:
+        self.client = client
+        self._entered = trio.Event()
+        self._stop = trio.Event()
+        self._done = trio.Event()
+
+    @classmethod
+    async def start(cls, client: coredis.Redis[str]) -> _ClientHost:
+        host = cls(client)
+        trio.lowlevel.spawn_system_task(host._run, name=f"redis client {client!r}")
+        await host._entered.wait()
+        return host
+
+    async def _run(self) -> None:
+        try:
+            async with self.client:
+                self._entered.set()
+                await self._stop.wait()
+        # A system task must not raise (it would crash the run); its client's callers
+        # get the errors of its commands.
+        except BaseException:
+            pass
+        finally:
+            self._entered.set()
+            self._done.set()
+
+    async def aclose(self) -> None:
+        """Stop the task and wait for its connections to close. Cancellation: shielded."""
+        self._stop.set()
+        with trio.CancelScope(shield=True):
+            await self._done.wait()
 
 
 class RedisBackend:
@@ -265,8 +322,8 @@ class RedisBackend:
         self._client = client
         self._epoch = epoch
         self._closed = False
-        # The client's context when we made it: closed by aclose().
-        self._exit: contextlib.AsyncExitStack | None = None
+        # The task keeping our own client open (None: the caller's client).
+        self._host: _ClientHost | None = None
         self._append = client.register_script(lua.APPEND)
         self._head = client.register_script(lua.HEAD)
         self._claim = client.register_script(lua.CLAIM)
@@ -524,11 +581,11 @@ class RedisBackend:
         cancellation so the connections are always released.
         """
         self._closed = True
-        exit_stack, self._exit = self._exit, None
-        with trio.CancelScope(shield=True):
-            if exit_stack is not None:
-                await exit_stack.aclose()
-            else:
+        host, self._host = self._host, None
+        if host is not None:
+            await host.aclose()
+        else:
+            with trio.CancelScope(shield=True):
                 await trio.lowlevel.checkpoint()
 
     def _open_client(self) -> coredis.Redis[str]:

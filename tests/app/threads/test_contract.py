@@ -7,12 +7,10 @@ gaps in a thread's numbering, which the Redis backend refuses by default (see
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import coredis
 import pytest
 import trio
 import trio.testing
@@ -63,39 +61,32 @@ def seqs(entries: list[Entry]) -> list[int]:
 async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OpenBackend]:
     """Opens backends of the parametrized kind; closes them all at the end.
 
-    Redis: one client entered here (the fixture's task owns its connections), each
-    backend under a prefix of its own (a store of its own, as a new SQLite file).
+    Redis: each backend under a key prefix of its own (a store of its own, as a new
+    SQLite file is).
     """
     opened: list[Backend] = []
-    async with contextlib.AsyncExitStack() as stack:
-        client: coredis.Redis[str] | None = None
-        prefix = ""
-        if request.param == "redis":
+
+    async def open_one(retention: Retention | None = None) -> Backend:
+        retention = retention or Retention()
+        backend: Backend
+        if request.param == "memory":
+            backend = MemoryBackend(retention)
+        elif request.param == "sqlite":
+            backend = await open_sqlite(tmp_path / "store" / f"{len(opened)}.db", retention)
+        else:
             server: RedisServer = request.getfixturevalue("redis")
-            prefix = request.getfixturevalue("redis_prefix")
-            client = coredis.Redis.from_url(server.url, decode_responses=True)
-            await stack.enter_async_context(client)
+            prefix: str = request.getfixturevalue("redis_prefix")
+            backend = await open_redis(
+                server.url, retention, prefix=f"{prefix}-{len(opened)}", contiguous=False
+            )
+        opened.append(backend)
+        return backend
 
-        async def open_one(retention: Retention | None = None) -> Backend:
-            retention = retention or Retention()
-            backend: Backend
-            if request.param == "memory":
-                backend = MemoryBackend(retention)
-            elif request.param == "sqlite":
-                backend = await open_sqlite(tmp_path / "store" / f"{len(opened)}.db", retention)
-            else:
-                assert client is not None
-                backend = await open_redis(
-                    client, retention, prefix=f"{prefix}-{len(opened)}", contiguous=False
-                )
-            opened.append(backend)
-            return backend
-
-        try:
-            yield open_one
-        finally:
-            for backend in opened:
-                await backend.aclose()
+    try:
+        yield open_one
+    finally:
+        for backend in opened:
+            await backend.aclose()
 
 
 @pytest.fixture

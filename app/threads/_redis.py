@@ -251,7 +251,8 @@ class _ClientHost:
     coredis runs a client's connections in a task group that must be left in the task
     and at the cancel-scope depth it was entered at; a backend is opened in one place
     and closed in another (:meth:`ThreadLogs.aclose` shields the call), so the group
-    lives in a task of its own, told to stop by :meth:`aclose`.
+    lives in a task of its own, told to stop by :meth:`aclose`. If the group fails (a
+    connection task's error), the task ends and the client's commands raise from then on.
     """
 
     def __init__(self, client: coredis.Redis[str]) -> None:
@@ -263,8 +264,12 @@ class _ClientHost:
     @classmethod
     async def start(cls, client: coredis.Redis[str]) -> _ClientHost:
         host = cls(client)
-        trio.lowlevel.spawn_system_task(host._run, name=f"redis client {client!r}")
-        await host._entered.wait()
+        # The store serves the whole server, not one connection; it ends with aclose().
+        trio.lowlevel.spawn_system_task(  # isolation: allow ISO108 -- process-wide store client
+            host._run, name=f"redis client {client!r}"
+        )
+        with trio.CancelScope(shield=True):  # at once: entering makes no connection
+            await host._entered.wait()
         return host
 
     async def _run(self) -> None:

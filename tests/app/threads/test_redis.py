@@ -28,6 +28,7 @@ from app.threads import (
     _redis,
     _redis_lua,
     open_redis,
+    open_thread_logs,
 )
 
 OpenRedis = Callable[..., Awaitable[RedisBackend]]
@@ -441,3 +442,23 @@ async def test_its_own_client_closes_from_another_task(
         await store.aclose()
     with pytest.raises(trio.ClosedResourceError):
         await store.head("alice", "t1")
+
+
+async def test_thread_logs_run_on_it(redis: RedisServer) -> None:
+    """As the server uses it: opened by spec, written by the writer task, closed shielded."""
+    logs = await open_thread_logs(redis.url, Retention())
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(logs.run)
+            ticket = logs.push(entry(1, thread=f"logs-{logs.epoch}"))
+            with trio.fail_after(WAIT_S):
+                await logs.wait_written(ticket)
+            nursery.cancel_scope.cancel()
+    finally:
+        await logs.aclose()
+    store = await open_redis(redis.url, Retention())
+    try:
+        assert store.epoch == logs.epoch
+        assert (await store.head("alice", f"logs-{logs.epoch}")).last_seq == 1
+    finally:
+        await store.aclose()

@@ -104,7 +104,8 @@ class Settings:
     store: str = _field(
         "memory",
         str,
-        "thread store: 'memory' or 'sqlite:PATH' ('serve --dev': .enclave/threads.db)",
+        "thread store: 'memory', 'sqlite:PATH' ('serve --dev': .enclave/threads.db) or"
+        " 'redis://HOST:PORT/DB' ('rediss://' for TLS)",
     )
     resume_grace_s: float = _field(
         30.0, float, "seconds a run outlives its connection, for a resume (0: cancel at once)"
@@ -176,6 +177,14 @@ def _names(name: str) -> str:
     return f"--{name.replace('_', '-')} / {ENV_PREFIX}{name.upper()}"
 
 
+def _store_spec_ok(spec: str) -> bool:
+    """``memory``, ``sqlite:PATH`` or a Redis URL with a host (as ``open_backend`` takes)."""
+    if spec == "memory" or (spec.startswith("sqlite:") and len(spec) > len("sqlite:")):
+        return True
+    scheme, sep, rest = spec.partition("://")
+    return scheme in ("redis", "rediss") and bool(sep) and bool(rest)
+
+
 def _problems(s: Settings) -> list[str]:
     out: list[str] = []
     positive = (
@@ -224,8 +233,8 @@ def _problems(s: Settings) -> list[str]:
         out.append(f"{_names('port')} must be 0..65535")
     if s.history_max_events < 0:
         out.append(f"{_names('history_max_events')} must be >= 0")
-    if s.store != "memory" and not (s.store.startswith("sqlite:") and len(s.store) > 7):
-        out.append(f"{_names('store')} must be 'memory' or 'sqlite:PATH'")
+    if not _store_spec_ok(s.store):
+        out.append(f"{_names('store')} must be 'memory', 'sqlite:PATH' or 'redis://HOST:PORT/DB'")
     if s.retry_after_s < 0:
         out.append(f"{_names('retry_after_s')} must be >= 0")
     if not s.path.startswith("/"):

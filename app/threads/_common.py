@@ -1,4 +1,5 @@
-"""What both backends check the same way: limits, the order of a batch, a bad store spec."""
+"""What the backends check the same way: limits, the order of a batch, a bad store spec;
+the errors of a store shared by several processes (Redis)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,16 @@ from typing import TypeAlias
 
 from ._backend import Entry
 
-__all__ = ["StoreConfigError", "ThreadKey", "check_limit", "last_entries"]
+__all__ = [
+    "NotOwner",
+    "SeqConflict",
+    "StoreConfigError",
+    "StoreError",
+    "StoreLost",
+    "ThreadKey",
+    "check_limit",
+    "last_entries",
+]
 
 #: ``(user_id, thread_id)``: one thread of one user.
 ThreadKey: TypeAlias = tuple[str, str]
@@ -45,3 +55,34 @@ def last_entries(
             )
         newest[key] = entry
     return newest
+
+
+class StoreError(Exception):
+    """A write the store refused: the caller's view of a thread is not the store's."""
+
+
+class SeqConflict(StoreError, ValueError):
+    """A thread's ``thread_seq`` does not follow what the store holds: another process
+    wrote the thread, or the store lost its newest entries. Nothing of the batch is written.
+    """
+
+    def __init__(self, message: str, *, user_id: str, thread_id: str) -> None:
+        super().__init__(message)
+        self.user_id = user_id
+        self.thread_id = thread_id
+
+
+class NotOwner(StoreError):
+    """Another live worker owns the thread (shared Redis): nothing of the batch is written."""
+
+    def __init__(self, message: str, *, user_id: str, thread_id: str, owner: str) -> None:
+        super().__init__(message)
+        self.user_id = user_id
+        self.thread_id = thread_id
+        self.owner = owner
+
+
+class StoreLost(StoreError):
+    """The store's epoch changed under a running backend: it lost its data (Redis flushed or
+    replaced). Nothing of the batch is written; a new backend has the new epoch.
+    """

@@ -5,17 +5,23 @@ from __future__ import annotations
 from ._backend import Backend, Retention
 from ._common import StoreConfigError
 from ._memory import MemoryBackend
+from ._redis import open_redis
 from ._sqlite import open_sqlite
 
 __all__ = ["open_backend"]
 
+EXPECTED = "expected 'memory', 'sqlite:PATH' or 'redis://HOST:PORT/DB'"
+
 
 async def open_backend(spec: str, retention: Retention) -> Backend:
-    """The backend ``spec`` names: ``memory``, or ``sqlite:PATH`` (a file path).
+    """The backend ``spec`` names: ``memory``, ``sqlite:PATH`` (a file path), or a Redis
+    URL, ``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`` (``rediss://`` for TLS).
 
-    Raises :class:`StoreConfigError` for any other spec, an empty path, or a file that
-    cannot be opened as a thread store. Cancellation: as :func:`open_sqlite`; a memory
-    backend is returned whole.
+    Raises :class:`StoreConfigError` for any other spec, an empty path, a file that
+    cannot be opened as a thread store, or a Redis that cannot be reached. A Redis
+    backend must be closed in the task that opened it (see :func:`open_redis`).
+    Cancellation: as :func:`open_sqlite` / :func:`open_redis`; a memory backend is
+    returned whole.
     """
     if spec == "memory":
         return MemoryBackend(retention)
@@ -26,4 +32,10 @@ async def open_backend(spec: str, retention: Retention) -> Backend:
                 "thread store 'sqlite:PATH' needs a path, e.g. sqlite:threads.db"
             )
         return await open_sqlite(path, retention)
-    raise StoreConfigError(f"unknown thread store {spec!r}: expected 'memory' or 'sqlite:PATH'")
+    if scheme in ("redis", "rediss") and path.startswith("//"):
+        if len(path) <= 2:
+            raise StoreConfigError(
+                f"thread store '{scheme}://' needs a host, e.g. {scheme}://localhost:6379/0"
+            )
+        return await open_redis(spec, retention)
+    raise StoreConfigError(f"unknown thread store {spec!r}: {EXPECTED}")

@@ -131,3 +131,16 @@ def test_llm_settings() -> None:
     assert (settings.llm_model, settings.llm_tools) == ("llama3", ())
     assert settings.llm_api_key_env == "OPENAI_API_KEY"
     assert load_settings({"jwt_secret": SECRET}, {}).llm_tools == ("builtin",)
+
+
+@pytest.mark.parametrize(
+    "store", ["memory", "sqlite:t.db", "redis://127.0.0.1:6390/0", "rediss://:pw@redis.example"]
+)
+def test_store_specs_accepted(store: str) -> None:
+    assert load_settings({"jwt_secret": SECRET, "store": store}, {}).store == store
+
+
+@pytest.mark.parametrize("store", ["sqlite:", "redis://", "redis:h", "rediss:/h", "postgres://h"])
+def test_store_specs_refused(store: str) -> None:
+    with pytest.raises(ConfigError, match="'memory', 'sqlite:PATH' or 'redis://HOST:PORT/DB'"):
+        load_settings({"jwt_secret": SECRET, "store": store}, {})

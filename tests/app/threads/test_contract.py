@@ -1,4 +1,9 @@
-"""The contract every thread-store backend keeps, run against each of them."""
+"""The contract every thread-store backend keeps, run against each of them.
+
+The Redis backend runs it with ``contiguous=False``: this contract lets a caller leave
+gaps in a thread's numbering, which the Redis backend refuses by default (see
+``test_redis.py``).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import pytest
 import trio
 import trio.testing
 
+from app.testing import RedisServer
 from app.threads import (
     Backend,
     Entry,
@@ -17,6 +23,7 @@ from app.threads import (
     Retention,
     ThreadHead,
     ThreadSummary,
+    open_redis,
     open_sqlite,
 )
 
@@ -50,9 +57,13 @@ def seqs(entries: list[Entry]) -> list[int]:
     return [e.thread_seq for e in entries]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OpenBackend]:
-    """Opens backends of the parametrized kind; closes them all at the end."""
+    """Opens backends of the parametrized kind; closes them all at the end.
+
+    Redis: each backend under a key prefix of its own (a store of its own, as a new
+    SQLite file is).
+    """
     opened: list[Backend] = []
 
     async def open_one(retention: Retention | None = None) -> Backend:
@@ -60,8 +71,14 @@ async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
         backend: Backend
         if request.param == "memory":
             backend = MemoryBackend(retention)
-        else:
+        elif request.param == "sqlite":
             backend = await open_sqlite(tmp_path / "store" / f"{len(opened)}.db", retention)
+        else:
+            server: RedisServer = request.getfixturevalue("redis")
+            prefix: str = request.getfixturevalue("redis_prefix")
+            backend = await open_redis(
+                server.url, retention, prefix=f"{prefix}-{len(opened)}", contiguous=False
+            )
         opened.append(backend)
         return backend
 

@@ -493,6 +493,11 @@ class _Session:
                 if thread is not None and thread.followed_by_another(self):
                     alone_since.pop(run_id, None)
                 elif now - alone_since.setdefault(run_id, now) >= grace:
+                    # Asked at the last moment: a client of another process sharing the
+                    # store may have resumed the thread since the last heartbeat.
+                    if thread is not None and await self._threads.followed_elsewhere(thread):
+                        alone_since.pop(run_id, None)
+                        continue
                     stop = state.stop(run_id, CancelReason.CLIENT_GONE)
                     if stop is not None:
                         stop.handle.cancel()
@@ -615,6 +620,7 @@ class _Session:
             failure = ResumeFailure.EPOCH_CHANGED
         else:
             thread = await self._follow(thread_id, live=True)
+            await self._threads.mark_followed(thread)  # if another process runs it
             upto = thread.last_seq
             if not thread.exists:
                 failure = ResumeFailure.UNKNOWN_THREAD

@@ -490,6 +490,8 @@ class ThreadLogs:
         thread = self._open.get(key)
         if thread is None:
             thread = ThreadLog(user_id, thread_id, 0, 1, {}, logs=self)
+            # Shared: claimed before the first append, like any thread (UserThreads.own).
+            thread.owned = self._shared is None
             self._open[key] = thread
         thread.refs += 1
         return thread
@@ -564,6 +566,25 @@ class UserThreads:
         shared = self._logs._shared
         if shared is not None:
             await shared.request_cancel(self.user_id, thread.thread_id, run_id)
+
+    async def mark_followed(self, thread: ThreadLog) -> None:
+        """Tell the owner of ``thread`` (another process) that a client follows it here:
+        it keeps the runs whose own client left (renewed by the heartbeat from now on).
+        Cancellation: told or not."""
+        assert thread.user_id == self.user_id
+        shared = self._logs._shared
+        if shared is not None and not thread.owned:
+            await shared.mark_followed([(self.user_id, thread.thread_id)], LEASE_S)
+
+    async def followed_elsewhere(self, thread: ThreadLog) -> bool:
+        """Whether a client of another process follows ``thread`` now. Cancellation: nothing."""
+        assert thread.user_id == self.user_id
+        shared = self._logs._shared
+        if shared is None:
+            return False
+        key = (self.user_id, thread.thread_id)
+        thread.followed_elsewhere = key in await shared.followed([key])
+        return thread.followed_elsewhere
 
     async def own(self, thread: ThreadLog) -> None:
         """Return once this process may append to ``thread`` (another process sharing the

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import urllib.parse
+
 from ._backend import Backend, Retention
 from ._common import StoreConfigError
 from ._memory import MemoryBackend
-from ._redis import open_redis
+from ._redis import DEFAULT_PREFIX, open_redis
 from ._sqlite import open_sqlite
 
 __all__ = ["open_backend"]
@@ -15,7 +17,8 @@ EXPECTED = "expected 'memory', 'sqlite:PATH' or 'redis://HOST:PORT/DB'"
 
 async def open_backend(spec: str, retention: Retention) -> Backend:
     """The backend ``spec`` names: ``memory``, ``sqlite:PATH`` (a file path), or a Redis
-    URL, ``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`` (``rediss://`` for TLS).
+    URL, ``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?prefix=P]`` (``rediss://`` for TLS;
+    ``prefix``, default ``enclave``, starts every key: several deployments on one Redis).
 
     Raises :class:`StoreConfigError` for any other spec, an empty path, a file that
     cannot be opened as a thread store, or a Redis that cannot be reached. A Redis
@@ -37,5 +40,12 @@ async def open_backend(spec: str, retention: Retention) -> Backend:
             raise StoreConfigError(
                 f"thread store '{scheme}://' needs a host, e.g. {scheme}://localhost:6379/0"
             )
-        return await open_redis(spec, retention)
+        parts = urllib.parse.urlsplit(spec)
+        query = urllib.parse.parse_qs(parts.query)
+        prefix = query.pop("prefix", [DEFAULT_PREFIX])[-1]
+        if not prefix or ":" in prefix:
+            raise StoreConfigError(f"a Redis key prefix has no ':' and is not empty: {prefix!r}")
+        rest = urllib.parse.urlencode(query, doseq=True)
+        url = urllib.parse.urlunsplit(parts._replace(query=rest))
+        return await open_redis(url, retention, prefix=prefix)
     raise StoreConfigError(f"unknown thread store {spec!r}: {EXPECTED}")

@@ -18,6 +18,10 @@ Key layout (every key starts with ``prefix``, default ``enclave``; a user id may
 - ``{prefix}:x`` -- sorted set of ``{len}:{user}:{thread}`` scored by the time of the
   thread's oldest entry (or earlier): what :meth:`RedisBackend.prune` visits.
 - ``{prefix}:w:{worker_id}`` -- a worker's heartbeat (``1``, with a time to live).
+- ``{prefix}:f:…`` -- ``1`` with a time to live: a client of some process follows the
+  thread (its owner keeps a run whose own client left).
+- ``{prefix}:cancels`` -- a stream of ``u`` user, ``t`` thread, ``r`` run: cancels asked
+  of the runs of other processes (capped at :data:`CANCELS_MAXLEN`).
 - ``{prefix}:epoch`` -- random hex, ``SET NX`` when a backend opens: a store that lost
   its data (flushed, a new server) gets a new one.
 
@@ -59,8 +63,10 @@ from ._common import (
 __all__ = [
     "DEFAULT_PREFIX",
     "RedisBackend",
+    "cancels_key",
     "client_ids_key",
     "epoch_key",
+    "followed_key",
     "meta_key",
     "open_redis",
     "open_runs_key",
@@ -82,6 +88,9 @@ OPEN_TIMEOUT_S: Final = 5.0
 #: at a time, so appends of other processes wait for one chunk, not all.
 PRUNE_CHUNK: Final = 5000
 PRUNE_THREADS: Final = 200
+
+#: Cancels asked through the store that are kept for the owners to read (approximately).
+CANCELS_MAXLEN: Final = 10_000
 
 #: The largest count or rank passed to Redis (a signed 64-bit integer, with room).
 _MAX_COUNT: Final = 2**62
@@ -149,6 +158,16 @@ def prune_index_key(prefix: str) -> str:
 def worker_key(prefix: str, worker_id: str) -> str:
     """A worker's heartbeat."""
     return f"{prefix}:w:{worker_id}"
+
+
+def followed_key(prefix: str, user_id: str, thread_id: str) -> str:
+    """``1`` while a client of some process follows the thread (with a time to live)."""
+    return _thread_key(prefix, "f", user_id, thread_id)
+
+
+def cancels_key(prefix: str) -> str:
+    """The stream of cancels asked of the runs of other processes."""
+    return f"{prefix}:cancels"
 
 
 def epoch_key(prefix: str) -> str:
@@ -327,6 +346,7 @@ class RedisBackend:
         self._client = client
         self._epoch = epoch
         self._closed = False
+        self._cancels_after: str | None = None  # the id of the last cancel read
         # The task keeping our own client open (None: the caller's client).
         self._host: _ClientHost | None = None
         self._append = client.register_script(lua.APPEND)
@@ -579,6 +599,53 @@ class RedisBackend:
         for key, messages in got.items():
             user_id, thread_id = threads[key]
             out += (_entry(user_id, thread_id, m) for m in messages)
+        return out
+
+    async def mark_followed(self, threads: Sequence[tuple[str, str]], ttl_s: float) -> None:
+        """A client here follows ``threads`` for ``ttl_s`` more (one pipeline).
+        Cancellation: marked or not."""
+        client = self._open_client()
+        px = max(1, round(ttl_s * 1000))
+        async with client.pipeline(transaction=False) as pipe:
+            for user_id, thread_id in threads:
+                pipe.set(followed_key(self.prefix, user_id, thread_id), "1", px=px)
+
+    async def followed(self, threads: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of ``threads`` a client follows now (one ``MGET``). Cancellation: nothing."""
+        client = self._open_client()
+        if not threads:
+            await trio.lowlevel.checkpoint()
+            return set()
+        values = await client.mget([followed_key(self.prefix, u, t) for u, t in threads])
+        return {key for key, value in zip(threads, values, strict=True) if value is not None}
+
+    async def request_cancel(self, user_id: str, thread_id: str, run_id: str) -> None:
+        """Ask the owner of the thread to cancel ``run_id``. Cancellation: asked or not."""
+        client = self._open_client()
+        await client.xadd(
+            cancels_key(self.prefix),
+            {"u": user_id, "t": thread_id, "r": run_id},
+            trim_strategy=coredis.PureToken.MAXLEN,
+            threshold=CANCELS_MAXLEN,
+            trim_operator=coredis.PureToken.APPROXIMATELY,
+        )
+
+    async def read_cancels(self, block_ms: int) -> list[tuple[str, str, str]]:
+        """The cancels asked since the last call (the first call starts from now),
+        waiting up to ``block_ms`` for one. May run beside the other calls.
+        Cancellation: nothing read is lost (the cursor did not move)."""
+        client = self._open_client()
+        key = cancels_key(self.prefix)
+        after = self._cancels_after
+        if after is None:
+            last = await client.xrevrange(key, count=1)
+            after = self._cancels_after = str(last[0].identifier) if last else "0-0"
+        got = await client.xread({key: after}, count=100, block=block_ms if block_ms > 0 else None)
+        out: list[tuple[str, str, str]] = []
+        for message in (got or {}).get(key, ()):
+            self._cancels_after = str(message.identifier)
+            fields = message.field_values
+            out.append((str(fields["u"]), str(fields["t"]), str(fields["r"])))
         return out
 
     async def aclose(self) -> None:

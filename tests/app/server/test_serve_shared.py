@@ -82,15 +82,16 @@ async def test_a_run_cut_on_one_server_is_resumed_on_the_other(
             # The next message of the thread: the first server gives the thread up once
             # its run ended, and this one writes it from there.
             second = await chat.run_to_end("four five", thread_id=thread)
+            # Its message_accepted (seq + 1) is not sent to its own sender.
             assert [f["thread_seq"] for f in second] == list(
-                range(seqs[-1] + 1, seqs[-1] + 1 + len(second))
+                range(seqs[-1] + 2, seqs[-1] + 2 + len(second))
             )
             assert second[-1]["type"] == "agent_completed"
         # And back on the first server, the whole thread in order.
         async with one.chat(token) as chat:
             resumed, replayed = await _resume(chat, thread, 0)
             assert [f["thread_seq"] for f in replayed] == list(range(1, len(replayed) + 1))
-            assert resumed["last_seq"] == seqs[-1] + len(second)
+            assert resumed["last_seq"] == seqs[-1] + 1 + len(second)
 
 
 async def test_a_run_live_on_one_server_is_cancelled_from_the_other(
@@ -145,7 +146,8 @@ async def test_another_user_cannot_reach_the_thread_from_the_other_server(
             await chat.send(
                 {"type": "user_message", "text": "x", "thread_id": started["thread_id"]}
             )
-            mine = await chat.run_until_terminal((await chat.expect("message_accepted"))["run_id"])
+            # Its own thread of that name: nothing of alice's is in it.
+            mine = await chat.run_until_terminal((await chat.expect("agent_started"))["run_id"])
     assert (resumed["recovered"], resumed["reason"], replayed) == (False, "unknown_thread", [])
     assert error["code"] == "run_not_found"
     assert mine[-1]["type"] == "agent_completed"

@@ -142,12 +142,16 @@ def _orphaned(server: RunningServer, grace_s: float, log: logging.Logger) -> Non
 
 
 def _supervise(
-    settings: Settings, services: Services, argv: Sequence[str], environ: Mapping[str, str]
+    settings: Settings,
+    services: Services,
+    argv: Sequence[str],
+    environ: Mapping[str, str],
+    dev: bool,
 ) -> int:
     """``serve --workers N`` (N > 1): the supervisor; its workers rerun ``argv``."""
 
     def listening(url: str) -> None:
-        if "--dev" in argv:
+        if dev:
             print(_dev_banner(url, settings), flush=True)
 
     log = services.log.getChild("supervisor")
@@ -187,7 +191,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         services = build_services(settings)  # every key/agent problem surfaces before serving
         role = WorkerRole.from_environ(environ)
         if role is None and settings.workers > 1:
-            return _supervise(settings, services, argv, environ)
+            return _supervise(settings, services, argv, environ, args.dev)
         sockets = None
         if role is not None:
             role.tag_logs()

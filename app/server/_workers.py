@@ -293,6 +293,9 @@ class _Supervisor:
                 stdin=subprocess.DEVNULL,
                 process_group=0,  # a terminal's Ctrl-C reaches workers once: forwarded
             )
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         self.processes[index] = process

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import secrets
+import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -16,6 +18,7 @@ import trio
 from ..server._gc import FULL_COLLECTION_INTERVAL_S, collect_periodically, tune_gc_for_serving
 from ..server._logging import configure_logging
 from ..server._serve import RunningServer, serve
+from ..server._workers import WorkerRole, supervise
 from ..services._build import build_services
 from ..services._services import Services
 from ..services._settings import ConfigError, Settings, add_setting_arguments, load_settings
@@ -52,8 +55,11 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     overrides: dict[str, str | bool] = {}
     if getattr(args, "dev", False) and not _key_configured(values, environ):
         overrides["jwt_secret_file"] = str(ensure_dev_secret())
-    if getattr(args, "dev", False) and not (values.get("store") or environ.get("ENCLAVE_STORE")):
-        # Dev mode keeps its threads across restarts, beside its secret.
+    store_set = values.get("store") or environ.get("ENCLAVE_STORE")
+    workers = values.get("workers") or environ.get("ENCLAVE_WORKERS") or "1"
+    if getattr(args, "dev", False) and not store_set and workers.strip() == "1":
+        # Dev mode keeps its threads across restarts, beside its secret (one process:
+        # several workers cannot share that file, so they keep theirs in memory).
         overrides["store"] = DEV_STORE
     if args.command == "serve" and args.dev:  # the page's dev-token button
         overrides["dev_tokens"] = True
@@ -95,12 +101,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _dev_banner(server: RunningServer, settings: Settings) -> str:
+def _dev_banner(url: str, settings: Settings) -> str:
     token = _mint(settings, "dev-user", 24 * 3600)
-    ws_url = server.ws_url + settings.path
+    ws_url = "ws" + url.removeprefix("http") + settings.path
     return (
-        f"trio-enclave (dev mode) listening on {server.url}\n"
-        f"  chat in a browser: {server.url}/\n"
+        f"trio-enclave (dev mode) listening on {url}\n"
+        f"  chat in a browser: {url}/\n"
         f"  a token for user 'dev-user' (24 h):\n    {token}\n"
         f"  chat from another terminal:\n"
         f"    .venv/bin/enclave chat --url {ws_url} --token {token}\n"
@@ -108,21 +114,56 @@ def _dev_banner(server: RunningServer, settings: Settings) -> str:
     )
 
 
-async def _serve_main(settings: Settings, services: Services, dev: bool) -> None:
+async def _serve_main(
+    settings: Settings,
+    services: Services,
+    dev: bool,
+    role: WorkerRole | None = None,
+    sockets: list[socket.socket] | None = None,
+) -> None:
     async with trio.open_nursery() as process:
         process.start_soon(collect_periodically, FULL_COLLECTION_INTERVAL_S, services.log)
         async with trio.open_nursery() as nursery:
             server: RunningServer = await nursery.start(
-                partial(serve, settings, services=services, handle_signals=True)
+                partial(serve, settings, services=services, handle_signals=True, sockets=sockets)
             )
-            if dev:
-                print(_dev_banner(server, settings), flush=True)
+            if role is not None:  # a worker of `serve --workers N`: its supervisor prints
+                orphaned = partial(_orphaned, server, settings.shutdown_grace_s, services.log)
+                process.start_soon(role.report_and_watch, orphaned)
+            elif dev:
+                print(_dev_banner(server.url, settings), flush=True)
         process.cancel_scope.cancel()  # serve() has returned: the collector goes with it
+
+
+def _orphaned(server: RunningServer, grace_s: float, log: logging.Logger) -> None:
+    if not server.lifecycle.draining.is_set():
+        log.warning("the supervisor is gone: draining as on SIGTERM")
+        server.shutdown(grace_s)
+
+
+def _supervise(
+    settings: Settings,
+    services: Services,
+    argv: Sequence[str],
+    environ: Mapping[str, str],
+    dev: bool,
+) -> int:
+    """``serve --workers N`` (N > 1): the supervisor; its workers rerun ``argv``."""
+
+    def listening(url: str) -> None:
+        if dev:
+            print(_dev_banner(url, settings), flush=True)
+
+    log = services.log.getChild("supervisor")
+    return trio.run(
+        partial(supervise, settings, argv, environ=environ, log=log, on_listening=listening)
+    )
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Entry point of ``enclave``; returns the process exit code."""
     environ = os.environ if environ is None else environ
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     try:
         if args.command == "chat":
@@ -148,8 +189,15 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return 0
         configure_logging(settings.log_level, settings.log_format)
         services = build_services(settings)  # every key/agent problem surfaces before serving
+        role = WorkerRole.from_environ(environ)
+        if role is None and settings.workers > 1:
+            return _supervise(settings, services, argv, environ, args.dev)
+        sockets = None
+        if role is not None:
+            role.tag_logs()
+            sockets = role.listening_sockets(settings)
         tune_gc_for_serving()
-        trio.run(_serve_main, settings, services, args.dev)
+        trio.run(_serve_main, settings, services, args.dev, role, sockets)
     except ConfigError as exc:
         print(f"enclave: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

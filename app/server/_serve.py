@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 
 import attrs
 import trio
@@ -56,6 +58,7 @@ async def serve(
     *,
     services: Services | None = None,
     handle_signals: bool = False,
+    sockets: Sequence[socket.socket] | None = None,
     task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until shut down, then return.
@@ -65,6 +68,8 @@ async def serve(
     then every connection is closed 1001; a second signal skips the grace.
     Cancellation: the server stops at once; connections are dropped without a
     close frame. Either way, an agent with an ``aclose()`` (its connections) is closed.
+    ``sockets``: listening sockets to serve instead of binding ``settings.host:port``
+    (a worker of ``enclave serve --workers N``); the transport closes them.
     """
     services = services or build_services(settings)
     threads = await open_thread_logs(
@@ -100,7 +105,9 @@ async def serve(
             # Out of file descriptors, accept() fails and is retried every 0.1 s: log it rarely.
             with throttle_accept_errors():
                 async with trio.open_nursery() as inner:
-                    url: str = await inner.start(transport, services, lifecycle)
+                    url: str = await inner.start(
+                        partial(transport, sockets=sockets), services, lifecycle
+                    )
                     port = int(url.rsplit(":", 1)[1])
                     services.log.info(
                         "listening on %s (websocket path %s, thread store %s)",

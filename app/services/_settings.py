@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -44,6 +45,13 @@ def _bool(text: str) -> bool:
 
 def _opt_str(text: str) -> str | None:
     return text or None
+
+
+def _workers(text: str) -> int:
+    """A count of worker processes, or ``auto``: one per CPU."""
+    if text.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    return int(text)
 
 
 def _field(default: Any, parse: Callable[[str], Any], help: str, **kwargs: Any) -> Any:
@@ -136,6 +144,11 @@ class Settings:
     llm_max_tool_rounds: int = _field(8, int, "tool-calling rounds in one run before failing")
     llm_max_connections: int = _field(
         100, int, "connections to the model server; more runs wait for one"
+    )
+    workers: int = _field(
+        1,
+        _workers,
+        "server processes sharing the port ('auto': one per CPU; 1: no supervisor)",
     )
     log_level: str = _field("info", str, "debug, info, warning or error")
     dev_tokens: bool = _field(
@@ -235,6 +248,14 @@ def _problems(s: Settings) -> list[str]:
         out.append(f"{_names('history_max_events')} must be >= 0")
     if not _store_spec_ok(s.store):
         out.append(f"{_names('store')} must be 'memory', 'sqlite:PATH' or 'redis://HOST:PORT/DB'")
+    if s.workers < 1:
+        out.append(f"{_names('workers')} must be >= 1 (or 'auto')")
+    elif s.workers > 1 and s.store.startswith("sqlite:"):
+        # redis:// (shared by every worker) and memory (one store per worker) are fine.
+        out.append(
+            f"{_names('workers')} > 1: one SQLite file cannot be shared by several workers;"
+            " use --store redis://..."
+        )
     if s.retry_after_s < 0:
         out.append(f"{_names('retry_after_s')} must be >= 0")
     if not s.path.startswith("/"):

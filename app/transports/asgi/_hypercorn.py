@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
+from collections.abc import Sequence
 from functools import partial
 
 import hypercorn.trio.run as hypercorn_run
@@ -66,9 +68,15 @@ def contain_connection_errors() -> None:
     hypercorn_run.TCPServer = ContainedTCPServer  # type: ignore[attr-defined]
 
 
-def hypercorn_config(settings: Settings, log: logging.Logger) -> Config:
+def hypercorn_config(
+    settings: Settings, log: logging.Logger, sockets: Sequence[socket.socket] | None = None
+) -> Config:
+    """Hypercorn's config; ``sockets`` (listening, now owned by Hypercorn) instead of a bind."""
     config = Config()
-    config.bind = [f"{settings.host}:{settings.port}"]
+    if sockets is None:
+        config.bind = [f"{settings.host}:{settings.port}"]
+    else:  # Hypercorn wraps each fd in a socket of its own, which closes it
+        config.bind = [f"fd://{sock.detach()}" for sock in sockets]
     # Hypercorn's default of 100 overflows when hundreds of users connect at once.
     config.backlog = settings.backlog
     config.accesslog = None
@@ -96,15 +104,18 @@ async def serve_asgi(
     services: Services,
     lifecycle: ServerLifecycle,
     *,
+    sockets: Sequence[socket.socket] | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Hypercorn serving the Quart-Trio app; hands ``task_status`` the URL; returns after a drain.
+
+    ``sockets``: listening sockets to serve instead of binding ``settings.host:port``.
 
     Cancellation: stops at once; connections are dropped without a close frame.
     """
     settings = services.settings
     app = create_app(services, lifecycle)
-    config = hypercorn_config(settings, services.log)
+    config = hypercorn_config(settings, services.log, sockets)
     contain_connection_errors()
 
     async def shutdown_trigger() -> None:

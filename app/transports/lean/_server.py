@@ -22,6 +22,7 @@ import os
 import random
 import re
 import socket
+from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any, Final
 
@@ -426,9 +427,13 @@ async def serve_lean(
     services: Services,
     lifecycle: ServerLifecycle,
     *,
+    sockets: Sequence[socket.socket] | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``settings.host:port``; hand ``task_status`` the URL; return after a drain.
+
+    ``sockets``: listening sockets to accept on instead (a worker of ``--workers``: its
+    own ``SO_REUSEPORT`` socket, or the one it inherited); they are closed on return.
 
     Once ``lifecycle`` drains, connections keep being accepted (``/ready`` and new
     handshakes answer 503) until every WebSocket connection closed — bounded as for
@@ -438,9 +443,12 @@ async def serve_lean(
     """
     settings = services.settings
     log_startup_warning(settings, services.log)
-    listeners = await trio.open_tcp_listeners(
-        settings.port, host=settings.host, backlog=settings.backlog
-    )
+    if sockets is None:
+        listeners = await trio.open_tcp_listeners(
+            settings.port, host=settings.host, backlog=settings.backlog
+        )
+    else:
+        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
     server = _LeanServer(
         services,
         lifecycle,

@@ -49,6 +49,12 @@ def test_token_with_dev_secret(
         (["serve", "--agent", "nope"], {"ENCLAVE_JWT_SECRET": SECRET}, "--agent"),
         (["serve", "--jwks", "/nonexistent/jwks.json"], {}, "cannot load the token key"),
         (["token", "--sub", "x"], {}, "exactly one key source"),
+        (
+            ["serve", "--workers", "2", "--store", "sqlite:x.db"],
+            {"ENCLAVE_JWT_SECRET": SECRET},
+            "one SQLite file cannot be shared by several workers",
+        ),
+        (["serve", "--workers", "many"], {"ENCLAVE_JWT_SECRET": SECRET}, "--workers"),
     ],
 )
 def test_bad_config_exits_2(

@@ -53,7 +53,7 @@ MAX_REPLAY_PAGE: Final = 500
 PRUNE_EVERY_S: Final = 60.0
 #: A shared backend: how long this process's thread leases last without a renewal,
 #: and how often it renews them. A dead process's threads are claimable after the lease.
-LEASE_S: Final = 5.0
+LEASE_S: Final = 3.0
 HEARTBEAT_S: Final = 1.0
 #: How long one read of the threads other processes write waits for an entry. A thread
 #: followed meanwhile is read from its cursor at the next read: late by this much at
@@ -376,8 +376,10 @@ class ThreadLogs:
         assert self._shared is not None
         releases, self._releases = self._releases, {}
         async with self._lock:
-            for user_id, thread_id in releases:
-                await self._shared.release(user_id, thread_id)
+            for key in releases:
+                # Pinned (and claimed) again since: the thread is this process's still.
+                if key not in self._open:
+                    await self._shared.release(*key)
 
     async def _tail(self, shared: SharedBackend) -> None:
         """Read what other processes append to the threads pinned here that they own."""

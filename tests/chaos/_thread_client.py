@@ -60,6 +60,9 @@ class Shared:
 
     port: int
     generation: int = 0
+    #: One process of several was killed (workers, nginx): a client may have followed a
+    #: run of the killed process from another one, and never resumed after the kill.
+    partial_kill: bool = False
 
 
 class Reconnect(Exception):
@@ -397,8 +400,11 @@ def check_thread(client: ThreadClient, log: list[dict[str, Any]]) -> ThreadRepor
         if (
             terminals == 1
             and interrupted
-            and client.boundary is not None
-            and before_end <= client.boundary
+            and (
+                (client.boundary is not None and before_end <= client.boundary)
+                or (client.boundary is None and client.shared.partial_kill)
+            )
+            and client.shared.generation == 1
         ):
             # Cut by the SIGKILL: the restarted server ended it when the thread was opened.
             cut += 1
@@ -441,4 +447,6 @@ def check_thread(client: ThreadClient, log: list[dict[str, Any]]) -> ThreadRepor
     for received in client.per_connection:
         if received != sorted(set(received)):
             problems.append(f"a connection received thread_seqs out of order: {received}")
+    if cut > 1:  # one run at a time per client, and one kill: a live run was ended too
+        problems.append(f"{cut} runs ended interrupted; one kill cuts one run of a thread")
     return ThreadReport(len(log), len(runs), cut, tuple(problems))

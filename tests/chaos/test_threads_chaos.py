@@ -26,6 +26,14 @@ At the end every thread is read back with ``history`` (paged with ``before``) an
   (those are not sent to their sender) matching what it sent, and each connection got
   its thread's events in order.
 
+The same runs against the scale-out deployments, on a private Redis: ``workers`` (one
+``serve --workers 2 --store redis://…``; one worker is SIGKILLed and its supervisor starts
+another) and ``nginx`` (two servers behind nginx on one Redis; one is SIGKILLed and stays
+dead). A client of the killed process reconnects to the other one and resumes there; its
+runs that the kill cut end ``interrupted`` once the dead process's lease on the thread has
+lapsed (the other process writes that end). The checks are the same; a run is allowed to
+end ``interrupted`` only after a kill.
+
 Seeds are fixed (``CHAOS_SEED`` overrides) and printed; every loop is bounded and the
 whole test runs under :data:`DEADLINE_S`.
 """
@@ -43,7 +51,9 @@ from typing import Final
 import pytest
 import trio
 
+from app.testing import RedisServer
 from tests.chaos._thread_client import Shared, ThreadClient, check_thread, read_history
+from tests.deploy._cluster import cluster
 from tests.security._procs import ServerProcess, server_process
 
 USERS: Final = 50
@@ -61,10 +71,10 @@ DEADLINE_S: Final = 55.0
 CLIENTS_S: Final = 30.0
 
 
-def _server_args(db: Path) -> tuple[str, ...]:
+def _server_args(store: str) -> tuple[str, ...]:
     return (
         "--store",
-        f"sqlite:{db}",
+        store,
         "--agent-delay-ms",
         str(AGENT_DELAY_MS),
         "--resume-grace-s",
@@ -91,8 +101,17 @@ async def _chaos(clients: list[ThreadClient], rng: random.Random) -> int:
     return cut
 
 
+async def _accepted_share(clients: list[ThreadClient]) -> None:
+    """Return once :data:`KILL_AT` of all messages have been accepted."""
+    total = USERS * MESSAGES
+    with trio.fail_after(DEADLINE_S / 2):
+        while sum(len(c.accepted) for c in clients) < KILL_AT * total:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+
+
 async def _serve_then_kill(
-    db: Path,
+    scenario: str,
+    store: str,
     tmp_path: Path,
     shared: Shared,
     clients: list[ThreadClient],
@@ -101,33 +120,74 @@ async def _serve_then_kill(
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Start the server; once :data:`KILL_AT` of the messages are accepted, SIGKILL it
-    and start it again on the same database and port. Records how many clients were busy."""
+    """Start the deployment of ``scenario``; once :data:`KILL_AT` of the messages are
+    accepted, SIGKILL one of its processes (see the module docstring). Records how many
+    clients were busy then."""
+    args = _server_args(store)
+    if scenario == "nginx":
+        deployment = await stack.enter_async_context(cluster(tmp_path, *args, backends=2))
+        shared.port = deployment.port
+        task_status.started()
+        await _accepted_share(clients)
+        busy_at_kill.append(sum(c.busy for c in clients))
+        victim = deployment.backends[0]
+        victim.signal(signal.SIGKILL)
+        assert await victim.wait_exit(10) == -signal.SIGKILL
+        shared.generation = 1
+        return
+    if scenario == "workers":
+        supervisor = await stack.enter_async_context(
+            server_process(tmp_path, *args, "--workers", "2", transport="lean")
+        )
+        shared.port = supervisor.port
+        task_status.started()
+        await _accepted_share(clients)
+        busy_at_kill.append(sum(c.busy for c in clients))
+        worker = _children(supervisor.pid)[0]
+        os.kill(worker, signal.SIGKILL)
+        with trio.fail_after(10):
+            while worker in _children(supervisor.pid):  # noqa: ASYNC110 - another process
+                await trio.sleep(0.01)
+        shared.generation = 1
+        return
     first: ServerProcess = await stack.enter_async_context(
-        server_process(tmp_path, *_server_args(db), transport="lean")
+        server_process(tmp_path, *args, transport="lean")
     )
     shared.port = first.port
     task_status.started()
-    total = USERS * MESSAGES
-    with trio.fail_after(DEADLINE_S / 2):
-        while sum(len(c.accepted) for c in clients) < KILL_AT * total:  # noqa: ASYNC110
-            await trio.sleep(0.01)
+    await _accepted_share(clients)
     busy_at_kill.append(sum(c.busy for c in clients))
     first.signal(signal.SIGKILL)
     assert await first.wait_exit(10) == -signal.SIGKILL
     shared.generation = 1  # from now on a connection reaches the restarted server
     second = await stack.enter_async_context(
-        server_process(tmp_path, *_server_args(db), transport="lean", port=shared.port)
+        server_process(tmp_path, *args, transport="lean", port=shared.port)
     )
     assert second.port == shared.port
 
 
+def _children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (a supervisor's workers)."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text()
+        children += [int(child) for child in text.split()]
+    return children
+
+
 @pytest.mark.timeout(60)
-async def test_threads_survive_cut_sockets_and_a_sigkill(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scenario", ["sqlite", "workers", "nginx"])
+async def test_threads_survive_cut_sockets_and_a_sigkill(
+    tmp_path: Path, scenario: str, request: pytest.FixtureRequest
+) -> None:
     print(f"chaos seed {SEED} (CHAOS_SEED overrides): {USERS} users x {MESSAGES} messages")
     rng = random.Random(SEED)
-    db = tmp_path / "threads.db"
-    shared = Shared(port=0)
+    if scenario == "sqlite":
+        store = f"sqlite:{tmp_path / 'threads.db'}"
+    else:
+        redis: RedisServer = request.getfixturevalue("redis")
+        store = f"{redis.url}?prefix=chaos-{scenario}"
+    shared = Shared(port=0, partial_kill=scenario != "sqlite")
     clients = [
         ThreadClient(
             index=i,
@@ -143,7 +203,16 @@ async def test_threads_survive_cut_sockets_and_a_sigkill(tmp_path: Path) -> None
         async with AsyncExitStack() as stack:
             async with trio.open_nursery() as nursery:
                 await nursery.start(
-                    partial(_serve_then_kill, db, tmp_path, shared, clients, stack, busy_at_kill)
+                    partial(
+                        _serve_then_kill,
+                        scenario,
+                        store,
+                        tmp_path,
+                        shared,
+                        clients,
+                        stack,
+                        busy_at_kill,
+                    )
                 )
                 for client in clients:
                     nursery.start_soon(client.run)

@@ -84,3 +84,5 @@ def configure_logging(level: str, log_format: str, stream: IO[str] | None = None
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     logging.basicConfig(level=level.upper(), handlers=[handler])
+    # coredis logs each script it loads into Redis (an expected retry) at INFO.
+    logging.getLogger("coredis").setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -320,7 +320,7 @@ class RedisAdmission:
                 " answers",
                 what,
                 type(exc).__name__,
-                exc,
+                str(exc),  # not the exception: a record must not keep its traceback alive
             )
 
     def _reached(self) -> None:

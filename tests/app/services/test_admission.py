@@ -1,4 +1,16 @@
-from app.services._admission import Refusal, Refused, SubjectGuard
+from typing import Any
+
+import trio
+
+from app.services._admission import (
+    AdmissionLimits,
+    MemoryAdmission,
+    Refusal,
+    Refused,
+    SubjectGuard,
+    Ticket,
+)
+from app.services._settings import Settings
 
 
 def test_burst_then_the_rate() -> None:
@@ -71,3 +83,115 @@ def test_bounded_forgetting_the_least_recently_seen() -> None:
     assert len(guard) == 3
     assert guard.admit("bob", 1.0) is None  # a fresh budget: forgetting only admits
     assert guard.admit("alice", 1.0) is not None  # still cooling down
+
+
+# -- MemoryAdmission: the Admission of one process -----------------------------------
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def memory(clock: Clock, **limits: Any) -> MemoryAdmission:
+    return MemoryAdmission(AdmissionLimits(**limits), clock=clock)
+
+
+async def test_everything_off_by_default() -> None:
+    admission = MemoryAdmission()
+    tickets = [await admission.admit("alice") for _ in range(100)]
+    assert all(isinstance(t, Ticket) for t in tickets)
+    admission.penalize("alice")
+    assert isinstance(await admission.admit("alice"), Ticket)
+
+
+async def test_at_most_max_open_per_user_until_one_is_released() -> None:
+    admission = memory(Clock(), max_open=2, retry_after_s=7)
+    first, second = await admission.admit("alice"), await admission.admit("alice")
+    assert isinstance(first, Ticket)
+    assert isinstance(second, Ticket)
+    assert await admission.admit("alice") == Refused(7, Refusal.TOO_MANY_OPEN)
+    assert isinstance(await admission.admit("bob"), Ticket)  # a count per user
+    await admission.release(first)
+    assert admission.open_count("alice") == 1
+    third = await admission.admit("alice")
+    assert isinstance(third, Ticket)
+    for ticket in (second, third):
+        await admission.release(ticket)
+    assert admission.open_count("alice") == 0
+    assert admission._open == {"bob": 1}  # nothing kept for a user with none open
+
+
+async def test_refused_for_too_many_open_takes_nothing_from_the_budget() -> None:
+    clock = Clock()
+    admission = memory(clock, connect_rate_per_s=1.0, connect_burst=2, max_open=1)
+    held = await admission.admit("alice")
+    assert isinstance(held, Ticket)
+    for _ in range(5):
+        refused = await admission.admit("alice")
+        assert isinstance(refused, Refused)
+        assert refused.reason is Refusal.TOO_MANY_OPEN
+    await admission.release(held)
+    assert isinstance(await admission.admit("alice"), Ticket)  # the burst's second token
+
+
+async def test_the_order_is_cooldown_open_connections_budget() -> None:
+    clock = Clock()
+    admission = memory(
+        clock, connect_rate_per_s=1.0, connect_burst=1, abuse_cooldown_s=10.0, max_open=1
+    )
+    assert isinstance(await admission.admit("alice"), Ticket)
+    refused = await admission.admit("alice")
+    assert isinstance(refused, Refused)
+    assert refused.reason is Refusal.TOO_MANY_OPEN  # before the empty budget
+    admission.penalize("alice")
+    clock.now = 4.0
+    assert await admission.admit("alice") == Refused(6.0, Refusal.COOLING_DOWN)
+    clock.now = 10.0
+    refused = await admission.admit("alice")
+    assert isinstance(refused, Refused)
+    assert refused.reason is Refusal.TOO_MANY_OPEN
+
+
+async def test_a_cancelled_admit_counts_nothing() -> None:
+    admission = memory(Clock(), max_open=1)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await admission.admit("alice")
+    assert admission.open_count("alice") == 0
+    assert isinstance(await admission.admit("alice"), Ticket)
+
+
+async def test_release_in_a_cancelled_scope_still_releases() -> None:
+    admission = memory(Clock(), max_open=1)
+    ticket = await admission.admit("alice")
+    assert isinstance(ticket, Ticket)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await admission.release(ticket)
+    assert admission.open_count("alice") == 0
+
+
+async def test_run_starts_and_stops_on_cancel() -> None:
+    admission = MemoryAdmission()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(admission.run)
+        nursery.cancel_scope.cancel()
+
+
+def test_limits_from_settings() -> None:
+    settings = Settings(
+        jwt_secret=b"x" * 32,
+        connect_rate_per_s=2.0,
+        connect_burst=3,
+        abuse_cooldown_s=4.0,
+        max_connections_per_user=5,
+        retry_after_s=6,
+    )
+    assert AdmissionLimits.from_settings(settings) == AdmissionLimits(2.0, 3, 4.0, 5, 6)
+    assert Settings(jwt_secret=b"x" * 32).max_connections_per_user == 32

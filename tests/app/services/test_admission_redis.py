@@ -154,10 +154,9 @@ async def test_a_crashed_process_stops_counting_after_its_lease(
     redis: RedisServer, redis_prefix: str
 ) -> None:
     limits = AdmissionLimits(max_open=2)
-    lease = {"lease_s": 0.3}
     async with (
-        processes(redis, redis_prefix, 1, run=False, limits=limits, **lease) as (crashed,),
-        processes(redis, redis_prefix, 2, limits=limits, **lease) as (alive, other),
+        processes(redis, redis_prefix, 1, run=False, limits=limits, lease_s=0.3) as (crashed,),
+        processes(redis, redis_prefix, 2, limits=limits, lease_s=0.3) as (alive, other),
     ):
         assert isinstance(await crashed.admit("alice"), Ticket)  # never refreshed
         assert isinstance(await alive.admit("alice"), Ticket)  # refreshed every 0.1 s

@@ -180,6 +180,8 @@ class RedisAdmission:
         until its lease ends (it is never refreshed).
         """
         limits = self.limits
+        if limits.connect_rate_per_s <= 0 and limits.max_open <= 0 and limits.abuse_cooldown_s <= 0:
+            return Ticket(subject)  # every limit off: nothing to ask Redis
         if subject in self._pending:
             return Refused(limits.abuse_cooldown_s, Refusal.COOLING_DOWN)
         connection_id = secrets.token_hex(8)

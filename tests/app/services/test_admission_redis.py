@@ -221,6 +221,8 @@ async def test_unreachable_redis_refuses_unavailable(caplog: pytest.LogCaptureFi
                 assert await admission.admit("alice") == Refused(5, Refusal.UNAVAILABLE)
         assert admission.open_here() == 0
         assert len([r for r in caplog.records if "unreachable" in r.message]) == 1  # once
+        everything_off = RedisAdmission(client, AdmissionLimits())
+        assert isinstance(await everything_off.admit("alice"), Ticket)  # Redis is not asked
 
 
 @_COREDIS_LEAK

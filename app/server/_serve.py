@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from ..agents._agent import Agent
-from ..services._admission import SubjectGuard
+from ..services._admission_redis import build_admission
 from ..services._build import build_services
 from ..services._metrics import watch_event_loop
 from ..services._services import ServerLifecycle, Services
@@ -80,9 +80,7 @@ async def serve(
     )
     lifecycle = ServerLifecycle(
         max_connections=settings.max_connections,
-        subjects=SubjectGuard(
-            settings.connect_rate_per_s, settings.connect_burst, settings.abuse_cooldown_s
-        ),
+        admission=build_admission(settings, services.log),
         threads=threads,
     )
     store_seconds = lifecycle.metrics.store_seconds
@@ -95,6 +93,7 @@ async def serve(
     try:
         async with _agent_closed_on_exit(services.agent), trio.open_nursery() as outer:
             await outer.start(lifecycle.timer.run)
+            await outer.start(lifecycle.admission.run)  # shared admission's leases, its client
             # The thread logs' writer: started first, stopped last (after a final commit).
             await outer.start(threads.run)
             outer.start_soon(watch_event_loop, lifecycle.metrics)  # enclave_event_loop_lag_seconds

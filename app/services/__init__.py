@@ -3,13 +3,24 @@
 - ``_settings``: every setting, its flag and its check (frozen).
 - ``_services``: ``Services`` (frozen: settings, verifier, agent, log) and
   ``ServerLifecycle`` (admission count, drain, the timer, the metrics).
-- ``_admission``: per-user connect budgets and the abuse cool-down.
+- ``_admission``: the ``Admission`` interface (per-user connect budget, open
+  connections, abuse cool-down) and ``MemoryAdmission``, one process's.
+- ``_admission_redis``: ``RedisAdmission``, the same limits shared by every process
+  through one Redis; ``build_admission`` picks one from the settings.
 - ``_timer``: one timer for the process: sleeps without a cancel-scope expiry.
 - ``_metrics``: ``Metrics``, the process's counters, read into its own Prometheus
   registry at scrape time.
 - ``_build``: the verifier and services from settings.
 """
 
+from ._admission import Admission as Admission
+from ._admission import AdmissionLimits as AdmissionLimits
+from ._admission import MemoryAdmission as MemoryAdmission
+from ._admission import Refusal as Refusal
+from ._admission import Refused as Refused
+from ._admission import Ticket as Ticket
+from ._admission_redis import RedisAdmission as RedisAdmission
+from ._admission_redis import build_admission as build_admission
 from ._build import build_services as build_services
 from ._metrics import Metrics as Metrics
 from ._services import ServerLifecycle as ServerLifecycle
@@ -21,13 +32,21 @@ from ._timer import Alarm as Alarm
 from ._timer import Timer as Timer
 
 __all__ = [
+    "Admission",
+    "AdmissionLimits",
     "Alarm",
     "ConfigError",
+    "MemoryAdmission",
     "Metrics",
+    "RedisAdmission",
+    "Refusal",
+    "Refused",
     "ServerLifecycle",
     "Services",
     "Settings",
+    "Ticket",
     "Timer",
+    "build_admission",
     "build_services",
     "load_settings",
 ]

@@ -86,7 +86,17 @@ STORE_BUCKETS_S: Final = (
 #: How often :func:`watch_event_loop` wakes to see how late it is.
 LAG_INTERVAL_S: Final = 0.5
 #: ``reason`` of ``enclave_handshakes_refused_total``, each exposed from 0.
-REFUSAL_REASONS: Final = ("origin", "subprotocol", "token", "rate", "cooldown", "full", "draining")
+REFUSAL_REASONS: Final = (
+    "origin",
+    "subprotocol",
+    "token",
+    "rate",
+    "cooldown",
+    "user_connections",
+    "admission",
+    "full",
+    "draining",
+)
 
 
 class Traffic:

@@ -17,7 +17,7 @@ import trio
 from ..agents._agent import Agent
 from ..auth._tokens import TokenVerifier
 from ..threads._logs import ThreadLogs
-from ._admission import SubjectGuard
+from ._admission import Admission, MemoryAdmission
 from ._metrics import Metrics
 from ._settings import Settings
 from ._timer import Timer
@@ -40,12 +40,14 @@ class Services:
 class ServerLifecycle:
     """Admission, draining and metrics for one running server.
 
-    Holds a count, per-user counters (``subjects``) and the process's metrics, never
+    Holds a count, per-user counters (``admission``) and the process's metrics, never
     the connections themselves: there is no registry to reach another user through.
     """
 
     max_connections: int
-    subjects: SubjectGuard = attrs.field(factory=lambda: SubjectGuard(0.0, 1, 0.0))
+    #: Per-user limits (connect budget, open connections, cool-down). Default: in
+    #: memory, every limit off; ``serve()`` builds it from the settings and the store.
+    admission: Admission = attrs.field(factory=MemoryAdmission)
     draining: trio.Event = attrs.field(factory=trio.Event)
     grace_deadline: float = math.inf
     open_connections: int = 0

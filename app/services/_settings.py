@@ -95,6 +95,9 @@ class Settings:
         1.0, float, "WebSocket connections one user (sub) may open per second (0: no limit)"
     )
     connect_burst: int = _field(10, int, "connections one user may open at once above that rate")
+    max_connections_per_user: int = _field(
+        32, int, "WebSocket connections one user (sub) may hold open at once (0: no limit)"
+    )
     abuse_cooldown_s: float = _field(
         10.0, float, "seconds a user closed 1008 rate_limited is refused with 429 (0: off)"
     )
@@ -244,6 +247,8 @@ def _problems(s: Settings) -> list[str]:
             out.append(f"{_names(name)} must be a number >= 0")
     if not 0 <= s.port <= 65_535:
         out.append(f"{_names('port')} must be 0..65535")
+    if s.max_connections_per_user < 0:
+        out.append(f"{_names('max_connections_per_user')} must be >= 0")
     if s.history_max_events < 0:
         out.append(f"{_names('history_max_events')} must be >= 0")
     if not _store_spec_ok(s.store):

@@ -245,7 +245,7 @@ class _Session:
             self._close = Close(code, reason)
             if reason is CloseReason.RATE_LIMITED:
                 # Otherwise a flood reconnects at once with a fresh budget.
-                self._lifecycle.subjects.penalize(self._context.user_id, trio.current_time())
+                self._lifecycle.admission.penalize(self._context.user_id)
         self._cancel()
 
     def _peer_gone(self) -> None:

@@ -11,14 +11,19 @@ body come from here, so the two cannot drift apart. No I/O.
 from __future__ import annotations
 
 import json
+import math
 import types
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import attrs
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ..auth._tokens import MAX_SUBJECT_CHARS
+from ..services._admission import Refusal, Refused, Ticket
 from ..services._services import ServerLifecycle, Services
+from ..services._settings import Settings
 from ..session._transport import HandshakeInfo
 from ..web._dev_token import DEV_SUBJECT, TokenMinter
 from ..web._static import StaticFiles
@@ -38,6 +43,7 @@ __all__ = [
     "metrics_reply",
     "page_reply",
     "ready_reply",
+    "refused_reply",
     "rejection_reply",
 ]
 
@@ -59,12 +65,11 @@ DEV_TOKEN_PATH: Final = "/dev/token"
 DEV_TOKEN_MAX_BODY: Final = 4096
 # What a handshake rejection's ``error`` counts as in ``enclave_handshakes_refused_total``;
 # every other error is an AuthError's (missing, malformed, expired, bad signature ...).
+# A user's own refusals count as their ``Refusal``'s value.
 _REFUSAL_OF_ERROR: Final = types.MappingProxyType(
     {
         "forbidden_origin": "origin",
         "unsupported_subprotocol": "subprotocol",
-        "too_many_connections": "rate",
-        "cooling_down": "cooldown",
     }
 )
 
@@ -161,21 +166,45 @@ def admit(lifecycle: ServerLifecycle, retry_after_s: int) -> Reject | None:
     return unavailable("server is draining" if draining else "server is full", retry_after_s)
 
 
-def decide(
-    info: HandshakeInfo, services: Services, lifecycle: ServerLifecycle, now: float
-) -> Accept | Reject:
-    """The handshake decision: Origin, subprotocol, token, then the user's own budget.
+def refused_reply(refused: Refused, settings: Settings) -> Reject:
+    """The answer to a handshake refused for its user (429), or for want of the shared
+    admission counters (503)."""
+    if refused.reason is Refusal.UNAVAILABLE:
+        return unavailable("cannot check this user's limits now", settings.retry_after_s)
+    if refused.reason is Refusal.TOO_MANY_OPEN:
+        detail = (
+            f"too many connections for this user: at most {settings.max_connections_per_user} "
+            "open at once; close one before opening another"
+        )
+        retry = (("retry-after", str(max(1, math.ceil(refused.retry_after_s)))),)
+        return Reject(429, "too_many_open_connections", detail, retry)
+    return refused_for_user(refused, settings)
 
-    The token is checked at the services' wall clock; the user's connect budget and
-    abuse cool-down (429) at ``now``, a monotonic clock in seconds.
+
+@asynccontextmanager
+async def decide(
+    info: HandshakeInfo, services: Services, lifecycle: ServerLifecycle
+) -> AsyncIterator[Accept | Reject]:
+    """The handshake decision: Origin, subprotocol, token, then the user's own limits.
+
+    The token is checked at the services' wall clock; the user's cool-down, open
+    connections and connect budget by ``lifecycle.admission``. An accepted connection
+    holds its place in its user's count for the block, released when the block ends,
+    however it ends (cancellation included). Cancellation while deciding: nothing is held.
     """
     decision = evaluate_handshake(
         info, settings=services.settings, verifier=services.verifier, now=services.wall_clock()
     )
     if isinstance(decision, Accept):
-        refused = lifecycle.subjects.admit(decision.claims.subject, now)
-        if refused is None:
-            return decision
-        decision = refused_for_user(refused, services.settings)
+        admitted = await lifecycle.admission.admit(decision.claims.subject)
+        if isinstance(admitted, Ticket):
+            try:
+                yield decision
+            finally:
+                await lifecycle.admission.release(admitted)
+            return
+        lifecycle.metrics.refused(admitted.reason.value)
+        yield refused_reply(admitted, services.settings)
+        return
     lifecycle.metrics.refused(_REFUSAL_OF_ERROR.get(decision.error, "token"))
-    return decision
+    yield decision

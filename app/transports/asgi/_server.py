@@ -14,7 +14,6 @@ from __future__ import annotations
 # answered 500 to each handshake. Importing it with the app keeps that path fd-free.
 import encodings.idna  # noqa: F401
 
-import trio
 from quart import Response, request, websocket
 from quart.wrappers import Websocket
 from quart_trio import QuartTrio
@@ -121,19 +120,19 @@ def create_app(services: Services, lifecycle: ServerLifecycle) -> QuartTrio:
         if refused is not None:
             return _response(rejection_reply(refused))
         try:
-            decision = decide(handshake_info(ws), services, lifecycle, trio.current_time())
-            if isinstance(decision, Reject):
-                return _response(rejection_reply(decision))
-            await ws.accept(subprotocol=decision.subprotocol)
-            context = UserContext.from_claims(decision.claims, carrier=decision.carrier)
-            metrics = lifecycle.metrics
-            transport = QuartTransport(ws, metrics.traffic)
-            metrics.connections_open += 1
-            try:
-                await run_session(transport, context, services, lifecycle)
-            finally:
-                metrics.connections_open -= 1
-                metrics.closed(*transport.closed_with())
+            async with decide(handshake_info(ws), services, lifecycle) as decision:
+                if isinstance(decision, Reject):
+                    return _response(rejection_reply(decision))
+                await ws.accept(subprotocol=decision.subprotocol)
+                context = UserContext.from_claims(decision.claims, carrier=decision.carrier)
+                metrics = lifecycle.metrics
+                transport = QuartTransport(ws, metrics.traffic)
+                metrics.connections_open += 1
+                try:
+                    await run_session(transport, context, services, lifecycle)
+                finally:
+                    metrics.connections_open -= 1
+                    metrics.closed(*transport.closed_with())
         finally:
             lifecycle.release()
         return None

@@ -328,38 +328,37 @@ class _LeanServer:
             query_string=request.query,
             remote=peer,
         )
+        held = True  # the server-wide slot ``admit`` counted
         try:
-            decision = decide(info, services, lifecycle, trio.current_time())
-        except BaseException:
-            lifecycle.release()
-            raise
-        if isinstance(decision, Reject):
-            lifecycle.release()  # a refused handshake does not keep its slot while answered
-            await self._answer(stream, rejection_reply(decision), linger=bool(rest))
-            return
-        try:
-            with trio.move_on_after(services.settings.open_timeout_s) as opening:
-                await stream.send_all(_accept(key, decision.subprotocol))
-            if opening.cancelled_caught:
-                return
-            metrics = lifecycle.metrics
-            transport = LeanTransport(
-                stream,
-                max_message_bytes=services.settings.max_message_bytes,
-                logger=self.ws_log,
-                initial=rest,
-                traffic=metrics.traffic,
-            )
-            context = UserContext.from_claims(decision.claims, carrier=decision.carrier)
-            metrics.connections_open += 1
-            try:
-                await run_session(transport, context, services, lifecycle)
-            finally:
-                metrics.connections_open -= 1
-                metrics.closed(*transport.closed_with())
-                await transport.finish(CLOSE_TIMEOUT_S)
+            async with decide(info, services, lifecycle) as decision:
+                if isinstance(decision, Reject):
+                    held = False
+                    lifecycle.release()  # a refused handshake does not keep its slot while answered
+                    await self._answer(stream, rejection_reply(decision), linger=bool(rest))
+                    return
+                with trio.move_on_after(services.settings.open_timeout_s) as opening:
+                    await stream.send_all(_accept(key, decision.subprotocol))
+                if opening.cancelled_caught:
+                    return
+                metrics = lifecycle.metrics
+                transport = LeanTransport(
+                    stream,
+                    max_message_bytes=services.settings.max_message_bytes,
+                    logger=self.ws_log,
+                    initial=rest,
+                    traffic=metrics.traffic,
+                )
+                context = UserContext.from_claims(decision.claims, carrier=decision.carrier)
+                metrics.connections_open += 1
+                try:
+                    await run_session(transport, context, services, lifecycle)
+                finally:
+                    metrics.connections_open -= 1
+                    metrics.closed(*transport.closed_with())
+                    await transport.finish(CLOSE_TIMEOUT_S)
         finally:
-            lifecycle.release()
+            if held:
+                lifecycle.release()
 
 
 async def _read_body(

@@ -71,6 +71,7 @@ def test_secret_never_shown() -> None:
         ({"connect_rate_per_s": "-1"}, "--connect-rate-per-s / ENCLAVE_CONNECT_RATE_PER_S"),
         ({"connect_burst": "0"}, "--connect-burst / ENCLAVE_CONNECT_BURST must be >= 1"),
         ({"abuse_cooldown_s": "nan"}, "--abuse-cooldown-s"),
+        ({"max_connections_per_user": "-1"}, "--max-connections-per-user / ENCLAVE_MAX_CONN"),
         ({"retry_after_s": "-1"}, "--retry-after-s"),
         ({"path": "ws"}, "--path"),
         ({"log_level": "loud"}, "--log-level"),

@@ -20,11 +20,12 @@ from app import (
     Emit,
     RunContext,
     ServerLifecycle,
+    Services,
     Settings,
     build_services,
     mint_token,
 )
-from app.services._admission import SubjectGuard
+from app.services._admission import AdmissionLimits, MemoryAdmission
 from app.session._session import CLOSE_TIMEOUT_S
 from app.session._transport import HandshakeInfo
 from app.transports._handshake import Accept, Reject
@@ -75,27 +76,39 @@ async def test_admit_counts_full_and_draining() -> None:
     assert (refused["full"], refused["draining"]) == (1, 1)
 
 
-def test_decide_counts_each_refusal_by_reason() -> None:
+async def decided(handshake: HandshakeInfo, services: Services, lifecycle: ServerLifecycle) -> bool:
+    """Whether ``decide`` accepts ``handshake`` (the connection ends at once)."""
+    async with decide(handshake, services, lifecycle) as decision:
+        return isinstance(decision, Accept)
+
+
+async def test_decide_counts_each_refusal_by_reason() -> None:
     services = build_services(settings(allowed_origins=("https://ok.example",)))
-    # One connection per user, ever (almost); a flood closes for 10 s.
-    lifecycle = ServerLifecycle(max_connections=10, subjects=SubjectGuard(1e-9, 1, 10.0))
+    # One connection per user, ever (almost); a flood closes for 10 s; one open at once.
+    now = [0.0]
+    limits = AdmissionLimits(connect_rate_per_s=1e-9, abuse_cooldown_s=10.0, max_open=1)
+    admission = MemoryAdmission(limits, clock=lambda: now[0])
+    lifecycle = ServerLifecycle(max_connections=10, admission=admission)
     token = mint_token(secret=SECRET, algorithm="HS256", subject="ann", ttl_s=60, now=time.time())
-    assert isinstance(decide(info(token), services, lifecycle, 0.0), Accept)
+    async with decide(info(token), services, lifecycle) as first:
+        assert isinstance(first, Accept)
+        assert not await decided(info(token), services, lifecycle)  # ann's one connection
     cases = {
         "origin": info(token, origin="https://evil.example"),
         "token": info("not-a-token"),
         "rate": info(token),  # the user's second connection in the same instant
     }
     for reason, handshake in cases.items():
-        assert isinstance(decide(handshake, services, lifecycle, 0.0), Reject), reason
+        assert not await decided(handshake, services, lifecycle), reason
         assert lifecycle.metrics.refused_by_reason[reason] == 1, reason
     wrong = attrs.evolve(info(token), subprotocols=("other.v9",))
-    assert isinstance(decide(wrong, services, lifecycle, 0.0), Reject)
-    lifecycle.subjects.penalize("ann", 0.0)
-    assert isinstance(decide(info(token), services, lifecycle, 1.0), Reject)
+    assert not await decided(wrong, services, lifecycle)
+    admission.penalize("ann")
+    now[0] = 1.0
+    assert not await decided(info(token), services, lifecycle)
     refused = lifecycle.metrics.refused_by_reason
-    assert (refused["subprotocol"], refused["cooldown"]) == (1, 1)
-    assert sum(refused.values()) == 5
+    assert (refused["subprotocol"], refused["cooldown"], refused["user_connections"]) == (1, 1, 1)
+    assert sum(refused.values()) == 6
 
 
 def test_metrics_reply_is_the_prometheus_text_format() -> None:

@@ -6,15 +6,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
+
+if TYPE_CHECKING:
+    import coredis
 
 from ..agents._agent import Agent
 from ..services._admission_redis import build_admission
@@ -24,6 +29,8 @@ from ..services._services import ServerLifecycle, Services
 from ..services._settings import Settings
 from ..threads._backend import Retention
 from ..threads._logs import open_thread_logs
+from ..threads._open import redis_target
+from ..threads._redis import DEFAULT_PREFIX, connected_redis
 from ..transports._accept_log import throttle_accept_errors
 from ..transports.lean._server import serve_lean
 
@@ -72,15 +79,36 @@ async def serve(
     (a worker of ``enclave serve --workers N``); the transport closes them.
     """
     services = services or build_services(settings)
+    redis = redis_target(settings.store)
+    async with contextlib.AsyncExitStack() as resources:
+        # One Redis client for the process, shared by the store and the admission; it
+        # is closed after everything that uses it (the transports' last releases too).
+        client = None
+        if redis is not None:
+            client = await resources.enter_async_context(connected_redis(redis[0]))
+        await _serve(settings, services, client, redis, handle_signals, sockets, task_status)
+
+
+async def _serve(
+    settings: Settings,
+    services: Services,
+    client: coredis.Redis[str] | None,
+    redis: tuple[str, str] | None,
+    handle_signals: bool,
+    sockets: Sequence[socket.socket] | None,
+    task_status: trio.TaskStatus[RunningServer],
+) -> None:
     threads = await open_thread_logs(
         settings.store,
         Retention(max_events=settings.history_max_events, ttl_s=settings.history_ttl_s),
         max_memory_bytes=int(settings.history_memory_mb * 2**20),
+        redis=client,
         log=services.log,
     )
+    prefix = redis[1] if redis is not None else DEFAULT_PREFIX
     lifecycle = ServerLifecycle(
         max_connections=settings.max_connections,
-        admission=build_admission(settings, services.log),
+        admission=build_admission(settings, services.log, client, prefix),
         threads=threads,
     )
     store_seconds = lifecycle.metrics.store_seconds

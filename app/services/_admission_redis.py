@@ -331,16 +331,24 @@ class RedisAdmission:
             self.log.info("admission: Redis answers again")
 
 
-def build_admission(settings: Settings, log: logging.Logger) -> Admission:
+def build_admission(
+    settings: Settings,
+    log: logging.Logger,
+    redis: coredis.Redis[Any] | None = None,
+    prefix: str = DEFAULT_PREFIX,
+) -> Admission:
     """The admission ``serve()`` runs: shared through Redis when ``--store`` is a
-    ``redis://`` or ``rediss://`` URL (a client of its own, opened and closed by its
-    ``run()``), otherwise in this process's memory."""
+    ``redis://`` or ``rediss://`` URL, on ``redis`` (the process's client, kept open by the
+    caller) or else a client of its own (opened and closed by its ``run()``); otherwise in
+    this process's memory. ``prefix`` starts its keys (the store's)."""
     limits = AdmissionLimits.from_settings(settings)
     if not settings.store.startswith(("redis://", "rediss://")):
         return MemoryAdmission(limits)
+    if redis is not None:
+        return RedisAdmission(redis, limits, prefix=prefix, log=log)
     import coredis
 
     client: coredis.Redis[Any] = coredis.Redis.from_url(
         settings.store, connect_timeout=TIMEOUT_S, stream_timeout=TIMEOUT_S
     )
-    return RedisAdmission(client, limits, log=log, owns_client=True)
+    return RedisAdmission(client, limits, prefix=prefix, log=log, owns_client=True)

@@ -20,10 +20,13 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
 import trio
+
+if TYPE_CHECKING:
+    import coredis
 
 from ..core._codes import CancelReason
 from ..core._events import RunCancelled, encode_json
@@ -36,7 +39,8 @@ from ._backend import (
     ThreadSummary,
 )
 from ._memory import MemoryBackend
-from ._open import open_backend
+from ._open import open_backend, redis_target
+from ._redis import open_redis
 
 __all__ = [
     "MAX_REPLAY_PAGE",
@@ -628,10 +632,13 @@ async def open_thread_logs(
     retention: Retention,
     *,
     max_memory_bytes: int = 0,
+    redis: coredis.Redis[str] | None = None,
     log: logging.Logger | None = None,
 ) -> ThreadLogs:
-    """The thread logs on the backend ``spec`` names (``memory`` or ``sqlite:PATH``);
-    ``max_memory_bytes`` bounds the memory backend.
+    """The thread logs on the backend ``spec`` names (``memory``, ``sqlite:PATH`` or a Redis
+    URL); ``max_memory_bytes`` bounds the memory backend. ``redis``: the process's client
+    of the Redis a ``redis://`` spec names (:func:`~app.threads.connected_redis`), kept
+    open by the caller; without it the backend opens a client of its own.
 
     Raises :class:`~app.threads.StoreConfigError` for a bad spec or file. The caller
     runs :meth:`ThreadLogs.run` and closes them with :meth:`ThreadLogs.aclose`.
@@ -639,7 +646,12 @@ async def open_thread_logs(
     """
     if spec == "memory":
         return ThreadLogs.in_memory(retention, max_bytes=max_memory_bytes)
-    backend = await open_backend(spec, retention)
+    target = redis_target(spec)
+    backend: Backend
+    if redis is not None and target is not None:
+        backend = await open_redis(redis, retention, prefix=target[1])
+    else:
+        backend = await open_backend(spec, retention)
     return ThreadLogs(backend, durable=True, ttl_s=retention.ttl_s, log=log)
 
 

@@ -37,11 +37,12 @@ expects): TTL pruning drops a thread's entries from its oldest while they are ex
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import secrets
 import urllib.parse
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Final, cast
 
 import coredis
@@ -65,6 +66,7 @@ __all__ = [
     "RedisBackend",
     "cancels_key",
     "client_ids_key",
+    "connected_redis",
     "epoch_key",
     "followed_key",
     "meta_key",
@@ -83,6 +85,9 @@ DEFAULT_PREFIX: Final = "enclave"
 
 #: How long opening may take to reach Redis and read the epoch.
 OPEN_TIMEOUT_S: Final = 5.0
+#: The longest a command of a server's client may wait for its reply: above the blocking
+#: reads' own waits, so that those end by themselves.
+CLIENT_TIMEOUT_S: Final = 10.0
 
 #: Entries one prune script drops at most, and threads it visits: Redis runs one script
 #: at a time, so appends of other processes wait for one chunk, not all.
@@ -247,6 +252,32 @@ async def open_redis(
         raise
     backend._host = host
     return backend
+
+
+@contextlib.asynccontextmanager
+async def connected_redis(url: str) -> AsyncIterator[coredis.Redis[str]]:
+    """A client of the Redis at ``url`` for the block: the one a server process shares
+    between its thread store and its admission (``serve()`` holds it).
+
+    Its connections live in a task of their own (see :class:`_ClientHost`): a server
+    stopped by cancellation still commits its last events and gives back its users'
+    places before the client closes, when the block ends. Raises
+    :class:`~app.threads.StoreConfigError` when nothing answers at the address.
+    Cancellation: the client is closed all the same.
+    """
+    where = _redacted(url)
+    try:
+        client: coredis.Redis[str] = coredis.Redis.from_url(
+            url, decode_responses=True, stream_timeout=CLIENT_TIMEOUT_S
+        )
+    except (ValueError, coredis.exceptions.RedisError) as exc:
+        raise StoreConfigError(f"bad Redis URL {where!r}: {exc}") from exc
+    await _probe(url, where)
+    host = await _ClientHost.start(client)
+    try:
+        yield client
+    finally:
+        await host.aclose()
 
 
 async def _probe(url: str, where: str) -> None:

@@ -81,10 +81,7 @@ def test_workers_setting_rules() -> None:
     with pytest.raises(ConfigError, match="--workers"):
         _settings(workers=0).validate()
     # The Redis store is shared by every worker: --workers does not object to it.
-    problems = _settings(workers=2, store="redis://127.0.0.1:1/0")
-    with pytest.raises(ConfigError) as caught:
-        problems.validate()
-    assert "--workers" not in str(caught.value)
+    _settings(workers=2, store="redis://127.0.0.1:1/0").validate()
 
 
 def test_workers_auto_is_one_per_cpu() -> None:

@@ -173,7 +173,7 @@ def test_worker_and_redis_columns_only_when_some_row_has_them() -> None:
     ]
     rows = rows_from(ms)
     redis = next(r for r in rows if r.workers == 2)
-    assert redis.worker_cpu == (pytest.approx(0.7), pytest.approx(0.6))
+    assert redis.worker_cpu == pytest.approx((0.7, 0.6))
     assert redis.redis_cmds_per_turn == pytest.approx(30.5)
     assert redis.total_cpu_us_per_turn == pytest.approx(610.0)
     table = render_markdown(rows)

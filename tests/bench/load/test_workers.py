@@ -32,10 +32,10 @@ def test_worker_figures_split_cpu_and_turns_by_connections() -> None:
         turns=10_000,
     )
     assert figures.supervisor_cpu == pytest.approx(0.01)
-    assert figures.cpu == (pytest.approx(0.4), pytest.approx(0.5))  # 13 started late: left out
+    assert figures.cpu == pytest.approx((0.4, 0.5))  # 13 started late: left out
     assert figures.conns == (400, 600)
     # worker 0: 4 s over 4,000 turns; worker 1: 5 s over 6,000 turns
-    assert figures.cpu_us_per_turn == (pytest.approx(1000.0), pytest.approx(833.33, rel=1e-4))
+    assert figures.cpu_us_per_turn == pytest.approx((1000.0, 833.33), rel=1e-4)
 
 
 def _result(turns: int) -> LoadResult:

@@ -18,6 +18,7 @@ from .harness import (
     results_dir,
     sigterm_as_interrupt,
     with_stores,
+    with_workers,
 )
 from .load import CapacityPlan, Plan, run_benchmark, run_capacity
 from .soak import add_parser as add_soak_parser
@@ -123,8 +124,16 @@ def _parser() -> argparse.ArgumentParser:
         "--stores",
         type=_stores,
         default=("memory",),
-        help="thread stores of enclave, side by side: memory, sqlite or memory,sqlite "
-        "(default memory; sqlite: a fresh file per server start)",
+        help="thread stores of enclave, side by side: memory, sqlite, redis, comma-separated "
+        "(default memory; sqlite: a fresh file per server start; redis: the run's own "
+        "redis-server, pinned with the server, a fresh key prefix per server start)",
+    )
+    run.add_argument(
+        "--workers",
+        type=_ints,
+        default=(1,),
+        help="enclave's serve --workers N, side by side: e.g. 2 or 1,2 (default 1; N > 1 runs "
+        "the server and Redis on every core, the clients' too; not with sqlite)",
     )
     run.add_argument("--seed", default="bench", help="seed of the users' canaries")
     run.add_argument("--out", type=Path, help="output directory (default bench/results/<time>)")
@@ -170,6 +179,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         specs = tuple(parse_servers(args.servers))
         if args.command == "run":
             specs = tuple(with_stores(specs, args.stores))
+            many, skipped = with_workers(specs, args.workers)
+            specs = tuple(many)
+            if skipped:
+                print(
+                    f"bench: left out {', '.join(skipped)}: one SQLite file cannot be shared "
+                    "by several workers",
+                    file=sys.stderr,
+                )
     except ValueError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2

@@ -5,7 +5,9 @@ Layout (each module small and private; the names below are the layer's API):
 - ``_servers``: the servers under test (enclave and the peers) and how to start one.
 - ``_spawn``: child processes, pinned, with a raised fd limit, always killed.
 - ``_cores``: which cores the server and the clients run on.
-- ``_procfs``: reading /proc (CPU time, RSS, fds, limits, per-core load, the machine).
+- ``_procfs``: reading /proc (CPU time, RSS, fds, limits, per-core load, the machine,
+  a supervisor's process tree).
+- ``_redis``: the run's private redis-server and its cost per turn (commandstats, MONITOR).
 - ``_child``: the JSON-lines child-process protocol (``python -m bench child``).
 - ``_client``: the fast WebSocket client every load runs on.
 - ``_isolation``: glue from the clients' frames to the isolation ledgers.
@@ -28,6 +30,9 @@ from ._procfs import (
     read_nofile,
     read_rss_kib,
     read_sample,
+    read_tree,
+    read_worker_index,
+    sum_samples,
 )
 from ._progress import Progress
 from ._servers import (
@@ -41,6 +46,7 @@ from ._servers import (
     parse_servers,
     start_server,
     with_stores,
+    with_workers,
 )
 from ._spawn import ProcessSet, python_argv, raise_nofile, sigterm_as_interrupt
 from ._stats import LatencySummary, median, summarize
@@ -80,13 +86,17 @@ __all__ = [
     "read_nofile",
     "read_rss_kib",
     "read_sample",
+    "read_tree",
+    "read_worker_index",
     "results_dir",
     "run_checked",
     "sigterm_as_interrupt",
     "start_server",
+    "sum_samples",
     "summarize",
     "topology",
     "user_name",
     "verdict",
     "with_stores",
+    "with_workers",
 ]

@@ -16,6 +16,8 @@ class Topology:
     server_cores: tuple[int, ...] | None
     client_cores: tuple[int, ...] | None
     note: str
+    #: Every core the run may use: where a server of several workers runs (None: unpinned).
+    all_cores: tuple[int, ...] | None = None
 
     @property
     def client_core_count(self) -> int:
@@ -32,4 +34,5 @@ def topology(server_core: int | None = 0) -> Topology:
         (server_core,),
         clients,
         f"server on core {server_core}, clients on core(s) {','.join(map(str, clients))}",
+        tuple(allowed),
     )

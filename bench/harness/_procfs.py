@@ -19,10 +19,12 @@ __all__ = [
     "core_load",
     "machine_info",
     "parse_cpuinfo_model",
+    "parse_environ_value",
     "parse_limits_nofile",
     "parse_meminfo_total_kib",
     "parse_proc_stat",
     "parse_stat_cpu_ticks",
+    "parse_stat_ppid",
     "parse_status_cpus_allowed",
     "parse_status_kib",
     "read_affinity",
@@ -31,6 +33,10 @@ __all__ = [
     "read_nofile",
     "read_rss_kib",
     "read_sample",
+    "read_tree",
+    "read_worker_index",
+    "sum_samples",
+    "tree_pids",
 ]
 
 PROC = Path("/proc")
@@ -50,6 +56,65 @@ def parse_stat_cpu_ticks(text: str) -> int:
     if len(rest) < 13:
         raise ValueError("/proc/PID/stat line is too short")
     return int(rest[11]) + int(rest[12])
+
+
+def parse_stat_ppid(text: str) -> int:
+    """The parent's pid (field 4) from the text of /proc/PID/stat."""
+    end = text.rfind(")")
+    rest = text[end + 1 :].split() if end >= 0 else []
+    if len(rest) < 2:
+        raise ValueError("not a /proc/PID/stat line")
+    return int(rest[1])
+
+
+def tree_pids(root_pid: int, parents: dict[int, int]) -> list[int]:
+    """``root_pid`` and every descendant of it, given ``{pid: ppid}`` of the machine's
+    processes; the root first, then by pid."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    out: list[int] = []
+    todo = [root_pid]
+    while todo:
+        pid = todo.pop()
+        if pid in out:
+            continue
+        out.append(pid)
+        todo.extend(children.get(pid, ()))
+    return [root_pid, *sorted(p for p in out if p != root_pid)]
+
+
+def _parents(root: Path) -> dict[int, int]:
+    parents: dict[int, int] = {}
+    for entry in os.listdir(root):
+        if not entry.isdigit():
+            continue
+        try:
+            parents[int(entry)] = parse_stat_ppid((root / entry / "stat").read_text())
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+    return parents
+
+
+def parse_environ_value(data: bytes, name: str) -> str | None:
+    """The value of ``name`` in the NUL-separated text of /proc/PID/environ."""
+    prefix = name.encode() + b"="
+    for item in data.split(b"\0"):
+        if item.startswith(prefix):
+            return item[len(prefix) :].decode(errors="replace")
+    return None
+
+
+def read_worker_index(pid: int, root: Path = PROC) -> int | None:
+    """``ENCLAVE_WORKER_INDEX`` of a worker of ``enclave serve --workers N`` (None for
+    any other process, or one whose environment cannot be read)."""
+    try:
+        value = parse_environ_value(
+            (root / str(pid) / "environ").read_bytes(), "ENCLAVE_WORKER_INDEX"
+        )
+    except OSError:
+        return None
+    return int(value) if value is not None and value.isdigit() else None
 
 
 def parse_status_kib(text: str, field: str) -> int:
@@ -142,6 +207,28 @@ def read_sample(pid: int, root: Path = PROC) -> ProcSample:
     ticks = parse_stat_cpu_ticks((root / str(pid) / "stat").read_text())
     rss_kib = parse_status_kib((root / str(pid) / "status").read_text(), "VmRSS")
     return ProcSample(cpu_s=ticks / os.sysconf("SC_CLK_TCK"), rss_bytes=rss_kib * 1024)
+
+
+def read_tree(pid: int, root: Path = PROC) -> dict[int, ProcSample]:
+    """A sample of ``pid`` and of each of its descendants (a supervisor and its workers),
+    by pid; empty when ``pid`` is gone. Processes that exit meanwhile are left out."""
+    out: dict[int, ProcSample] = {}
+    for member in tree_pids(pid, _parents(root)):
+        try:
+            out[member] = read_sample(member, root)
+        except (OSError, ValueError):  # gone, or a zombie without VmRSS
+            continue
+    return out
+
+
+def sum_samples(samples: dict[int, ProcSample]) -> ProcSample | None:
+    """The CPU time and RSS of a process tree, added up (None for no process)."""
+    if not samples:
+        return None
+    return ProcSample(
+        cpu_s=sum(s.cpu_s for s in samples.values()),
+        rss_bytes=sum(s.rss_bytes for s in samples.values()),
+    )
 
 
 def read_affinity(pid: int, root: Path = PROC) -> str | None:

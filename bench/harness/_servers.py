@@ -27,12 +27,15 @@ __all__ = [
     "ServerUnavailable",
     "parse_servers",
     "start_server",
+    "store_arg",
     "with_stores",
+    "with_workers",
 ]
 
-#: Thread stores the bench can put under our server: ``--store memory`` or
-#: ``--store sqlite:PATH`` (a fresh file next to the server's log, removed after).
-STORES: tuple[str, ...] = ("memory", "sqlite")
+#: Thread stores the bench can put under our server: ``--store memory``,
+#: ``--store sqlite:PATH`` (a fresh file next to the server's log, removed after) or
+#: ``--store redis://HOST:PORT/0?prefix=bN`` (the run's own redis-server, a fresh prefix).
+STORES: tuple[str, ...] = ("memory", "sqlite", "redis")
 
 #: Our server's limits for load runs: everything on, only the rate limit raised.
 ENCLAVE_LOAD_FLAGS: tuple[str, ...] = (
@@ -55,6 +58,7 @@ class ServerSpec:
     transport: str | None = None  # for trio-enclave: --transport
     description: str = ""
     store: str = "memory"  # for trio-enclave: one of STORES
+    workers: int = 1  # for trio-enclave: serve --workers N (a supervisor and N workers)
 
     @property
     def ours(self) -> bool:
@@ -110,6 +114,8 @@ class ServerOptions:
     extra_enclave_flags: tuple[str, ...] = ()
     nofile: int | None = None
     start_timeout_s: float = 30.0
+    #: ``--store`` of an enclave on the redis store (the bench's redis-server, a fresh prefix).
+    redis_url: str | None = None
 
 
 class ServerUnavailable(Exception):
@@ -149,11 +155,25 @@ def store_path(spec: ServerSpec, log_path: Path) -> Path | None:
     return log_path.with_name("threads.db") if spec.ours and spec.store == "sqlite" else None
 
 
+def store_arg(spec: ServerSpec, opts: ServerOptions, db: Path | None = None) -> str:
+    """The ``--store`` value of an enclave spec."""
+    if spec.store == "sqlite":
+        if db is None:
+            raise ValueError("the sqlite store needs its file")
+        return f"sqlite:{db}"
+    if spec.store == "redis":
+        if opts.redis_url is None:
+            raise ValueError("the redis store needs the bench's redis-server (redis_url)")
+        return opts.redis_url
+    return "memory"
+
+
 def server_argv(
     spec: ServerSpec, port: int, opts: ServerOptions, db: Path | None = None
 ) -> list[str]:
     if spec.ours:
         assert spec.transport is not None
+        workers = ("--workers", str(spec.workers)) if spec.workers != 1 else ()
         return python_argv(
             "-m",
             "app",
@@ -171,7 +191,8 @@ def server_argv(
             "--log-level",
             "warning",
             "--store",
-            "memory" if db is None else f"sqlite:{db}",
+            store_arg(spec, opts, db),
+            *workers,
             *opts.extra_enclave_flags,
         )
     return python_argv(
@@ -292,27 +313,76 @@ def _inspect(server: RunningServer, opts: ServerOptions) -> dict[str, Any]:
     return info
 
 
+def _parse_one(name: str) -> ServerSpec | None:
+    base, *suffixes = name.split("+")
+    spec = SERVERS.get(base)
+    if spec is None or (suffixes and not spec.ours):
+        return None
+    store, workers = "memory", 1
+    for suffix in suffixes:
+        if suffix in STORES:
+            store = suffix
+        elif suffix.startswith("w") and suffix[1:].isdigit() and int(suffix[1:]) >= 1:
+            workers = int(suffix[1:])
+        else:
+            return None
+    (spec,) = with_stores([spec], (store,))
+    done, _skipped = with_workers([spec], (workers,))
+    return done[0] if done else None  # sqlite with several workers: refused
+
+
 def parse_servers(text: str) -> list[ServerSpec]:
     """Specs for a comma-separated list of names (``all`` for every server); an enclave
-    name may end in ``+sqlite`` (its thread store; ``+memory`` is the default)."""
+    name may end in ``+sqlite`` or ``+redis`` (its thread store; ``+memory`` is the
+    default) and ``+wN`` (``serve --workers N``)."""
     names: Sequence[str] = (
         ORDER if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
     )
     specs: list[ServerSpec] = []
     unknown: list[str] = []
     for name in names:
-        base, _, store = name.partition("+")
-        spec = SERVERS.get(base)
-        if spec is None or (store and (not spec.ours or store not in STORES)):
+        spec = _parse_one(name)
+        if spec is None:
             unknown.append(name)
         else:
-            specs.extend(with_stores([spec], (store or "memory",)))
+            specs.append(spec)
     if unknown:
         raise ValueError(
             f"unknown server(s) {', '.join(unknown)}; known: {', '.join(ORDER)} "
-            f"(enclave-*: +{' or +'.join(STORES)} picks the thread store)"
+            f"(enclave-*: +{' or +'.join(STORES)} picks the thread store, +wN the workers)"
         )
     return specs
+
+
+def with_workers(
+    specs: Sequence[ServerSpec], workers: Sequence[int]
+) -> tuple[list[ServerSpec], list[str]]:
+    """Each enclave spec once per worker count (``name+w2``), peers once; and the names
+    left out: an SQLite file cannot be shared by several workers (the server refuses)."""
+    out: list[ServerSpec] = []
+    skipped: list[str] = []
+    for spec in specs:
+        if not spec.ours:
+            out.append(spec)
+            continue
+        for n in workers:
+            if n < 1:
+                raise ValueError(f"workers must be >= 1, got {n}")
+            if n == 1:
+                out.append(spec)
+            elif spec.store == "sqlite":
+                skipped.append(f"{spec.name}+w{n}")
+            else:
+                out.append(
+                    attrs.evolve(
+                        spec,
+                        name=f"{spec.name}+w{n}",
+                        label=spec.label.replace(")", f", {n} workers)"),
+                        description=f"{spec.description}; serve --workers {n}",
+                        workers=n,
+                    )
+                )
+    return out, skipped
 
 
 def with_stores(specs: Sequence[ServerSpec], stores: Sequence[str]) -> list[ServerSpec]:

@@ -33,6 +33,8 @@ TARGET_SPEEDUP = 1.2
 TARGET_SPEEDUP_WAITING = 1.0
 TARGET_KIB_PER_CONN = 14.0
 TARGET_OVERHEAD = 0.15
+#: Server-side CPU per turn on the redis store (server + redis-server) against SQLite's.
+TARGET_REDIS_VS_SQLITE = 1.5
 
 
 @attrs.frozen
@@ -61,6 +63,13 @@ class Row:
     errors: int = 0
     violations: int = 0
     ratio: float | None = None  # turns/s over the baseline's at the same user count
+    workers: int = 1
+    worker_cpu: tuple[float, ...] = ()  # by worker index, medians
+    worker_cpu_us_per_turn: tuple[float, ...] = ()
+    redis_cmds_per_turn: float | None = None
+    redis_round_trips_per_turn: float | None = None
+    redis_cpu_us_per_turn: float | None = None
+    total_cpu_us_per_turn: float | None = None  # server + redis-server
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -68,6 +77,18 @@ class Row:
 
 def _med(items: Sequence[Measurement], get: Callable[[Measurement], float | None]) -> float | None:
     return median(v for v in (get(m) for m in items) if v is not None)
+
+
+def _per_index(
+    items: Sequence[Measurement], get: Callable[[Measurement], Sequence[float]]
+) -> tuple[float, ...]:
+    """Medians by position (worker index) over the measurements that have that position."""
+    width = max((len(get(m)) for m in items), default=0)
+    out: list[float] = []
+    for i in range(width):
+        value = median(get(m)[i] for m in items if len(get(m)) > i)
+        out.append(0.0 if value is None else value)
+    return tuple(out)
 
 
 def _row(server: str, users: int, group: Sequence[Measurement]) -> Row:
@@ -98,6 +119,13 @@ def _row(server: str, users: int, group: Sequence[Measurement]) -> Row:
         client_cpu=max(m.client_cpu for m in group),
         errors=sum(m.error_count for m in group),
         violations=sum(m.violations for m in group),
+        workers=max(m.workers for m in group),
+        worker_cpu=_per_index(use, lambda m: m.worker_cpu),
+        worker_cpu_us_per_turn=_per_index(use, lambda m: m.worker_cpu_us_per_turn),
+        redis_cmds_per_turn=_med(use, lambda m: m.redis_cmds_per_turn),
+        redis_round_trips_per_turn=_med(use, lambda m: m.redis_round_trips_per_turn),
+        redis_cpu_us_per_turn=_med(use, lambda m: m.redis_cpu_us_per_turn),
+        total_cpu_us_per_turn=_med(use, lambda m: m.total_cpu_us_per_turn),
     )
 
 
@@ -179,17 +207,59 @@ def _cells(row: Row, labels: Mapping[str, str]) -> list[str]:
     ]
 
 
+#: Shown when some row has several workers.
+WORKER_COLUMNS = ("CPU per worker", "µs/turn per worker")
+#: Shown when some row is on the redis store.
+REDIS_COLUMNS = (
+    "redis cmds/turn",
+    "redis round trips/turn",
+    "redis CPU µs/turn",
+    "server+redis µs/turn",
+)
+
+
+def _joined(values: Sequence[float], fmt: str) -> str:
+    return " / ".join(fmt.format(v) for v in values) if values else "-"
+
+
+def _extra_cells(row: Row, workers: bool, redis: bool) -> list[str]:
+    cells: list[str] = []
+    if workers:
+        cells += [
+            _joined([v * 100 for v in row.worker_cpu], "{:.0f}%"),
+            _joined(row.worker_cpu_us_per_turn, "{:,.0f}"),
+        ]
+    if redis:
+        on_redis = row.redis_cmds_per_turn is not None
+        cells += [
+            _num(row.redis_cmds_per_turn, "{:.1f}"),
+            _num(row.redis_round_trips_per_turn, "{:.2f}"),
+            _num(row.redis_cpu_us_per_turn),
+            _num(row.total_cpu_us_per_turn if on_redis else None),
+        ]
+    return cells
+
+
 def render_markdown(rows: Sequence[Row], labels: Mapping[str, str] | None = None) -> str:
-    """A GitHub-flavoured Markdown table of ``rows`` (numbers are medians over rounds)."""
+    """A GitHub-flavoured Markdown table of ``rows`` (numbers are medians over rounds).
+
+    Columns per worker and of Redis are added only when some row has them; the verdict
+    stays last."""
     labels = labels or {}
+    workers = any(r.workers > 1 for r in rows)
+    redis = any(r.redis_cmds_per_turn is not None for r in rows)
+    extra = (WORKER_COLUMNS if workers else ()) + (REDIS_COLUMNS if redis else ())
+    columns = (*COLUMNS[:-1], *extra, COLUMNS[-1])
     lines = [
-        "| " + " | ".join(COLUMNS) + " |",
+        "| " + " | ".join(columns) + " |",
         "|"
-        + "|".join("---" if i == 0 or i == len(COLUMNS) - 1 else "--:" for i in range(len(COLUMNS)))
+        + "|".join("---" if i == 0 or i == len(columns) - 1 else "--:" for i in range(len(columns)))
         + "|",
     ]
     for row in rows:
-        cells = [" ".join(c.split()).replace("|", "\\|") for c in _cells(row, labels)]
+        base = _cells(row, labels)
+        raw = [*base[:-1], *_extra_cells(row, workers, redis), base[-1]]
+        cells = [" ".join(c.split()).replace("|", "\\|") for c in raw]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -287,6 +357,32 @@ def _overhead(rows: Sequence[Row], users: int | None) -> Target:
     return Target(name, goal, measured, overhead <= TARGET_OVERHEAD)
 
 
+def _redis_vs_sqlite(rows: Sequence[Row], users: int | None) -> Target | None:
+    """Server-side CPU per turn on Redis (the server's and redis-server's) against SQLite,
+    one worker each; None when the run has no such pair."""
+    goal = f"≤ {TARGET_REDIS_VS_SQLITE}x the server CPU per turn of the SQLite store (1 worker)"
+    if users is None:
+        return None
+    for row in rows:
+        if row.users != users or not row.server.endswith("+redis") or row.workers != 1:
+            continue
+        base = row.server.removesuffix("+redis")
+        sqlite = _find(rows, f"{base}+sqlite", users)
+        if sqlite is None or not sqlite.cpu_us_per_turn or row.cpu_us_per_turn is None:
+            continue
+        own = row.cpu_us_per_turn / sqlite.cpu_us_per_turn
+        total = (row.total_cpu_us_per_turn or row.cpu_us_per_turn) / sqlite.cpu_us_per_turn
+        valid = row.valid_rounds > 0 and sqlite.valid_rounds > 0
+        measured = (
+            f"{total:.2f}x with Redis's CPU ({row.total_cpu_us_per_turn or 0:,.0f} vs "
+            f"{sqlite.cpu_us_per_turn:,.0f} µs), {own:.2f}x the server's alone "
+            f"({row.cpu_us_per_turn:,.0f} µs), {base} at {users:,} users"
+            + ("" if valid else " (INVALID rounds)")
+        )
+        return Target("redis store CPU", goal, measured, total <= TARGET_REDIS_VS_SQLITE and valid)
+    return None
+
+
 def _isolation(rows: Sequence[Row]) -> Target:
     total = sum(r.violations for r in rows)
     checked = sum(1 for r in rows if r.turns_per_s is not None)
@@ -299,10 +395,12 @@ def evaluate_targets(
 ) -> list[Target]:
     """The targets; the throughput goal depends on whether the agent waits (its delay)."""
     users = _target_users(rows)
+    redis = _redis_vs_sqlite(rows, users)
     return [
         _speedup(rows, users, agent_delay_ms),
         _memory(rows, capacity),
         _overhead(rows, users),
+        *([redis] if redis is not None else []),
         _isolation(rows),
     ]
 

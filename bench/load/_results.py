@@ -141,10 +141,29 @@ class Measurement:
     client_cpu: float = 0.0
     client_procs: int = 1
     note: str = ""
+    #: ``serve --workers N``: the CPU figures above add up the supervisor and its workers.
+    workers: int = 1
+    supervisor_cpu: float | None = None  # fraction of a core, with workers > 1
+    worker_cpu: tuple[float, ...] = ()  # fraction of a core, by worker index
+    worker_conns: tuple[int, ...] = ()  # connections each worker held (its new fds)
+    worker_cpu_us_per_turn: tuple[float, ...] = ()  # its CPU / the turns of its share
+    #: On the redis store: the run's redis-server over the window (server-side cost).
+    redis_cpu: float | None = None
+    redis_cpu_us_per_turn: float | None = None
+    redis_cmds_per_turn: float | None = None  # round trips and the commands of scripts
+    redis_round_trips_per_turn: float | None = None  # commands the servers sent
+    redis_calls: Mapping[str, int] = attrs.field(factory=dict, converter=_counts)
 
     @property
     def valid(self) -> bool:
         return self.verdict == "ok"
+
+    @property
+    def total_cpu_us_per_turn(self) -> float | None:
+        """Server CPU per turn plus Redis's (the server-side cost of a turn)."""
+        if self.server_cpu_us_per_turn is None:
+            return None
+        return self.server_cpu_us_per_turn + (self.redis_cpu_us_per_turn or 0.0)
 
     @property
     def error_count(self) -> int:

@@ -8,10 +8,12 @@ run for the window while its CPU is sampled from /proc, then everything stopped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -38,11 +40,24 @@ from ..harness import (
     machine_info,
     raise_nofile,
     read_cores,
+    read_fds,
     read_sample,
+    read_tree,
+    read_worker_index,
     start_server,
+    sum_samples,
     summarize,
     topology,
     verdict,
+)
+from ..harness._redis import (
+    BenchRedis,
+    MonitorSample,
+    MonitorThread,
+    RedisError,
+    RedisWindow,
+    bench_redis,
+    redis_window,
 )
 from ..harness._spawn import free_port, python_argv
 from ._charts import write_charts
@@ -62,6 +77,8 @@ __all__ = ["Plan", "measure", "run_benchmark"]
 
 #: Seconds the server gets after it listens before its idle RSS is read.
 SETTLE_S = 0.5
+#: Seconds of MONITOR at the end of the warm-up (redis store): which calls ran in scripts.
+MONITOR_S = 1.0
 
 
 @attrs.frozen
@@ -98,11 +115,62 @@ def _cpu_self() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _sample(server: RunningServer) -> ProcSample | None:
+def _fds(pids: Sequence[int]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            out[pid] = read_fds(pid)
+    return out
+
+
+def _pid_sample(pid: int) -> ProcSample | None:
     try:
-        return read_sample(server.pid)
-    except (OSError, ValueError):  # gone, or a zombie without VmRSS
+        return read_sample(pid)
+    except (OSError, ValueError):
         return None
+
+
+@attrs.frozen
+class WorkerFigures:
+    """Per process of ``serve --workers N``: CPU over the window and connections held."""
+
+    supervisor_cpu: float | None
+    cpu: tuple[float, ...]  # fraction of a core, by worker index
+    conns: tuple[int, ...]
+    cpu_us_per_turn: tuple[float, ...]
+
+
+def worker_figures(
+    root_pid: int,
+    start: dict[int, ProcSample],
+    end: dict[int, ProcSample],
+    idle_fds: dict[int, int],
+    connected_fds: dict[int, int],
+    index: dict[int, int],
+    *,
+    window_s: float,
+    turns: float,
+) -> WorkerFigures:
+    """Split the window's CPU by process: the supervisor (``root_pid``) and each worker
+    (by ``ENCLAVE_WORKER_INDEX``, else by pid). A worker's turns are taken as its share of
+    the connections (its fds opened between idle and connected) of all the turns."""
+    workers = sorted(
+        (p for p in end if p != root_pid and p in start), key=lambda p: (index.get(p, p), p)
+    )
+    sup = None
+    if root_pid in start and root_pid in end and window_s > 0:
+        sup = (end[root_pid].cpu_s - start[root_pid].cpu_s) / window_s
+    cpu = tuple(
+        (end[p].cpu_s - start[p].cpu_s) / window_s if window_s > 0 else 0.0 for p in workers
+    )
+    conns = tuple(max(0, connected_fds.get(p, 0) - idle_fds.get(p, 0)) for p in workers)
+    held = sum(conns)
+    per_turn: list[float] = []
+    for p, c in zip(workers, conns, strict=True):
+        share = turns * c / held if held else 0.0
+        used = end[p].cpu_s - start[p].cpu_s
+        per_turn.append(used / share * 1e6 if share else 0.0)
+    return WorkerFigures(sup, cpu, conns, tuple(per_turn))
 
 
 def _load_config(plan: Plan, port: int, secret: str, users: int, *, hold: bool) -> LoadConfig:
@@ -132,6 +200,8 @@ class Probe:
     harness_cpu_s: float
     cores_start: dict[int, CoreTimes] = attrs.field(factory=dict)
     cores_end: dict[int, CoreTimes] = attrs.field(factory=dict)
+    workers: WorkerFigures | None = None  # serve --workers N (N > 1)
+    redis: RedisWindow | None = None  # the redis store: what Redis did in the window
 
 
 def drive(
@@ -145,10 +215,17 @@ def drive(
     topo: Topology,
     log_dir: Path,
     progress: Progress,
+    redis: BenchRedis | None = None,
 ) -> tuple[LoadResult, Probe]:
-    """Run the load-generator processes against a started server; raise ChildError."""
+    """Run the load-generator processes against a started server; raise ChildError.
+
+    With ``redis`` (the server's store), Redis's commands and CPU over the window are
+    read too: a MONITOR sample at the end of the warm-up, stats reset at the window's start.
+    """
     time.sleep(SETTLE_S)
-    idle = _sample(server)
+    idle_parts = read_tree(server.pid)
+    idle = sum_samples(idle_parts)
+    idle_fds = _fds(list(idle_parts))
     ramp_timeout = load.ramp_timeout_s + 30
     with GeneratorPool(
         procs,
@@ -164,19 +241,35 @@ def drive(
         lines = pool.wait_for("connected", ramp_timeout)
         connected_count = sum(int(line.get("connected", 0)) for line in lines)
         time.sleep(0.2)
-        connected = _sample(server)
+        connected_parts = read_tree(server.pid)
+        connected = sum_samples(connected_parts)
+        connected_fds = _fds(list(connected_parts))
         per_worker: dict[int, tuple[int, int]] = {}
 
         def show(line: dict[str, Any]) -> None:
             per_worker[int(line.get("pid", 0))] = (int(line["turns"]), int(line["frames"]))
 
         pool.send_all("go")
+        monitor: MonitorThread | None = None
         if load.warmup_s > 0:
             progress.update(f"{connected_count:,} connected, warming up {load.warmup_s:g} s")
-            pool.pump_until(time.monotonic() + load.warmup_s, show)
+            warm_end = time.monotonic() + load.warmup_s
+            if redis is not None:
+                sample_s = min(MONITOR_S, load.warmup_s / 2)
+                pool.pump_until(warm_end - sample_s - 0.1, show)
+                monitor = MonitorThread(redis.host, redis.port, sample_s)
+            pool.pump_until(warm_end, show)
+        redis_start = None
+        sample = MonitorSample()
+        if redis is not None:
+            if monitor is not None:
+                sample = monitor.join(MONITOR_S + 5)
+            redis.reset_stats()
+            redis_start = _pid_sample(redis.pid)
         harness0 = _cpu_self()
         t0 = time.monotonic()
-        start = _sample(server)
+        start_parts = read_tree(server.pid)
+        start = sum_samples(start_parts)
         cores_start = read_cores()
         deadline = t0 + load.duration_s
         while time.monotonic() < deadline:
@@ -187,10 +280,21 @@ def drive(
             progress.update(
                 f"{connected_count:,} connected, {what}, {elapsed:4.1f}/{load.duration_s:g} s"
             )
-        end = _sample(server)
+        end_parts = read_tree(server.pid)
+        end = sum_samples(end_parts)
         cores_end = read_cores()
         window = time.monotonic() - t0
         harness_cpu = _cpu_self() - harness0
+        window_redis = None
+        if redis is not None:
+            stats = redis.commandstats()
+            redis_end = _pid_sample(redis.pid)
+            cpu = (
+                redis_end.cpu_s - redis_start.cpu_s
+                if redis_end is not None and redis_start is not None
+                else None
+            )
+            window_redis = redis_window(stats, sample, cpu)
         if not server.alive():
             raise ChildError(f"the server exited during the window ({server.proc.returncode})")
         results = pool.wait_for(
@@ -200,7 +304,31 @@ def drive(
             on_progress=show,
         )
     merged = merge_load_results(LoadResult.from_dict(line["result"]) for line in results)
-    probe = Probe(idle, connected, start, end, window, harness_cpu, cores_start, cores_end)
+    figures = None
+    if len(end_parts) > 1:
+        index = {p: i for p in end_parts if (i := read_worker_index(p)) is not None}
+        figures = worker_figures(
+            server.pid,
+            start_parts,
+            end_parts,
+            idle_fds,
+            connected_fds,
+            index,
+            window_s=window,
+            turns=merged.turns * window / max(merged.window_s or window, 1e-9),
+        )
+    probe = Probe(
+        idle,
+        connected,
+        start,
+        end,
+        window,
+        harness_cpu,
+        cores_start,
+        cores_end,
+        workers=figures,
+        redis=window_redis,
+    )
     return merged, probe
 
 
@@ -216,28 +344,55 @@ def to_measurement(
     server_core: int | None = None,
     client_core_ids: tuple[int, ...] | None = None,
     run_turns: bool = True,
+    shared_cores: tuple[int, ...] | None = None,
+    workers: int = 1,
 ) -> Measurement:
-    """Turn what the clients and the harness saw into one measurement."""
+    """Turn what the clients and the harness saw into one measurement.
+
+    ``shared_cores``: the server (several workers) shares these cores with the clients;
+    what the cores did beyond the server, Redis and the clients is then the noise, and the
+    per-core checks are not made. Redis (``probe.redis``) runs on the server's core(s).
+    """
     window = result.window_s or probe.window_s
-    client_cpu = (result.cpu_s + probe.harness_cpu_s) / max(window, 1e-9) / client_cores
+    client_abs = (result.cpu_s + probe.harness_cpu_s) / max(window, 1e-9)
+    client_cpu = client_abs / client_cores
     server_cpu = per_turn = None
+    turns_in_probe = result.turns * probe.window_s / max(window, 1e-9)
     if probe.start is not None and probe.end is not None and probe.window_s > 0:
         used = probe.end.cpu_s - probe.start.cpu_s
         server_cpu = used / probe.window_s
         if result.turns:
-            per_turn = used / (result.turns * probe.window_s / max(window, 1e-9)) * 1e6
+            per_turn = used / turns_in_probe * 1e6
+    redis = probe.redis
+    redis_cpu = None
+    if redis is not None and redis.cpu_s is not None and probe.window_s > 0:
+        redis_cpu = redis.cpu_s / probe.window_s
     other = steal = None
-    load = (
-        None if server_core is None else core_load(probe.cores_start, probe.cores_end, server_core)
-    )
-    if load is not None:
-        other = max(0.0, load[0] - (server_cpu or 0.0))
-        steal = load[1]
     client_other = None
-    loads = [core_load(probe.cores_start, probe.cores_end, c) for c in client_core_ids or ()]
-    if loads and all(x is not None for x in loads):
-        used = sum(x[0] + x[1] for x in loads if x is not None) / len(loads)
-        client_other = max(0.0, used - client_cpu)
+    if shared_cores:
+        loads = [core_load(probe.cores_start, probe.cores_end, c) for c in shared_cores]
+        if all(x is not None for x in loads):
+            busy = sum(x[0] for x in loads if x is not None)
+            steal = sum(x[1] for x in loads if x is not None)
+            other = max(0.0, busy - (server_cpu or 0.0) - (redis_cpu or 0.0) - client_abs)
+    else:
+        load = (
+            None
+            if server_core is None
+            else core_load(probe.cores_start, probe.cores_end, server_core)
+        )
+        if load is not None:
+            other = max(0.0, load[0] - (server_cpu or 0.0) - (redis_cpu or 0.0))
+            steal = load[1]
+        loads = [core_load(probe.cores_start, probe.cores_end, c) for c in client_core_ids or ()]
+        if loads and all(x is not None for x in loads):
+            used = sum(x[0] + x[1] for x in loads if x is not None) / len(loads)
+            client_other = max(0.0, used - client_cpu)
+    figures = probe.workers
+
+    def per_turn_of(amount: float) -> float | None:
+        return amount / turns_in_probe if result.turns else None
+
     rss_per_conn = None
     if probe.idle is not None and probe.connected is not None and result.connected:
         rss_per_conn = (probe.connected.rss_bytes - probe.idle.rss_bytes) / result.connected
@@ -276,6 +431,18 @@ def to_measurement(
         client_core_other=client_other,
         client_cpu=client_cpu,
         client_procs=client_procs,
+        workers=workers,
+        supervisor_cpu=figures.supervisor_cpu if figures else None,
+        worker_cpu=figures.cpu if figures else (),
+        worker_conns=figures.conns if figures else (),
+        worker_cpu_us_per_turn=figures.cpu_us_per_turn if figures else (),
+        redis_cpu=redis_cpu,
+        redis_cpu_us_per_turn=(
+            None if redis is None or redis.cpu_s is None else per_turn_of(redis.cpu_s * 1e6)
+        ),
+        redis_cmds_per_turn=None if redis is None else per_turn_of(redis.commands),
+        redis_round_trips_per_turn=None if redis is None else per_turn_of(redis.round_trips),
+        redis_calls=redis.calls if redis is not None else {},
     )
 
 
@@ -290,24 +457,38 @@ def measure(
     progress: Progress,
     info: dict[str, dict[str, Any]],
     extra_flags: tuple[str, ...] = (),
+    redis: BenchRedis | None = None,
 ) -> Measurement:
-    """One server at one user count: start it, load it, stop it."""
+    """One server at one user count: start it, load it, stop it (and its workers).
+
+    A server of several workers runs on every core of the run (``topo.all_cores``), the
+    clients' too; on the redis store, redis-server is pinned where the server is and the
+    server gets a fresh key prefix (every key is flushed after it stops).
+    """
     secret = secrets.token_hex(32)
+    use_redis = redis if spec.store == "redis" else None
+    if spec.store == "redis" and use_redis is None:
+        return Measurement(spec.name, users, round_no, "unavailable: no redis-server")
     opts = ServerOptions(
         secret=secret,
         agent_delay_ms=plan.agent_delay_ms,
         nofile=users + 1024,
         extra_enclave_flags=extra_flags,
+        redis_url=use_redis.next_url() if use_redis is not None else None,
     )
+    cores = topo.server_cores if spec.workers == 1 else topo.all_cores
+    if use_redis is not None:
+        info.setdefault(spec.name, {})["redis_pinned"] = use_redis.pin(
+            set(cores) if cores else None
+        )
     log_dir = out / "logs" / f"r{round_no}-{users}-{spec.name}"
     try:
-        server = start_server(
-            procs, spec, opts, cores=topo.server_cores, log_path=log_dir / "server.log"
-        )
+        server = start_server(procs, spec, opts, cores=cores, log_path=log_dir / "server.log")
     except ServerUnavailable as exc:
         info.setdefault(spec.name, {})["unavailable"] = str(exc)
         return Measurement(spec.name, users, round_no, f"unavailable: {exc}")
     info.setdefault(spec.name, {}).update(server.info)
+    tree = list(read_tree(server.pid))
     try:
         load = _load_config(plan, server.port, secret, users, hold=False)
         result, probe = drive(
@@ -320,12 +501,18 @@ def measure(
             topo=topo,
             log_dir=log_dir,
             progress=progress,
+            redis=use_redis,
         )
     except ChildError as exc:
         return Measurement(spec.name, users, round_no, f"failed: {exc}")
     finally:
-        procs.stop(server.proc)
+        tree = list(dict.fromkeys([*tree, *read_tree(server.pid)]))
+        procs.stop(server.proc, timeout_s=15.0 if spec.workers > 1 else 5.0)
+        reap(tree[1:])
         server.discard_store()
+        if use_redis is not None:
+            with contextlib.suppress(OSError, RedisError):
+                use_redis.flush()
     return to_measurement(
         spec,
         users,
@@ -336,7 +523,33 @@ def measure(
         client_procs=plan.client_procs,
         server_core=topo.server_cores[0] if topo.server_cores else None,
         client_core_ids=topo.client_cores,
+        shared_cores=topo.all_cores if spec.workers > 1 else None,
+        workers=spec.workers,
     )
+
+
+def reap(pids: Sequence[int], timeout_s: float = 5.0) -> list[int]:
+    """Wait for the workers of a stopped supervisor (they have a process group of their
+    own, so stopping the supervisor's does not reach them; it forwards its SIGTERM); SIGKILL
+    those still there after ``timeout_s``. Returns the pids that had to be killed."""
+    deadline = time.monotonic() + timeout_s
+    left = [p for p in pids if _running(p)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [p for p in left if _running(p)]
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return left
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return text[text.rfind(")") + 2 :][:1] not in ("Z", "X", "")
 
 
 def _agent_line(plan: dict[str, Any]) -> str:
@@ -443,7 +656,15 @@ def run_benchmark(
     started = time.time()
     total = len(plan.users) * len(plan.servers) * plan.rounds
     done = 0
-    with ProcessSet() as procs:
+    with ProcessSet() as procs, contextlib.ExitStack() as stack:
+        redis: BenchRedis | None = None
+        if any(s.ours and s.store == "redis" for s in plan.servers):
+            try:
+                redis = stack.enter_context(bench_redis())
+            except (FileNotFoundError, RuntimeError) as exc:
+                progress.log(f"bench: the redis store is unavailable: {exc}")
+            else:
+                redis.pin(set(topo.server_cores) if topo.server_cores else None)
         extra_flags: tuple[str, ...] = ()
         if plan.agent == "llm":
             url = start_mock_llm(procs, plan, topo.client_cores, out / "logs" / "mock-llm.log")
@@ -457,7 +678,17 @@ def run_benchmark(
                         f"{spec.name} x {users:,} users:"
                     )
                     m = measure(
-                        procs, spec, users, round_no, plan, topo, out, progress, info, extra_flags
+                        procs,
+                        spec,
+                        users,
+                        round_no,
+                        plan,
+                        topo,
+                        out,
+                        progress,
+                        info,
+                        extra_flags,
+                        redis,
                     )
                     measurements.append(m)
                     progress.log(_one_line(m))

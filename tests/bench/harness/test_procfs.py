@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,13 +12,19 @@ from bench.harness._procfs import (
     core_load,
     machine_info,
     parse_cpuinfo_model,
+    parse_environ_value,
     parse_limits_nofile,
     parse_meminfo_total_kib,
     parse_proc_stat,
     parse_stat_cpu_ticks,
+    parse_stat_ppid,
     parse_status_cpus_allowed,
     parse_status_kib,
     read_sample,
+    read_tree,
+    read_worker_index,
+    sum_samples,
+    tree_pids,
 )
 
 # Field 2 holds a command name with spaces and parentheses: fields count from the last ")".
@@ -105,3 +112,44 @@ def test_machine_info_from_a_fake_proc(tmp_path: Path) -> None:
     assert info["cpu_model"] == "AMD EPYC 7B13"
     assert info["mem_total_gib"] == 23.5
     assert info["nproc"] >= 1
+
+
+def test_ppid_and_the_process_tree() -> None:
+    assert parse_stat_ppid("77 (a (b) c) S 12 77 77 0") == 12
+    with pytest.raises(ValueError, match="not a /proc/PID/stat line"):
+        parse_stat_ppid("no parens")
+    parents = {1: 0, 10: 1, 11: 10, 12: 10, 13: 11, 20: 1}
+    assert tree_pids(10, parents) == [10, 11, 12, 13]
+    assert tree_pids(99, parents) == [99]  # gone: the root alone (its read then fails)
+
+
+def test_worker_index_from_the_environment(tmp_path: Path) -> None:
+    assert parse_environ_value(b"A=1\0ENCLAVE_WORKER_INDEX=3\0B=", "ENCLAVE_WORKER_INDEX") == "3"
+    assert parse_environ_value(b"A=1\0", "ENCLAVE_WORKER_INDEX") is None
+    (tmp_path / "5").mkdir()
+    (tmp_path / "5" / "environ").write_bytes(b"ENCLAVE_WORKER_INDEX=1\0")
+    assert read_worker_index(5, root=tmp_path) == 1
+    assert read_worker_index(6, root=tmp_path) is None
+
+
+def test_read_tree_adds_up_a_supervisor_and_its_workers(tmp_path: Path) -> None:
+    def proc(pid: int, ppid: int, ticks: int, kib: int) -> None:
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "stat").write_text(
+            f"{pid} (python) S {ppid} 1 1 0 -1 0 0 0 0 0 {ticks} 0 0 0 20 0 1 0\n"
+        )
+        (tmp_path / str(pid) / "status").write_text(f"VmRSS:\t{kib} kB\n")
+
+    proc(100, 1, 100, 1000)  # the supervisor
+    proc(101, 100, 200, 2000)  # its workers
+    proc(102, 100, 300, 3000)
+    proc(200, 1, 999, 9999)  # someone else
+    (tmp_path / "self").mkdir()
+    tree = read_tree(100, root=tmp_path)
+    assert sorted(tree) == [100, 101, 102]
+    total = sum_samples(tree)
+    assert total is not None
+    assert total.rss_bytes == 6000 * 1024
+    assert total.cpu_s == pytest.approx(600 / os.sysconf("SC_CLK_TCK"))
+    assert sum_samples({}) is None
+    assert read_tree(4242, root=tmp_path) == {}

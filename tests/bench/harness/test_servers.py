@@ -11,8 +11,10 @@ from bench.harness._servers import (
     ServerOptions,
     parse_servers,
     server_argv,
+    store_arg,
     store_path,
     with_stores,
+    with_workers,
 )
 
 
@@ -24,8 +26,14 @@ def test_with_stores_puts_each_enclave_once_per_store_and_each_peer_once() -> No
         ("enclave-lean+sqlite", "sqlite"),
     ]
     assert specs[2].label == "enclave (lean, sqlite)"
-    with pytest.raises(ValueError, match="unknown store 'redis'"):
-        with_stores([SERVERS["enclave-lean"]], ("redis",))
+    (redis,) = with_stores([SERVERS["enclave-lean"]], ("redis",))
+    assert (redis.name, redis.store, redis.label) == (
+        "enclave-lean+redis",
+        "redis",
+        "enclave (lean, redis)",
+    )
+    with pytest.raises(ValueError, match="unknown store 'mongo'"):
+        with_stores([SERVERS["enclave-lean"]], ("mongo",))
 
 
 def test_parse_servers_takes_a_store_suffix_on_enclave_only() -> None:
@@ -33,7 +41,7 @@ def test_parse_servers_takes_a_store_suffix_on_enclave_only() -> None:
         "enclave-asgi+sqlite",
         "enclave-lean",
     ]
-    for bad in ("aiohttp+sqlite", "enclave-lean+redis", "nope"):
+    for bad in ("aiohttp+sqlite", "enclave-lean+mongo", "aiohttp+w2", "enclave-lean+w0", "nope"):
         with pytest.raises(ValueError, match="unknown server"):
             parse_servers(bad)
 
@@ -51,3 +59,45 @@ def test_server_argv_names_the_store(tmp_path: Path) -> None:
     argv = server_argv(memory, 9999, opts)
     assert argv[argv.index("--store") + 1] == "memory"
     assert "--store" not in server_argv(SERVERS["aiohttp"], 9999, opts)
+
+
+def test_parse_servers_takes_redis_and_a_worker_count() -> None:
+    (spec,) = parse_servers("enclave-lean+redis+w2")
+    assert (spec.name, spec.store, spec.workers) == ("enclave-lean+redis+w2", "redis", 2)
+    assert spec.label == "enclave (lean, redis, 2 workers)"
+    (one,) = parse_servers("enclave-asgi+w1")
+    assert (one.name, one.workers) == ("enclave-asgi", 1)
+    with pytest.raises(ValueError, match="unknown server"):
+        parse_servers("enclave-lean+sqlite+w2")  # one SQLite file, several workers: refused
+
+
+def test_with_workers_leaves_sqlite_with_several_workers_out() -> None:
+    specs = with_stores(
+        [SERVERS["aiohttp"], SERVERS["enclave-lean"]], ("memory", "sqlite", "redis")
+    )
+    out, skipped = with_workers(specs, (1, 2))
+    assert [(s.name, s.workers) for s in out] == [
+        ("aiohttp", 1),
+        ("enclave-lean", 1),
+        ("enclave-lean+w2", 2),
+        ("enclave-lean+sqlite", 1),
+        ("enclave-lean+redis", 1),
+        ("enclave-lean+redis+w2", 2),
+    ]
+    assert skipped == ["enclave-lean+sqlite+w2"]
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        with_workers(specs, (0,))
+
+
+def test_server_argv_of_redis_and_workers(tmp_path: Path) -> None:
+    url = "redis://127.0.0.1:7000/0?prefix=b3"
+    opts = ServerOptions(secret="s" * 32, redis_url=url)
+    (spec,) = parse_servers("enclave-lean+redis+w2")
+    argv = server_argv(spec, 9999, opts)
+    assert argv[argv.index("--store") + 1] == url
+    assert argv[argv.index("--workers") + 1] == "2"
+    (single,) = parse_servers("enclave-lean+redis")
+    assert "--workers" not in server_argv(single, 9999, opts)
+    assert store_path(spec, tmp_path / "server.log") is None
+    with pytest.raises(ValueError, match="redis_url"):
+        store_arg(spec, ServerOptions(secret="s" * 32))

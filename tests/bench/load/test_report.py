@@ -136,3 +136,67 @@ def test_the_throughput_goal_depends_on_whether_the_agent_waits() -> None:
     assert waiting["lean throughput"].met is True  # 1.1x >= 1.0x
     assert instant["lean throughput"].met is False  # 1.1x < 1.2x
     assert "agent delay 0 ms" in instant["lean throughput"].goal
+
+
+def test_worker_and_redis_columns_only_when_some_row_has_them() -> None:
+    plain = render_markdown(rows_from([_m("enclave-lean", 1000, 2000.0)]))
+    assert "redis cmds/turn" not in plain
+    assert "CPU per worker" not in plain
+    ms = [
+        _m("enclave-lean+sqlite", 1000, 2000.0, us=400.0),
+        _m(
+            "enclave-lean+redis+w2",
+            1000,
+            2500.0,
+            us=500.0,
+            workers=2,
+            worker_cpu=(0.6, 0.5),
+            worker_cpu_us_per_turn=(480.0, 520.0),
+            redis_cmds_per_turn=30.25,
+            redis_round_trips_per_turn=2.5,
+            redis_cpu_us_per_turn=100.0,
+            round=1,
+        ),
+        _m(
+            "enclave-lean+redis+w2",
+            1000,
+            2500.0,
+            us=500.0,
+            workers=2,
+            worker_cpu=(0.8, 0.7),
+            worker_cpu_us_per_turn=(500.0, 540.0),
+            redis_cmds_per_turn=30.75,
+            redis_round_trips_per_turn=2.5,
+            redis_cpu_us_per_turn=120.0,
+            round=2,
+        ),
+    ]
+    rows = rows_from(ms)
+    redis = next(r for r in rows if r.workers == 2)
+    assert redis.worker_cpu == pytest.approx((0.7, 0.6))
+    assert redis.redis_cmds_per_turn == pytest.approx(30.5)
+    assert redis.total_cpu_us_per_turn == pytest.approx(610.0)
+    table = render_markdown(rows)
+    header = table.splitlines()[0]
+    assert "| CPU per worker | µs/turn per worker | redis cmds/turn |" in header
+    assert header.endswith("| verdict |")
+    assert "| 70% / 60% | 490 / 530 | 30.5 | 2.50 | 110 | 610 | ok |" in table
+    sqlite_line = next(line for line in table.splitlines() if "enclave-lean+sqlite" in line)
+    assert sqlite_line.endswith("| - | - | - | - | - | - | ok |")
+
+
+def test_the_redis_target_compares_server_side_cpu_with_sqlite() -> None:
+    ms = [
+        _m("enclave-lean+sqlite", 1000, 2000.0, us=400.0),
+        _m("enclave-lean+redis", 1000, 1800.0, us=450.0, redis_cpu_us_per_turn=100.0),
+    ]
+    targets = {t.name: t for t in evaluate_targets(rows_from(ms))}
+    redis = targets["redis store CPU"]
+    assert redis.met is True
+    assert redis.measured.startswith("1.38x with Redis's CPU (550 vs 400 µs), 1.12x")
+    costly = [
+        *ms[:1],
+        _m("enclave-lean+redis", 1000, 1800.0, us=500.0, redis_cpu_us_per_turn=150.0),
+    ]
+    assert {t.name: t for t in evaluate_targets(rows_from(costly))}["redis store CPU"].met is False
+    assert "redis store CPU" not in {t.name for t in evaluate_targets(rows_from(ms[1:]))}

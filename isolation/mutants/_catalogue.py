@@ -590,8 +590,8 @@ _OPEN_THREADS_BY_THREAD_ID: Final = Mutant(
         ),
         Replacement(
             "threads/_logs.py",
-            "            self._open.pop((thread.user_id, thread.thread_id), None)\n",
-            "            self._open.pop(thread.thread_id, None)\n",
+            "            key = (thread.user_id, thread.thread_id)\n",
+            "            key = thread.thread_id\n",
         ),
     ),
     expected_static=frozenset(),

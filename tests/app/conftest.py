@@ -421,6 +421,21 @@ class Endpoint:
         async with client.stream:
             yield client
 
+    async def started_then_dropped(self, token: str, text: str) -> dict[str, Any]:
+        """Start a run on a raw connection, read its ``agent_started``, then drop the TCP
+        connection (no closing handshake): a client cut mid-run. Returns that frame."""
+        async with self.raw(token) as raw:
+            message = {"type": "user_message", "text": text, "client_id": "c1"}
+            await raw.send_text(json.dumps(message))
+            with trio.fail_after(WAIT_S):
+                while True:
+                    raw.conn.receive_data(await raw.stream.receive_some(65_536))
+                    for event in raw.conn.events():
+                        if isinstance(event, wse.TextMessage):
+                            frame: dict[str, Any] = json.loads(event.data)
+                            if frame["type"] == "agent_started":
+                                return frame
+
 
 @attrs.frozen(kw_only=True)
 class LiveServer(Endpoint):

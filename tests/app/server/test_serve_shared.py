@@ -14,12 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
-import wsproto.events as wse
 
 from app.testing import RedisServer
 
 if TYPE_CHECKING:
-    from tests.app.conftest import E2E, Chat, Endpoint
+    from tests.app.conftest import E2E, Chat
 
 pytestmark = pytest.mark.parametrize("transport", ["lean"])
 TERMINAL = frozenset({"agent_completed", "agent_error", "run_cancelled"})
@@ -27,22 +26,6 @@ TERMINAL = frozenset({"agent_completed", "agent_error", "run_cancelled"})
 
 def _store(redis: RedisServer, prefix: str) -> str:
     return f"{redis.url}?prefix={prefix}"
-
-
-async def _started_then_dropped(live: Endpoint, token: str, text: str) -> dict[str, Any]:
-    """Start a run on a raw connection, read its agent_started, then drop the TCP connection."""
-    async with live.raw(token) as raw:
-        await raw.send_text(json.dumps({"type": "user_message", "text": text, "client_id": "c1"}))
-        with trio.fail_after(5):
-            while True:
-                data = await raw.stream.receive_some(65_536)
-                raw.conn.receive_data(data)
-                frames: list[dict[str, Any]] = [
-                    json.loads(e.data) for e in raw.conn.events() if isinstance(e, wse.TextMessage)
-                ]
-                started = [f for f in frames if f["type"] == "agent_started"]
-                if started:
-                    return started[0]
 
 
 async def _resume(chat: Chat, thread_id: str, after: int) -> tuple[dict[str, Any], list[Any]]:
@@ -64,7 +47,7 @@ async def test_a_run_cut_on_one_server_is_resumed_on_the_other(
         e2e.server(store=store, agent_delay_ms=150, resume_grace_s=10) as other,
     ):
         token = e2e.token("alice")
-        started = await _started_then_dropped(one, token, "one two three")
+        started = await one.started_then_dropped(token, "one two three")
         thread = started["thread_id"]
         async with one.chat(token) as chat:
             epoch = chat.ready["epoch"]
@@ -103,7 +86,7 @@ async def test_a_run_live_on_one_server_is_cancelled_from_the_other(
         e2e.server(store=store, resume_grace_s=10) as other,
     ):
         token = e2e.token("alice")
-        started = await _started_then_dropped(one, token, "a slow one")
+        started = await one.started_then_dropped(token, "a slow one")
         async with other.chat(token) as chat:
             resumed, _ = await _resume(chat, started["thread_id"], 2)
             assert resumed["live_runs"] == [started["run_id"]]
@@ -122,7 +105,7 @@ async def test_a_run_followed_from_the_other_server_outlives_its_grace(
         e2e.server(store=store, resume_grace_s=0.3) as other,
     ):
         token = e2e.token("alice")
-        started = await _started_then_dropped(one, token, "one two three")
+        started = await one.started_then_dropped(token, "one two three")
         async with other.chat(token) as chat:
             await _resume(chat, started["thread_id"], 2)
             with trio.fail_after(10):
@@ -138,7 +121,7 @@ async def test_another_user_cannot_reach_the_thread_from_the_other_server(
         e2e.server(store=store, agent_delay_ms=300, resume_grace_s=10) as one,
         e2e.server(store=store, resume_grace_s=10) as other,
     ):
-        started = await _started_then_dropped(one, e2e.token("alice"), "secret words")
+        started = await one.started_then_dropped(e2e.token("alice"), "secret words")
         async with other.chat(e2e.token("mallory")) as chat:
             resumed, replayed = await _resume(chat, started["thread_id"], 0)
             await chat.send({"type": "cancel", "run_id": started["run_id"]})

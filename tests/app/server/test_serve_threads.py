@@ -4,41 +4,22 @@ restart. (SIGKILL and many users: tests/chaos.)
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
-import trio
-import wsproto.events as wse
 
 if TYPE_CHECKING:
-    from tests.app.conftest import E2E, Endpoint
+    from tests.app.conftest import E2E
 
 pytestmark = pytest.mark.parametrize("transport", ["lean", "asgi"])
 TERMINAL = frozenset({"agent_completed", "agent_error", "run_cancelled"})
 
 
-async def _started_then_dropped(live: Endpoint, token: str, text: str) -> dict[str, Any]:
-    """Start a run on a raw connection, read its agent_started, then drop the TCP connection."""
-    async with live.raw(token) as raw:
-        await raw.send_text(json.dumps({"type": "user_message", "text": text, "client_id": "c1"}))
-        with trio.fail_after(5):
-            while True:
-                data = await raw.stream.receive_some(65_536)
-                raw.conn.receive_data(data)
-                frames: list[dict[str, Any]] = [
-                    json.loads(e.data) for e in raw.conn.events() if isinstance(e, wse.TextMessage)
-                ]
-                started = [f for f in frames if f["type"] == "agent_started"]
-                if started:
-                    return started[0]
-
-
 async def test_a_refresh_mid_run_gets_the_rest_of_the_answer(e2e: E2E, transport: str) -> None:
     async with e2e.server(agent_delay_ms=300, resume_grace_s=10) as live:
         token = e2e.token("alice")
-        started = await _started_then_dropped(live, token, "one two three")
+        started = await live.started_then_dropped(token, "one two three")
         async with live.chat(token) as chat:
             await chat.send({"type": "resume", "thread_id": started["thread_id"], "after": 2})
             frames = [await chat.recv()]

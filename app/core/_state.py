@@ -158,14 +158,6 @@ class _Run:
     handle: Any = None  # the I/O layer's way to stop the run (a cancel scope)
 
 
-def _new_run_id() -> str:
-    return "run_" + secrets.token_urlsafe(12)
-
-
-def _new_thread_id() -> str:
-    return "thr_" + secrets.token_urlsafe(12)
-
-
 #: The message of ``run_not_found``: the same for another connection's run.
 RUN_NOT_FOUND = "no such run"
 
@@ -181,12 +173,15 @@ class ConnectionState:
     """
 
     limits: RunLimits
-    new_run_id: Callable[[], str] = _new_run_id
-    new_thread_id: Callable[[], str] = _new_thread_id
+    #: Tests pass their own; by default, see :meth:`_new_id`.
+    new_run_id: Callable[[], str] | None = None
+    new_thread_id: Callable[[], str] | None = None
     _draining: bool = attrs.field(default=False, init=False)
     _runs: dict[str, _Run] = attrs.field(factory=dict, init=False)
     _bucket: TokenBucket = attrs.field(init=False)
     _limited_in_a_row: int = attrs.field(default=0, init=False)
+    _id_prefix: str | None = attrs.field(default=None, init=False)
+    _ids_given: int = attrs.field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._bucket = TokenBucket(self.limits.rate_per_s, self.limits.rate_burst)
@@ -280,12 +275,26 @@ class ConnectionState:
                 f"at most {self.limits.max_runs} runs at once on a connection",
                 ref,
             )
-        run_id = self.new_run_id()
-        while run_id in self._runs:  # pragma: no cover - 96 random bits
-            run_id = self.new_run_id()
-        thread_id = message.thread_id or self.new_thread_id()
+        new_run_id = self.new_run_id
+        run_id = self._new_id("run") if new_run_id is None else new_run_id()
+        while run_id in self._runs:  # pragma: no cover - ids are not reused
+            run_id = self._new_id("run") if new_run_id is None else new_run_id()
+        thread_id = message.thread_id
+        if thread_id is None:
+            new_thread_id = self.new_thread_id
+            thread_id = self._new_id("thr") if new_thread_id is None else new_thread_id()
         self._runs[run_id] = _Run(thread_id=thread_id)
         return StartRun(run_id, thread_id, message)
+
+    def _new_id(self, kind: str) -> str:
+        """``kind``, a random part drawn once per connection (96 bits), a counter: as
+        unguessable across connections as a random id each, unique within one, for one
+        system call per connection instead of one per run."""
+        prefix = self._id_prefix
+        if prefix is None:
+            prefix = self._id_prefix = secrets.token_urlsafe(12)
+        self._ids_given += 1
+        return f"{kind}_{prefix}{self._ids_given:x}"
 
     def _cancel(self, run_id: str) -> Action:
         run = self._runs.get(run_id)

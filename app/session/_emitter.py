@@ -31,15 +31,24 @@ from ..core._events import (
 from ..core._state import ConnectionState, EventRefused
 from ..services._metrics import Metrics
 
-__all__ = ["EventEmitter", "InvalidEvent", "Record", "Write", "encode_run_event"]
+__all__ = ["EventEmitter", "Flush", "InvalidEvent", "Record", "Write", "encode_run_event"]
 
 # Payloads the metrics count: a run's start and its ends (a set: one lookup per event).
 _COUNTED: Final = frozenset({AgentStarted, *TERMINAL_PAYLOADS})
 
-#: The connection's outbound path: (the connection the frames were stamped for, frames,
-#: whether writing may wait until the calling task is about to wait, the thread-log
-#: ticket the frames must wait for).
-Write = Callable[[str, Sequence[bytes], bool, int], Awaitable[None]]
+#: The connection's outbound path: queues (the connection the frames were stamped for,
+#: frames, whether writing may wait until the calling task is about to wait, the
+#: thread-log ticket the frames must wait for); True when the caller must await
+#: :data:`Flush` before going on. Not a coroutine: a run's events are queued without one.
+Write = Callable[[str, Sequence[bytes], bool, int], bool]
+#: Returns once what is queued is written (or the connection is closing).
+Flush = Callable[[], Awaitable[None]]
+
+
+async def _written() -> None:
+    """A :data:`Flush` for an outbound path that writes as it queues."""
+
+
 #: Appends a run event to its thread's log: its frame and ticket (the session's).
 Record = Callable[[RunEvent], tuple[bytes, int]]
 
@@ -67,6 +76,7 @@ class EventEmitter:
     log: logging.Logger
     #: Without it (tests of the emitter alone) events are encoded and not logged.
     record: Record | None = None
+    flush: Flush = attrs.field(default=_written, kw_only=True)
     metrics: Metrics = attrs.field(factory=Metrics, kw_only=True)
     # When each run's user_message was received (time.perf_counter: a fifth of
     # trio.current_time's cost), until its terminal event; None while no run is timed,
@@ -84,7 +94,8 @@ class EventEmitter:
 
         Cancellation: the frame stays queued and goes out.
         """
-        await self.write(self.connection_id, (serialize(event).encode(),), False, 0)
+        if self.write(self.connection_id, (serialize(event).encode(),), False, 0):
+            await self.flush()
 
     async def emit_run(self, run_id: str, payload: RunPayload, *, deferred: bool = False) -> None:
         """Send the next event of ``run_id``; returns once it is written.
@@ -92,10 +103,19 @@ class EventEmitter:
         With ``deferred``, returns once it is queued: the caller writes before it waits
         (a run's task, see ``app/session/_session.py``), unless the queue is long.
 
+        Raises as :meth:`queue_run`. Cancellation: the frame stays queued, with its
+        sequence number, and goes out.
+        """
+        if self.queue_run(run_id, payload, deferred=deferred):
+            await self.flush()
+
+    def queue_run(self, run_id: str, payload: RunPayload, *, deferred: bool = False) -> bool:
+        """Queue the next event of ``run_id``: :meth:`emit_run` up to the wait, for a
+        caller that awaits :attr:`flush` itself when this returns True.
+
         Raises :class:`EventRefused` (logged as an isolation violation) for a run
         this connection does not own, :class:`InvalidEvent` for a payload that is
-        not JSON (nothing used then). Cancellation: the frame stays queued, with its
-        sequence number, and goes out.
+        not JSON (nothing used then).
         """
         try:
             event = self.state.prepare(run_id, payload)
@@ -119,7 +139,7 @@ class EventEmitter:
         self.state.commit(event)
         if type(payload) in _COUNTED:
             self._count(run_id, payload)
-        await self.write(self.connection_id, (frame,), deferred, ticket)
+        return self.write(self.connection_id, (frame,), deferred, ticket)
 
     def _count(self, run_id: str, payload: RunPayload) -> None:
         metrics = self.metrics

@@ -180,6 +180,7 @@ class _Session:
             self._write,
             self._log,
             self._record,
+            flush=self._flush,
             metrics=lifecycle.metrics,
         )
         # The store as this user sees it: every thread read and written is the user's.
@@ -272,15 +273,17 @@ class _Session:
 
     # -- the outbound path ---------------------------------------------------
 
-    async def _write(
+    def _write(
         self, connection_id: str, frames: Sequence[bytes], deferred: bool, ticket: int = 0
-    ) -> None:
-        """Queue ``frames`` and write them within ``send_timeout_s``; any task may call.
+    ) -> bool:
+        """Queue ``frames`` and write what the kernel takes now; True when the caller
+        must await :meth:`_flush` (which writes the rest within ``send_timeout_s``)
+        before going on. Any task may call.
 
-        ``deferred`` (a run's events): return once queued, unless :data:`DEFER_BYTES`
-        are waiting; the run writes before it waits. ``ticket``: the thread-log entry
-        the frames carry; nothing queued goes out before the log holds it.
-        Cancellation: the frames stay queued in the transport and go out.
+        ``deferred`` (a run's events): only queued, and no flush unless
+        :data:`DEFER_BYTES` are waiting; the run writes before it waits. ``ticket``:
+        the thread-log entry the frames carry; nothing queued goes out before the log
+        holds it.
         """
         if connection_id != self._connection_id:
             self._lifecycle.metrics.isolation_violations += 1
@@ -289,18 +292,21 @@ class _Session:
                 connection_id,
                 self._connection_id,
             )
-            return
+            return False
         transport = self._transport
         try:
             transport.queue(frames)
         except TransportClosed:
             self._peer_gone()
-            return
+            return False
         if ticket > self._ticket:
             self._ticket = ticket
-        if deferred and transport.immediate_writes and transport.backlog() < DEFER_BYTES:
-            return
-        await self._flush()
+        if not transport.immediate_writes:
+            return True
+        if deferred:
+            return transport.backlog() >= DEFER_BYTES
+        self._write_queued()
+        return transport.backlog() > 0 or not self._threads.sendable(self._ticket)
 
     async def _flush(self) -> None:
         """Wait until everything queued is in the log and written, within ``send_timeout_s``.
@@ -643,7 +649,8 @@ class _Session:
                 if not entries or entries[0].thread_seq != after + 1:
                     return ResumeFailure.RETENTION  # pruned while replaying
                 frames = [entry.text.encode() for entry in entries if entry.thread_seq <= upto]
-                await self._write(self._connection_id, frames, False)
+                if self._write(self._connection_id, frames, False):
+                    await self._flush()
                 after = entries[-1].thread_seq
         finally:
             del self._replaying[thread_id]
@@ -653,7 +660,8 @@ class _Session:
         frames = [serialize(Resumed(thread_id, True, last_seq=upto, live_runs=live)).encode()]
         frames.extend(frame for frame, _ in held)
         ticket = max((ticket for _, ticket in held), default=0)
-        await self._write(self._connection_id, frames, False, ticket)
+        if self._write(self._connection_id, frames, False, ticket):
+            await self._flush()
         return None
 
     async def _cancel_elsewhere(self, run_id: str) -> None:
@@ -674,7 +682,13 @@ class _Session:
         # The thread is loaded here, by the reader: runs start in the order of their
         # messages, and the next message waits for this one's thread.
         try:
-            thread = await self._follow(start.thread_id, fresh=start.message.thread_id is None)
+            # A thread this connection follows already (its next message, say): no wait,
+            # only made the most recently used.
+            thread = self._followed.pop(start.thread_id, None)
+            if thread is not None:
+                self._followed[start.thread_id] = thread
+            else:
+                thread = await self._follow(start.thread_id, fresh=start.message.thread_id is None)
             if not thread.owned:  # another process sharing the store is writing it
                 with trio.move_on_after(CLAIM_WAIT_S):
                     await self._threads.own(thread)
@@ -777,11 +791,14 @@ class _Session:
         run_id = start.run_id
         emitter, state = self._emitter, self._state
 
+        queue_run = emitter.queue_run
+
         async def emit(payload: Any, /) -> None:
             if not isinstance(payload, AGENT_PAYLOADS):
                 raise InvalidEvent(f"an agent cannot emit {type(payload).__name__}")
             await trio.lowlevel.checkpoint_if_cancelled()
-            await emitter.emit_run(run_id, payload, deferred=True)
+            if queue_run(run_id, payload, deferred=True):  # the emitter's emit_run, inlined
+                await self._flush()
 
         agent = self._services.agent
         run = RunContext(
@@ -795,7 +812,8 @@ class _Session:
         )
         terminal: RunPayload | None = None
         started = AgentStarted(agent=agent.name, client_id=start.message.client_id)
-        await emitter.emit_run(run_id, started, deferred=True)
+        if queue_run(run_id, started, deferred=True):
+            await self._flush()
         with scope:
             try:
                 result = await _before_each_wait(agent.run(run, emit), self._write_queued)
@@ -817,10 +835,13 @@ class _Session:
         elif terminal is None:  # the deadline expired
             terminal = AgentError(RunErrorCode.RUN_TIMEOUT, "the run took too long")
         try:
-            await emitter.emit_run(run_id, terminal, deferred=True)
+            flush = queue_run(run_id, terminal, deferred=True)
         except InvalidEvent as exc:
-            invalid = AgentError(RunErrorCode.INVALID_RESULT, str(exc))
-            await emitter.emit_run(run_id, invalid, deferred=True)
+            flush = queue_run(
+                run_id, AgentError(RunErrorCode.INVALID_RESULT, str(exc)), deferred=True
+            )
+        if flush:
+            await self._flush()
         # Written now, or once the log holds it; a peer that does not read gets a flusher.
         self._write_queued()
 

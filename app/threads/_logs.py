@@ -133,18 +133,11 @@ class ThreadLog:
         frame = text.encode()  # UnicodeEncodeError here too leaves the log untouched
         self.last_seq = seq
         logs = self._logs
-        ticket = logs.push(
-            Entry(
-                user_id=self.user_id,
-                thread_id=self.thread_id,
-                thread_seq=seq,
-                kind=kind,
-                run_id=run_id,
-                client_id=client_id,
-                text=text,
-                at=logs.wall_clock(),
-            )
+        # Positional: a named tuple built from keywords costs twice as much.
+        entry = Entry(
+            self.user_id, self.thread_id, seq, kind, run_id, client_id, text, logs.wall_clock()
         )
+        ticket = logs.push(entry)
         for follower in self.followers:
             if follower is not origin:
                 follower.deliver(self.thread_id, frame, ticket)

@@ -141,6 +141,7 @@ class MemoryBackend:
         self._add(entry)
 
     def _add(self, entry: Entry) -> None:
+        """Add one entry (checked by the caller) and apply the retention and memory bounds."""
         threads = self._users.get(entry.user_id)
         if threads is None:
             threads = self._users[entry.user_id] = {}

@@ -83,9 +83,9 @@ class Services:
         ),
         Replacement(
             "session/_emitter.py",
-            "        await self.write(self.connection_id, (frame,), deferred, ticket)\n",
+            "        return self.write(self.connection_id, (frame,), deferred, ticket)\n",
             "        connection_id, write = self.dispatcher.route()\n"
-            "        await write(connection_id, (frame,), False, ticket)\n",
+            "        return write(connection_id, (frame,), False, ticket)\n",
         ),
         Replacement(
             "session/_session.py",
@@ -96,6 +96,7 @@ class Services:
             self._write,
             self._log,
             self._record,
+            flush=self._flush,
             metrics=lifecycle.metrics,
         )
 """,
@@ -107,6 +108,7 @@ class Services:
             self._log,
             dispatcher=services.dispatcher,
             record=self._record,
+            flush=self._flush,
             metrics=lifecycle.metrics,
         )
         services.dispatcher.connect(context.user_id, self._connection_id, self._write)
@@ -154,9 +156,9 @@ class InvalidEvent(Exception):
         ),
         Replacement(
             "session/_emitter.py",
-            "        await self.write(self.connection_id, (frame,), deferred, ticket)\n",
+            "        return self.write(self.connection_id, (frame,), deferred, ticket)\n",
             "        connection_id, write = self._route(run_id, payload)\n"
-            "        await write(connection_id, (frame,), False, ticket)\n",
+            "        return write(connection_id, (frame,), False, ticket)\n",
         ),
         Replacement(
             "session/_emitter.py",

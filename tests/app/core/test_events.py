@@ -13,6 +13,7 @@ from app.core._events import (
     RunCancelled,
     RunEvent,
     ToolExecuting,
+    encode_json,
     serialize,
     to_wire,
 )
@@ -82,3 +83,35 @@ def test_serialize_refuses_non_json(bad: object) -> None:
 def test_terminal_payloads() -> None:
     assert RunEvent("r", "t", 1, RunCancelled("x")).terminal
     assert RunEvent("r", "t", 1, AgentCompleted(None)).terminal
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"text": 'héllo \u2028 "q"', "n": [1, 2.5, -0.0, None, True, False], "e": {}},
+        "a string",
+        [],
+        12,
+        1e300,
+    ],
+)
+def test_encode_json_is_json_dumps_compact_unicode_strict(value: object) -> None:
+    expected = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    assert encode_json(value) == expected
+
+
+@pytest.mark.parametrize("value", [float("nan"), [float("inf")], {"x": -float("inf")}])
+def test_encode_json_refuses_non_finite_floats(value: object) -> None:
+    with pytest.raises(ValueError, match="Out of range float"):
+        encode_json(value)
+
+
+def test_encode_json_refuses_a_cycle_and_still_encodes_after_it() -> None:
+    # No circular-reference markers survive a failed call: the next one is unaffected.
+    looped: dict[str, object] = {}
+    looped["self"] = looped
+    with pytest.raises(ValueError, match="circular"):
+        encode_json(looped)
+    with pytest.raises(TypeError):
+        encode_json({"x": object()})
+    assert encode_json({"inner": {"a": [1]}}) == '{"inner":{"a":[1]}}'

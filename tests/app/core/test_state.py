@@ -244,3 +244,23 @@ def test_rate_limited_error_names_the_dropped_message() -> None:
     assert ref_of({"type": "cancel", "run_id": "run_9"}) == "run_9"
     assert ref_of({"type": "ping"}) is None
     assert ref_of({"type": "nope", "client_id": "c3"}) == "c3"
+
+
+def test_default_ids_are_unique_per_connection_and_unrelated_across_connections() -> None:
+    ours, theirs = ConnectionState(RunLimits()), ConnectionState(RunLimits())
+    message = {"type": "user_message", "text": "hi"}
+    starts = [action for _ in range(3) for action in send(ours, message)]
+    other = send(theirs, message)[0]
+    assert all(isinstance(start, StartRun) for start in [*starts, other])
+    run_ids = [start.run_id for start in starts if isinstance(start, StartRun)]
+    thread_ids = [start.thread_id for start in starts if isinstance(start, StartRun)]
+    assert len(set(run_ids)) == 3
+    assert len(set(thread_ids)) == 3
+    assert all(run_id.startswith("run_") for run_id in run_ids)
+    assert all(thread_id.startswith("thr_") for thread_id in thread_ids)
+    # Ids of one connection share its random part; another connection's do not.
+    ours_part = run_ids[0][4:20]
+    assert len(ours_part) == 16
+    assert all(run_id[4:20] == ours_part for run_id in run_ids)
+    assert isinstance(other, StartRun)
+    assert other.run_id[4:20] != ours_part

@@ -1,3 +1,4 @@
+import json
 import logging
 from collections.abc import Sequence
 
@@ -27,10 +28,16 @@ class Recorder:
     written: list[tuple[str, bytes]] = attrs.Factory(list)
     gate: trio.Event | None = None
 
-    async def write(
+    flushes: int = 0
+
+    def write(
         self, connection_id: str, frames: Sequence[bytes], deferred: bool, ticket: int
-    ) -> None:
+    ) -> bool:
         self.written += [(connection_id, frame) for frame in frames]
+        return self.gate is not None  # a peer that does not read: the caller must flush
+
+    async def flush(self) -> None:
+        self.flushes += 1
         if self.gate is not None:
             await self.gate.wait()
 
@@ -38,7 +45,9 @@ class Recorder:
 def make() -> tuple[EventEmitter, ConnectionState, Recorder]:
     state = ConnectionState(RunLimits(), new_run_id=lambda: "run_1")
     recorder = Recorder()
-    emitter = EventEmitter("conn_a", state, recorder.write, logging.getLogger("test.emitter"))
+    emitter = EventEmitter(
+        "conn_a", state, recorder.write, logging.getLogger("test.emitter"), flush=recorder.flush
+    )
     return emitter, state, recorder
 
 
@@ -85,6 +94,7 @@ async def test_a_cancelled_emit_keeps_its_frame_and_its_number() -> None:
     with trio.move_on_after(0.01):
         await emitter.emit_run(run_id, AgentThinking("blocked"))
     assert len(recorder.written) == 1
+    assert recorder.flushes == 1
     assert state.prepare(run_id, AgentThinking("next")).seq == 2
 
 
@@ -171,3 +181,13 @@ async def test_the_violation_log_names_the_connection_and_run(
         "conn_a",
         "run_x",
     )
+
+
+async def test_queue_run_queues_without_flushing_and_says_whether_to() -> None:
+    emitter, state, recorder = make()
+    run_id = start(state)
+    assert emitter.queue_run(run_id, AgentThinking("one"), deferred=True) is False
+    recorder.gate = trio.Event()  # the peer stopped reading: the write asks for a flush
+    assert emitter.queue_run(run_id, AgentThinking("two"), deferred=True) is True
+    assert recorder.flushes == 0  # the caller flushes, not queue_run
+    assert [json.loads(frame)["seq"] for _, frame in recorder.written] == [1, 2]

@@ -4,6 +4,7 @@ used by the harness)."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from .harness import (
     ORDER,
     STORES,
     Progress,
+    ServerSpec,
     parse_servers,
     results_dir,
     sigterm_as_interrupt,
@@ -30,10 +32,26 @@ __all__ = ["main"]
 
 FULL_USERS = (100, 1000, 5000)
 QUICK_USERS = (20, 200)
+THINK_MS = (100.0,)
+#: The full default run adds this (users, think_ms) cell: capacity without think time,
+#: where the hot-path targets are defined, at one user count only (not the whole run twice).
+CAPACITY_CELL = (1000, 0.0)
 
 
 def _csv(values: tuple[int, ...]) -> str:
     return ",".join(map(str, values))
+
+
+def _think_times(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+    if not values or not all(math.isfinite(v) and v >= 0 for v in values):
+        raise argparse.ArgumentTypeError("think times must be finite and >= 0")
+    return values
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -63,7 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="concurrent-user load, every server side by side")
-    run.add_argument("--quick", action="store_true", help="small user counts, short, one round")
+    run.add_argument(
+        "--quick", action="store_true", help="small user counts, think 100 only, short, one round"
+    )
     run.add_argument(
         "--users",
         type=_ints,
@@ -73,7 +93,11 @@ def _parser() -> argparse.ArgumentParser:
         "--servers", default="all", help=f"comma-separated, or 'all': {','.join(ORDER)}"
     )
     run.add_argument(
-        "--think-ms", type=float, default=100.0, help="mean think time between turns (default 100)"
+        "--think-ms",
+        type=_think_times,
+        help="mean think times between turns, comma-separated, each at every user count like "
+        "--users (e.g. 100,0). Default: 100, plus think 0 at 1,000 users only (capacity "
+        "without think time) when neither --users nor --think-ms is given; --quick: 100 only",
     )
     run.add_argument(
         "--agent-delay-ms",
@@ -161,6 +185,32 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_plan(args: argparse.Namespace, specs: Sequence[ServerSpec]) -> Plan:
+    """``bench run``'s plan from its arguments and the servers they name."""
+    default_load = args.users is None and args.think_ms is None
+    return Plan(
+        users=args.users or (QUICK_USERS if args.quick else FULL_USERS),
+        servers=tuple(specs),
+        think_ms=args.think_ms or THINK_MS,
+        # Only the full default run: a quick run stays quick, and a run given its own user
+        # counts or think times measures exactly those.
+        extra_cells=(CAPACITY_CELL,) if default_load and not args.quick else (),
+        agent_delay_ms=args.agent_delay_ms,
+        duration_s=args.duration_s or (3.0 if args.quick else 6.0),
+        warmup_s=(1.0 if args.quick else 2.0) if args.warmup_s is None else args.warmup_s,
+        rounds=args.rounds or (1 if args.quick else 2),
+        client_procs=args.client_procs,
+        connect_concurrency=args.connect_concurrency,
+        loop=args.loop,
+        server_core=None if args.no_pin else 0,
+        seed=args.seed,
+        quick=args.quick,
+        agent=args.agent,
+        llm_tokens=args.llm_tokens,
+        llm_token_delay_ms=args.llm_token_delay_ms,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     shown = ["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)]
@@ -217,25 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results = run_capacity(cap_plan, out, progress=progress, argv=shown)
         else:
             out = results_dir(args.out, "quick" if args.quick else "full")
-            plan = Plan(
-                users=args.users or (QUICK_USERS if args.quick else FULL_USERS),
-                servers=specs,
-                think_ms=args.think_ms,
-                agent_delay_ms=args.agent_delay_ms,
-                duration_s=args.duration_s or (3.0 if args.quick else 6.0),
-                warmup_s=(1.0 if args.quick else 2.0) if args.warmup_s is None else args.warmup_s,
-                rounds=args.rounds or (1 if args.quick else 2),
-                client_procs=args.client_procs,
-                connect_concurrency=args.connect_concurrency,
-                loop=args.loop,
-                server_core=None if args.no_pin else 0,
-                seed=args.seed,
-                quick=args.quick,
-                agent=args.agent,
-                llm_tokens=args.llm_tokens,
-                llm_token_delay_ms=args.llm_token_delay_ms,
-            )
-            results = run_benchmark(plan, out, progress=progress, argv=shown)
+            results = run_benchmark(run_plan(args, specs), out, progress=progress, argv=shown)
     except KeyboardInterrupt:
         progress.log("bench: interrupted; every server and client process was stopped")
         return 130

@@ -5,9 +5,61 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import attrs
+
 from ._report import Row
 
-__all__ = ["write_charts"]
+__all__ = ["Line", "lines", "write_charts"]
+
+#: By think time, in the rows' order: the run's first think time is drawn solid.
+STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D")
+
+
+@attrs.frozen
+class Line:
+    """One server at one think time against users: a line never mixes think times."""
+
+    label: str
+    xs: tuple[int, ...]
+    ys: tuple[float, ...]
+    color: str  # one per server
+    style: str  # one per think time
+    marker: str
+
+
+def lines(rows: Sequence[Row], attr: str, labels: Mapping[str, str]) -> list[Line]:
+    """The lines of ``attr`` (a Row field) by users, one per server and think time;
+    labels name the think time only when the rows have several."""
+    servers = list(dict.fromkeys(r.server for r in rows if r.turns_per_s is not None))
+    thinks = list(dict.fromkeys(r.think_ms for r in rows))
+    out: list[Line] = []
+    for i, server in enumerate(servers):
+        for j, think in enumerate(thinks):
+            points = [
+                (r.users, float(value))
+                for r in rows
+                if r.server == server
+                and r.think_ms == think
+                and (value := getattr(r, attr)) is not None
+            ]
+            if not points:
+                continue
+            label = labels.get(server, server)
+            if len(thinks) > 1:
+                label += f", think {think:g} ms"
+            xs, ys = zip(*sorted(points), strict=True)
+            out.append(
+                Line(
+                    label,
+                    xs,
+                    ys,
+                    f"C{i % 10}",
+                    STYLES[j % len(STYLES)],
+                    MARKERS[j % len(MARKERS)],
+                )
+            )
+    return out
 
 
 def write_charts(rows: Sequence[Row], out: Path, labels: Mapping[str, str]) -> list[Path]:
@@ -23,26 +75,20 @@ def write_charts(rows: Sequence[Row], out: Path, labels: Mapping[str, str]) -> l
     if not servers:
         return []
     written: list[Path] = []
-
-    def series(server: str, attr: str) -> tuple[list[int], list[float]]:
-        xs: list[int] = []
-        ys: list[float] = []
-        for r in rows:
-            value = getattr(r, attr)
-            if r.server == server and value is not None:
-                xs.append(r.users)
-                ys.append(float(value))
-        return xs, ys
-
     for attr, name, ylabel, title, log_y in (
         ("turns_per_s", "throughput.png", "turns/s (median)", "Throughput vs users", False),
         ("turn_p99", "p99.png", "turn latency p99, ms (median)", "p99 turn latency vs users", True),
     ):
         fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
-        for server in servers:
-            xs, ys = series(server, attr)
-            if xs:
-                ax.plot(xs, ys, marker="o", label=labels.get(server, server))
+        for line in lines(rows, attr, labels):
+            ax.plot(
+                line.xs,
+                line.ys,
+                color=line.color,
+                linestyle=line.style,
+                marker=line.marker,
+                label=line.label,
+            )
         ax.set_xscale("log")
         counts = sorted({r.users for r in rows})
         ax.set_xticks(counts, labels=[f"{n:,}" for n in counts])
@@ -60,6 +106,8 @@ def write_charts(rows: Sequence[Row], out: Path, labels: Mapping[str, str]) -> l
         plt.close(fig)
         written.append(path)
 
+    # RSS per connection is read before the turns start: the think time does not change
+    # it, and max() keeps the first row (of the run's first think time) of the largest count.
     memory = [
         (
             labels.get(s, s),

@@ -14,7 +14,10 @@ import attrs
 
 from ..harness import LatencySummary
 
-__all__ = ["LoadResult", "Measurement", "merge_load_results"]
+__all__ = ["Cell", "LoadResult", "Measurement", "merge_load_results"]
+
+#: One load of a run: (users, their mean think time in ms).
+Cell = tuple[int, float]
 
 #: Violation evidence kept per result (all are counted).
 MAX_SAMPLES = 20
@@ -108,7 +111,7 @@ def merge_load_results(results: Iterable[LoadResult]) -> LoadResult:
 
 @attrs.frozen
 class Measurement:
-    """One server at one user count in one round.
+    """One server at one user count and think time in one round.
 
     CPU figures are fractions of one core (1.0 = a core fully busy); ``client_cpu``
     is the load generators' CPU divided by the number of cores they are pinned to.
@@ -118,6 +121,7 @@ class Measurement:
     users: int
     round: int
     verdict: str
+    think_ms: float = attrs.field(kw_only=True)  # the users' mean think time
     turns: int = 0
     turns_per_s: float = 0.0
     frames_per_s: float = 0.0

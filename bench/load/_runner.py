@@ -1,6 +1,7 @@
-"""``python -m bench run``: every server at every user count, interleaved, in rounds.
+"""``python -m bench run``: every server at every load cell (user count and think time),
+interleaved, in rounds.
 
-For each round, for each user count, each server in turn (the order rotates by
+For each round, for each cell, each server in turn (the order rotates by
 round) is started fresh on the server core, its idle RSS read, the users ramped by
 load-generator processes on the client core(s), its connected RSS read, the turns
 run for the window while its CPU is sampled from /proc, then everything stopped.
@@ -71,7 +72,7 @@ from ._report import (
     render_targets,
     rows_from,
 )
-from ._results import LoadResult, Measurement, merge_load_results
+from ._results import Cell, LoadResult, Measurement, merge_load_results
 
 __all__ = ["Plan", "measure", "run_benchmark"]
 
@@ -87,7 +88,11 @@ class Plan:
 
     users: tuple[int, ...]
     servers: tuple[ServerSpec, ...]
-    think_ms: float = 100.0
+    #: Mean think times, each at every user count (like the users, a dimension of the run).
+    think_ms: tuple[float, ...] = (100.0,)
+    #: (users, think_ms) measured besides users x think_ms: one cell without multiplying
+    #: the run (the default run's think 0 at 1,000 users).
+    extra_cells: tuple[Cell, ...] = ()
     agent_delay_ms: float = 2.0
     duration_s: float = 10.0
     warmup_s: float = 2.0
@@ -104,9 +109,16 @@ class Plan:
     llm_tokens: int = 8
     llm_token_delay_ms: float = 5.0
 
+    def cells(self) -> tuple[Cell, ...]:
+        """Every cell once, by user count; at one count, the order of think_ms, then extras."""
+        crossed = [(users, think) for users in self.users for think in self.think_ms]
+        unique = dict.fromkeys([*crossed, *self.extra_cells])
+        return tuple(sorted(unique, key=lambda cell: cell[0]))  # stable: keeps that order
+
     def as_dict(self) -> dict[str, Any]:
         out = attrs.asdict(self)
         out["servers"] = [s.name for s in self.servers]
+        out["cells"] = [list(cell) for cell in self.cells()]  # what the run measured, in order
         return out
 
 
@@ -173,13 +185,14 @@ def worker_figures(
     return WorkerFigures(sup, cpu, conns, tuple(per_turn))
 
 
-def _load_config(plan: Plan, port: int, secret: str, users: int, *, hold: bool) -> LoadConfig:
+def _load_config(plan: Plan, port: int, secret: str, cell: Cell) -> LoadConfig:
+    users, think_ms = cell
     return LoadConfig(
         host="127.0.0.1",
         port=port,
         secret=secret,
         users=users,
-        think_s=plan.think_ms / 1000,
+        think_s=think_ms / 1000,
         duration_s=plan.duration_s,
         warmup_s=plan.warmup_s,
         connect_concurrency=plan.connect_concurrency,
@@ -339,6 +352,7 @@ def to_measurement(
     result: LoadResult,
     probe: Probe,
     *,
+    think_ms: float,
     client_cores: int,
     client_procs: int,
     server_core: int | None = None,
@@ -399,6 +413,7 @@ def to_measurement(
     return Measurement(
         server=spec.name,
         users=users,
+        think_ms=think_ms,
         round=round_no,
         verdict=verdict(
             client_cpu=client_cpu,
@@ -449,7 +464,7 @@ def to_measurement(
 def measure(
     procs: ProcessSet,
     spec: ServerSpec,
-    users: int,
+    cell: Cell,
     round_no: int,
     plan: Plan,
     topo: Topology,
@@ -459,16 +474,19 @@ def measure(
     extra_flags: tuple[str, ...] = (),
     redis: BenchRedis | None = None,
 ) -> Measurement:
-    """One server at one user count: start it, load it, stop it (and its workers).
+    """One server at one cell (users, think): start it, load it, stop it (and its workers).
 
     A server of several workers runs on every core of the run (``topo.all_cores``), the
     clients' too; on the redis store, redis-server is pinned where the server is and the
     server gets a fresh key prefix (every key is flushed after it stops).
     """
+    users, think_ms = cell
     secret = secrets.token_hex(32)
     use_redis = redis if spec.store == "redis" else None
     if spec.store == "redis" and use_redis is None:
-        return Measurement(spec.name, users, round_no, "unavailable: no redis-server")
+        return Measurement(
+            spec.name, users, round_no, "unavailable: no redis-server", think_ms=think_ms
+        )
     opts = ServerOptions(
         secret=secret,
         agent_delay_ms=plan.agent_delay_ms,
@@ -481,16 +499,16 @@ def measure(
         info.setdefault(spec.name, {})["redis_pinned"] = use_redis.pin(
             set(cores) if cores else None
         )
-    log_dir = out / "logs" / f"r{round_no}-{users}-{spec.name}"
+    log_dir = out / "logs" / f"r{round_no}-{users}-think{think_ms:g}-{spec.name}"
     try:
         server = start_server(procs, spec, opts, cores=cores, log_path=log_dir / "server.log")
     except ServerUnavailable as exc:
         info.setdefault(spec.name, {})["unavailable"] = str(exc)
-        return Measurement(spec.name, users, round_no, f"unavailable: {exc}")
+        return Measurement(spec.name, users, round_no, f"unavailable: {exc}", think_ms=think_ms)
     info.setdefault(spec.name, {}).update(server.info)
     tree = list(read_tree(server.pid))
     try:
-        load = _load_config(plan, server.port, secret, users, hold=False)
+        load = _load_config(plan, server.port, secret, cell)
         result, probe = drive(
             procs,
             server,
@@ -504,7 +522,7 @@ def measure(
             redis=use_redis,
         )
     except ChildError as exc:
-        return Measurement(spec.name, users, round_no, f"failed: {exc}")
+        return Measurement(spec.name, users, round_no, f"failed: {exc}", think_ms=think_ms)
     finally:
         tree = list(dict.fromkeys([*tree, *read_tree(server.pid)]))
         procs.stop(server.proc, timeout_s=15.0 if spec.workers > 1 else 5.0)
@@ -519,6 +537,7 @@ def measure(
         round_no,
         result,
         probe,
+        think_ms=think_ms,
         client_cores=topo.client_core_count,
         client_procs=plan.client_procs,
         server_core=topo.server_cores[0] if topo.server_cores else None,
@@ -550,6 +569,18 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return text[text.rfind(")") + 2 :][:1] not in ("Z", "X", "")
+
+
+def _think_line(plan: dict[str, Any]) -> str:
+    thinks = " and ".join(f"{t:g}" for t in plan["think_ms"])
+    text = f"think {thinks} ms (±50 %)"
+    if len(plan["think_ms"]) > 1:
+        text += " at every user count"
+    crossed = {(u, t) for u in plan["users"] for t in plan["think_ms"]}
+    for users, think in plan["extra_cells"]:
+        if (users, think) not in crossed:
+            text += f", plus think {think:g} ms at {users:,} users"
+    return text
 
 
 def _agent_line(plan: dict[str, Any]) -> str:
@@ -620,14 +651,15 @@ def rotated(items: Sequence[ServerSpec], by: int) -> list[ServerSpec]:
 
 
 def _one_line(m: Measurement) -> str:
+    where = f"{m.server:>13} {m.users:>6,} users, think {m.think_ms:>3g} ms"
     if not m.verdict.startswith(("ok", "INVALID")):
-        return f"{m.server:>13} {m.users:>6,} users: {m.verdict}"
+        return f"{where}: {m.verdict}"
     p99 = f"{m.turn.p99:7.1f} ms" if m.turn else "      -"
     cpu = f"{m.server_cpu:4.0%}" if m.server_cpu is not None else "  - "
     flag = "" if m.valid else f"  {m.verdict}"
     errors = ", ".join(f"{k} {v}" for k, v in m.errors.items()) or "0"
     return (
-        f"{m.server:>13} {m.users:>6,} users: {m.turns_per_s:8,.0f} turns/s  p99 {p99}"
+        f"{where}: {m.turns_per_s:8,.0f} turns/s  p99 {p99}"
         f"  server CPU {cpu}  client CPU {m.client_cpu:4.0%}"
         f"  errors {errors}  violations {m.violations}{flag}"
     )
@@ -654,7 +686,8 @@ def run_benchmark(
         info[spec.name]["description"] = spec.description
     measurements: list[Measurement] = []
     started = time.time()
-    total = len(plan.users) * len(plan.servers) * plan.rounds
+    cells = plan.cells()
+    total = len(cells) * len(plan.servers) * plan.rounds
     done = 0
     with ProcessSet() as procs, contextlib.ExitStack() as stack:
         redis: BenchRedis | None = None
@@ -668,19 +701,19 @@ def run_benchmark(
         extra_flags: tuple[str, ...] = ()
         if plan.agent == "llm":
             url = start_mock_llm(procs, plan, topo.client_cores, out / "logs" / "mock-llm.log")
-            extra_flags = llm_flags(url, max(plan.users))
+            extra_flags = llm_flags(url, max(users for users, _ in cells))
         for round_no in range(1, plan.rounds + 1):
-            for users in plan.users:
+            for cell in cells:
                 for spec in rotated(plan.servers, round_no - 1):
                     done += 1
                     progress.stage(
                         f"[{done}/{total}] round {round_no}/{plan.rounds} "
-                        f"{spec.name} x {users:,} users:"
+                        f"{spec.name} x {cell[0]:,} users, think {cell[1]:g} ms:"
                     )
                     m = measure(
                         procs,
                         spec,
-                        users,
+                        cell,
                         round_no,
                         plan,
                         topo,
@@ -736,7 +769,7 @@ def render_report(
         f"- machine: {machine['cpu_model']}, {machine['nproc']} CPU(s), "
         f"{machine['mem_total_gib']} GiB, {machine['kernel']}",
         f"- {results['topology']['note']}",
-        f"- load: think {plan['think_ms']:g} ms (±50 %), {_agent_line(plan)}, "
+        f"- load: {_think_line(plan)}, {_agent_line(plan)}, "
         f"window {plan['duration_s']:g} s, {plan['rounds']} round(s), "
         f"{plan['client_procs']} client process(es); medians over valid rounds",
         "",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from bench.harness._stats import summarize
 from bench.load._results import LoadResult, Measurement, merge_load_results
 
@@ -41,10 +43,18 @@ def test_merge_adds_counts_and_keeps_every_sample() -> None:
     assert merged.cpu_s == 1.0
 
 
+def test_a_measurement_says_its_think_time() -> None:
+    with pytest.raises(TypeError, match="think_ms"):
+        Measurement("fastapi", 100, 1, "ok")  # type: ignore[call-arg]
+
+
 def test_a_measurement_is_plain_json() -> None:
-    m = Measurement("fastapi", 100, 1, "ok", turns=10, turn=summarize([1.0, 2.0]), errors={"x": 1})
+    m = Measurement(
+        "fastapi", 100, 1, "ok", think_ms=0.0, turns=10, turn=summarize([1.0, 2.0]), errors={"x": 1}
+    )
     saved = json.loads(json.dumps(m.as_dict()))
     assert (saved["server"], saved["turns"], saved["errors"]) == ("fastapi", 10, {"x": 1})
+    assert (saved["users"], saved["think_ms"]) == (100, 0.0)  # its cell of the run
     assert saved["turn"]["count"] == 2
     assert m.valid
     assert m.error_count == 1

@@ -81,6 +81,7 @@ def test_a_measurement_of_two_workers_on_redis() -> None:
         1,
         _result(10_000),
         probe,
+        think_ms=100.0,
         client_cores=1,
         client_procs=1,
         server_core=0,
@@ -89,6 +90,7 @@ def test_a_measurement_of_two_workers_on_redis() -> None:
         workers=2,
     )
     assert m.workers == 2
+    assert m.think_ms == 100.0
     assert m.server_cpu_us_per_turn == pytest.approx(1000.0)
     assert m.redis_cpu == pytest.approx(0.2)
     assert m.redis_cpu_us_per_turn == pytest.approx(200.0)
@@ -104,6 +106,7 @@ def test_a_measurement_of_two_workers_on_redis() -> None:
         1,
         _result(10_000),
         attrs.evolve(probe, cores_end=_cores(1000, 1000)),
+        think_ms=100.0,
         client_cores=1,
         client_procs=1,
         shared_cores=(0, 1),
@@ -131,6 +134,7 @@ def test_redis_on_the_server_core_is_not_noise() -> None:
         1,
         _result(10_000),
         probe,
+        think_ms=100.0,
         client_cores=1,
         client_procs=1,
         server_core=0,

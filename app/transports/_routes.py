@@ -195,6 +195,7 @@ async def decide(
     decision = evaluate_handshake(
         info, settings=services.settings, verifier=services.verifier, now=services.wall_clock()
     )
+    del info  # the block may last a connection's life: its headers are not kept for it
     if isinstance(decision, Accept):
         admitted = await lifecycle.admission.admit(decision.claims.subject)
         if isinstance(admitted, Ticket):

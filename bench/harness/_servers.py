@@ -99,7 +99,7 @@ SERVERS: dict[str, ServerSpec] = {
             "bare-trio",
             "bare Trio",
             "bench.peers.bare_trio",
-            description="bare Trio handler over wsproto, no session",
+            description="bare Trio handler on the lean transport, no session",
         ),
     )
 }

@@ -114,6 +114,23 @@ def parse_head(head: bytes) -> _Request | HttpReply:
     return _Request(parts[0].decode("ascii"), path, query, tuple(headers))
 
 
+@attrs.define
+class _Opening:
+    """A WebSocket's opening request on its way to the session: taken once, and
+    forgotten by the box. The session outlives every frame that saw the request, and
+    a frame keeps its locals: without the box each idle connection would keep its
+    request's bytes and headers (about 2.5 KiB) for its whole life."""
+
+    request: _Request | None
+    rest: bytes
+
+    def take(self) -> tuple[_Request, bytes]:
+        request, rest = self.request, self.rest
+        assert request is not None, "taken twice"
+        self.request, self.rest = None, b""
+        return request, rest
+
+
 def _request_in(buffer: bytearray, start: int = 0) -> tuple[_Request, bytes] | HttpReply | None:
     """The request in ``buffer`` and the bytes after its head, the 4xx refusing it, or
     None while the head is incomplete (``start``: where its end may be, at the earliest)."""
@@ -224,6 +241,7 @@ class _LeanServer:
             await self._answer(stream, opened)
             return
         request, rest = opened
+        del first, buffer, opened  # the request's bytes: see _Opening
         if request.path in (settings.path, echo_path(settings)):
             if request.method != "GET":
                 await self._answer(stream, _error(405, "use GET", ("allow", "GET")))
@@ -231,7 +249,9 @@ class _LeanServer:
                 reply = _error(426, "a WebSocket upgrade is required", ("upgrade", "websocket"))
                 await self._answer(stream, reply)
             else:
-                await self._websocket(stream, request, rest, peer)
+                opening = _Opening(request, rest)
+                del request, rest
+                await self._websocket(stream, opening, peer)
         elif request.path in _HTTP_PATHS:
             if request.method not in ("GET", "HEAD"):
                 await self._answer(stream, _error(405, "use GET", ("allow", "HEAD, GET")))
@@ -301,8 +321,9 @@ class _LeanServer:
                 pass
 
     async def _websocket(
-        self, stream: trio.SocketStream, request: _Request, rest: bytes, peer: str | None
+        self, stream: trio.SocketStream, opening: _Opening, peer: str | None
     ) -> None:
+        request, rest = opening.take()
         key = _websocket_key(request)
         if isinstance(key, HttpReply):
             await self._answer(stream, key)
@@ -328,17 +349,19 @@ class _LeanServer:
             query_string=request.query,
             remote=peer,
         )
+        del request  # see _Opening; ``decide`` forgets ``info`` once it has decided
         held = True  # the server-wide slot ``admit`` counted
         try:
             async with decide(info, services, lifecycle) as decision:
+                del info
                 if isinstance(decision, Reject):
                     held = False
                     lifecycle.release()  # a refused handshake does not keep its slot while answered
                     await self._answer(stream, rejection_reply(decision), linger=bool(rest))
                     return
-                with trio.move_on_after(services.settings.open_timeout_s) as opening:
+                with trio.move_on_after(services.settings.open_timeout_s) as accepting:
                     await stream.send_all(_accept(key, decision.subprotocol))
-                if opening.cancelled_caught:
+                if accepting.cancelled_caught:
                     return
                 metrics = lifecycle.metrics
                 transport = LeanTransport(
@@ -348,6 +371,7 @@ class _LeanServer:
                     initial=rest,
                     traffic=metrics.traffic,
                 )
+                del rest, key
                 context = UserContext.from_claims(decision.claims, carrier=decision.carrier)
                 metrics.connections_open += 1
                 try:

@@ -9,6 +9,7 @@ with the ASGI transport started in the same test.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -378,6 +379,19 @@ async def test_round_trip_with_trio_websocket_and_the_subprotocol_carrier() -> N
         assert events[-1]["result"] == {"text": "a b c", "words": 3}
         await ws.aclose()
         await live.wait_connections(0)
+
+
+async def test_an_open_connection_keeps_nothing_of_its_opening_request() -> None:
+    # The session outlives every frame that parsed the request: none may keep its head,
+    # headers or handshake info (about 2.5 KiB of each idle connection's memory).
+    from app.session._transport import HandshakeInfo
+    from app.transports.lean._server import _Request
+
+    async with running(lean_settings()) as live, raw_client(live.port, bearer()):
+        await live.wait_connections(1)
+        gc.collect()
+        kept = [o for o in gc.get_objects() if isinstance(o, (_Request, HandshakeInfo))]
+        assert kept == []
 
 
 async def test_the_token_is_never_echoed_in_the_upgrade() -> None:

@@ -259,6 +259,15 @@ async def test_a_killed_worker_is_restarted_and_the_port_keeps_serving(e2e: E2E)
             assert len(await _epochs(client, e2e, 24)) == 2  # both serve again
 
 
+async def _ready_status(client: Endpoint) -> int | None:
+    """``/ready``'s status, or None when the connection was reset or refused (a worker
+    that finished draining closed its listener with the request in its queue)."""
+    try:
+        return (await client.get("/ready")).status
+    except (trio.BrokenResourceError, OSError):
+        return None
+
+
 async def test_sigterm_drains_every_worker_then_exits_0(e2e: E2E) -> None:
     token = e2e.token("alice", secret=SECRET.encode())
     grace = "2"
@@ -272,11 +281,13 @@ async def test_sigterm_drains_every_worker_then_exits_0(e2e: E2E) -> None:
             signalled = time.monotonic()
             proc.process.send_signal(signal.SIGTERM)
             with trio.fail_after(1):  # the run takes 0.8 s: this is during the drain
-                while (await client.get("/ready")).status != 503:  # noqa: ASYNC110
+                while await _ready_status(client) != 503:  # noqa: ASYNC110
                     await trio.sleep(0.02)
-            # Every worker drains: whichever answers, /ready is 503.
+            # Every worker drains: whichever answers, /ready is 503. The worker without a
+            # connection finishes draining at once and closes its listener: a request the
+            # kernel had queued on that listener is reset (none answers), never served 200.
             for _ in range(6):
-                assert (await client.get("/ready")).status == 503
+                assert await _ready_status(client) in (503, None)
             frames = await chat.run_until_terminal(started["run_id"])
             assert frames[-1]["type"] == "agent_completed"
             assert await chat.closed() == (1001, "server_shutdown")

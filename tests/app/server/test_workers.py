@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 SECRET: Final = "workers-test-secret-0123456789abcdef"
 LISTENING: Final = re.compile(r"listening on http://127\.0\.0\.1:(\d+) \(2 workers\)")
 STARTED: Final = re.compile(r"worker (\d) started \(pid (\d+)\)")
+#: A worker's drain starts in the step that logs this.
+DRAINING: Final = re.compile(r"SIGTERM: draining")
 #: Generous bound on the supervisor and its workers starting (imports included).
 START_S: Final = 20.0
 
@@ -270,9 +272,9 @@ async def _ready_status(client: Endpoint) -> int | None:
 
 async def test_sigterm_drains_every_worker_then_exits_0(e2e: E2E) -> None:
     token = e2e.token("alice", secret=SECRET.encode())
-    grace = "2"
+    grace = "3"
     async with supervisor(
-        "--shutdown-grace-s", grace, "--agent-delay-ms", "200", "--ping-interval-s", "0.3"
+        "--shutdown-grace-s", grace, "--agent-delay-ms", "300", "--ping-interval-s", "0.3"
     ) as proc:
         port = int((await proc.wait_for(LISTENING))[0].group(1))
         client = e2e.endpoint("127.0.0.1", port)
@@ -280,20 +282,25 @@ async def test_sigterm_drains_every_worker_then_exits_0(e2e: E2E) -> None:
             started = await chat.start("drain me")
             signalled = time.monotonic()
             proc.process.send_signal(signal.SIGTERM)
-            with trio.fail_after(1):  # the run takes 0.8 s: this is during the drain
-                while await _ready_status(client) != 503:  # noqa: ASYNC110
-                    await trio.sleep(0.02)
-            # Every worker drains: whichever answers, /ready is 503. The worker without a
-            # connection finishes draining at once and closes its listener: a request the
-            # kernel had queued on that listener is reset (none answers), never served 200.
-            for _ in range(6):
-                assert await _ready_status(client) in (503, None)
+            # Each worker logs its drain and starts it in the same step: once both lines
+            # are out, no worker answers /ready 200. (The supervisor forwards the signal to
+            # one worker after the other: before that, one may still be ready.)
+            await proc.wait_for(DRAINING, count=2)
+            # Whichever answers, /ready is 503. The worker without a connection finishes
+            # draining at once and closes its listener: a request the kernel had queued on
+            # that listener is reset (none answers), never served 200. The worker draining
+            # the run (1.2 s) answers 503.
+            statuses: list[int | None] = []
+            with trio.fail_after(5):
+                while len(statuses) < 6 or 503 not in statuses:
+                    statuses.append(await _ready_status(client))
+                    assert set(statuses) <= {503, None}, statuses
             frames = await chat.run_until_terminal(started["run_id"])
             assert frames[-1]["type"] == "agent_completed"
             assert await chat.closed() == (1001, "server_shutdown")
-        with trio.fail_after(2 + 5):
+        with trio.fail_after(3 + 5):
             assert await proc.process.wait() == 0, proc.report()
-        assert time.monotonic() - signalled < 2 + 5
+        assert time.monotonic() - signalled < 3 + 5
         assert proc.err.count(b"SIGTERM: draining") == 2, proc.report()
     assert b"Traceback" not in proc.err, proc.report()
 

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 import attrs
 import trio
 
+from ..threads._redis import DEFAULT_PREFIX  # one prefix for the store and the admission
 from ._admission import Admission, AdmissionLimits, MemoryAdmission, Refusal, Refused, Ticket
 from ._settings import Settings
 
@@ -58,7 +59,6 @@ __all__ = [
     "build_admission",
 ]
 
-DEFAULT_PREFIX: Final = "enclave"
 #: How long an open connection counts without its process refreshing it (a crash's cost).
 LEASE_S: Final = 15.0
 #: The longest a handshake waits for Redis before its 503; also each upkeep call's bound.

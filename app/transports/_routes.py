@@ -15,16 +15,18 @@ import math
 import types
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import attrs
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from ..auth._context import UserContext
 from ..auth._tokens import MAX_SUBJECT_CHARS
 from ..services._admission import Refusal, Refused, Ticket
 from ..services._services import ServerLifecycle, Services
 from ..services._settings import Settings
-from ..session._transport import HandshakeInfo
+from ..session._session import run_session
+from ..session._transport import HandshakeInfo, Transport
 from ..web._dev_token import DEV_SUBJECT, TokenMinter
 from ..web._static import StaticFiles
 from ._handshake import Accept, Reject, evaluate_handshake, refused_for_user, unavailable
@@ -45,6 +47,7 @@ __all__ = [
     "ready_reply",
     "refused_reply",
     "rejection_reply",
+    "run_counted_session",
 ]
 
 JSON_HEADERS: Final = (("content-type", "application/json"),)
@@ -209,3 +212,23 @@ async def decide(
         return
     lifecycle.metrics.refused(_REFUSAL_OF_ERROR.get(decision.error, "token"))
     yield decision
+
+
+class _Closing(Transport, Protocol):
+    def closed_with(self) -> tuple[int | None, str | None]:
+        """The close the server started, for the metrics (both transports have it)."""
+        ...
+
+
+async def run_counted_session(
+    transport: _Closing, context: UserContext, services: Services, lifecycle: ServerLifecycle
+) -> None:
+    """``run_session``, counted in the server's metrics: open while it runs, then how it
+    closed. Cancellation: as ``run_session``; the counts are kept either way."""
+    metrics = lifecycle.metrics
+    metrics.connections_open += 1
+    try:
+        await run_session(transport, context, services, lifecycle)
+    finally:
+        metrics.connections_open -= 1
+        metrics.closed(*transport.closed_with())

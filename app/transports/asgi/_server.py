@@ -20,7 +20,6 @@ from quart_trio import QuartTrio
 
 from ...auth._context import UserContext
 from ...services._services import ServerLifecycle, Services
-from ...session._session import run_session
 from ...session._transport import HandshakeInfo
 from ...web._dev_token import TokenMinter
 from ...web._static import PAGE_FILES, load_static
@@ -38,6 +37,7 @@ from .._routes import (
     page_reply,
     ready_reply,
     rejection_reply,
+    run_counted_session,
 )
 from ._connection import QuartTransport
 
@@ -125,14 +125,8 @@ def create_app(services: Services, lifecycle: ServerLifecycle) -> QuartTrio:
                     return _response(rejection_reply(decision))
                 await ws.accept(subprotocol=decision.subprotocol)
                 context = UserContext.from_claims(decision.claims, carrier=decision.carrier)
-                metrics = lifecycle.metrics
-                transport = QuartTransport(ws, metrics.traffic)
-                metrics.connections_open += 1
-                try:
-                    await run_session(transport, context, services, lifecycle)
-                finally:
-                    metrics.connections_open -= 1
-                    metrics.closed(*transport.closed_with())
+                transport = QuartTransport(ws, lifecycle.metrics.traffic)
+                await run_counted_session(transport, context, services, lifecycle)
         finally:
             lifecycle.release()
         return None

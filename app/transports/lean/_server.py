@@ -31,7 +31,7 @@ import trio
 
 from ...auth._context import UserContext
 from ...services._services import ServerLifecycle, Services
-from ...session._session import CLOSE_TIMEOUT_S, run_session
+from ...session._session import CLOSE_TIMEOUT_S
 from ...session._transport import HandshakeInfo
 from ...web._dev_token import TokenMinter
 from ...web._static import StaticFiles, load_static
@@ -50,6 +50,7 @@ from .._routes import (
     page_reply,
     ready_reply,
     rejection_reply,
+    run_counted_session,
 )
 from ._accept import accept_loop, raw_listener
 from ._connection import LeanTransport, QuietInfoLogger
@@ -363,22 +364,18 @@ class _LeanServer:
                     await stream.send_all(_accept(key, decision.subprotocol))
                 if accepting.cancelled_caught:
                     return
-                metrics = lifecycle.metrics
                 transport = LeanTransport(
                     stream,
                     max_message_bytes=services.settings.max_message_bytes,
                     logger=self.ws_log,
                     initial=rest,
-                    traffic=metrics.traffic,
+                    traffic=lifecycle.metrics.traffic,
                 )
                 del rest, key
                 context = UserContext.from_claims(decision.claims, carrier=decision.carrier)
-                metrics.connections_open += 1
                 try:
-                    await run_session(transport, context, services, lifecycle)
+                    await run_counted_session(transport, context, services, lifecycle)
                 finally:
-                    metrics.connections_open -= 1
-                    metrics.closed(*transport.closed_with())
                     await transport.finish(CLOSE_TIMEOUT_S)
         finally:
             if held:

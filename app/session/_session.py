@@ -105,6 +105,11 @@ MAX_PAGE_BYTES: Final = 512 * 1024
 T = TypeVar("T")
 
 
+def _on_grid(deadline: float) -> float:
+    """The first :data:`CLOCK_TICK_S` tick at or after ``deadline``."""
+    return math.ceil(deadline / CLOCK_TICK_S) * CLOCK_TICK_S if deadline < math.inf else deadline
+
+
 def run_session(
     transport: Transport,
     context: UserContext,
@@ -138,8 +143,10 @@ class _Session:
         "_last_seen",
         "_lifecycle",
         "_log",
+        "_next_ping",
         "_nursery",
         "_peer_left",
+        "_pong_due",
         "_replaying",
         "_runs_idle",
         "_send_timeout_s",
@@ -198,6 +205,8 @@ class _Session:
         self._last_seen = trio.current_time()
         self._expires_at = self._deadline_for(context.expires_at)
         self._alarm = Alarm()  # wakes the clock when a deadline moves earlier
+        self._next_ping = math.inf
+        self._pong_due = math.inf  # a ping waits for its pong until then
 
     def _deadline_for(self, expires_at: float) -> float:
         remaining = expires_at + self._services.settings.leeway_s - self._services.wall_clock()
@@ -428,9 +437,8 @@ class _Session:
         # together (a restart, a reconnect storm, bench's 1,000 users) would otherwise
         # ping together every interval, 1,000 pings and pongs in one burst (bench attacks
         # saw the server at 85-100 % for half a second every 20 s).
-        next_ping = trio.current_time() + ping_s * random.random() if transport.pings else math.inf
-        pong: trio.Event | None = None
-        pong_due = math.inf
+        if transport.pings:
+            self._next_ping = trio.current_time() + ping_s * random.random()
         draining = self._lifecycle.draining
         while not draining.is_set():
             if self._peer_left:  # its runs outlive it: ``_detached`` keeps them
@@ -443,26 +451,31 @@ class _Session:
             if now >= idle_at:
                 self._request_close(CloseCode.NORMAL, CloseReason.IDLE_TIMEOUT)
                 return
-            if pong is not None and pong.is_set():
-                pong, pong_due = None, math.inf
-            elif pong is not None and now >= pong_due:
+            if now >= self._pong_due:
                 self._request_close(CloseCode.GOING_AWAY, CloseReason.PONG_TIMEOUT)
                 return
-            if pong is None and now + CLOCK_TICK_S >= next_ping:  # a ping may go a tick early
+            waiting = self._pong_due != math.inf
+            if not waiting and now + CLOCK_TICK_S >= self._next_ping:  # a tick early at most
+                # On the interval's own grid: a late wake-up does not push later pings.
+                self._next_ping = max(self._next_ping + ping_s, now)
+                self._pong_due = now + s.pong_timeout_s  # before ping(): a pong may be at once
                 try:
-                    pong = transport.ping()
+                    transport.ping(self._ponged)
                 except TransportClosed:
                     self._peer_gone()
                     return
                 self._write_queued()
-                # On the interval's own grid: a late wake-up does not push later pings.
-                pong_due, next_ping = now + s.pong_timeout_s, max(next_ping + ping_s, now)
                 continue
-            wake = min(self._expires_at, idle_at, next_ping if pong is None else pong_due)
-            await timer.sleep_until(
-                math.ceil(wake / CLOCK_TICK_S) * CLOCK_TICK_S, unless=draining, alarm=alarm
-            )
+            wake = min(self._expires_at, idle_at, self._pong_due if waiting else self._next_ping)
+            await timer.sleep_until(_on_grid(wake), unless=draining, alarm=alarm)
         await self._drain()
+
+    def _ponged(self) -> None:
+        # Called by the transport as it reads the pong. The clock sleeps until the pong's
+        # deadline: it sleeps on to its next duty instead, saving a wake-up per ping.
+        self._pong_due = math.inf
+        idle_at = self._last_seen + self._services.settings.idle_timeout_s
+        self._alarm.postpone(_on_grid(min(self._expires_at, idle_at, self._next_ping)))
 
     async def _drain(self) -> None:
         state = self._state

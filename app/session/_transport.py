@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import attrs
-import trio
 
 __all__ = ["HandshakeInfo", "SendTimeout", "Transport", "TransportClosed", "UnsupportedFrame"]
 
@@ -101,10 +100,11 @@ class Transport(Protocol):
         """:meth:`queue` then :meth:`flush`."""
         ...
 
-    def ping(self) -> trio.Event:
+    def ping(self, on_pong: Callable[[], None]) -> None:
         """Queue a ping (write it with :meth:`write_now` or :meth:`flush`).
 
-        Returns an event set when its pong arrives. Raises TransportClosed.
+        ``on_pong`` is called, by the task that reads (or at once), when its pong
+        arrives; only the latest ping's pong counts. Raises TransportClosed.
         """
         ...
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -77,13 +78,11 @@ class MemoryTransport(FrameQueue):
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise TransportClosed from None
 
-    def ping(self) -> trio.Event:
+    def ping(self, on_pong: Callable[[], None]) -> None:
         if self._link.client_gone:
             raise TransportClosed
-        pong = trio.Event()
         if self._link.responsive:
-            pong.set()
-        return pong
+            on_pong()
 
     async def close(self, code: int, reason: str) -> None:
         if self._link.server_close is not None:

@@ -36,6 +36,8 @@ REDIS_TARGET_THINK_MS = 100.0
 TARGET_SPEEDUP = 1.2
 TARGET_SPEEDUP_WAITING = 1.0
 TARGET_KIB_PER_CONN = 14.0
+#: Server CPU with 10,000 idle connections and the server's default keepalive.
+TARGET_IDLE_CPU = 0.05
 TARGET_OVERHEAD = 0.15
 #: Server-side CPU per turn on the redis store (server + redis-server) against SQLite's.
 TARGET_REDIS_VS_SQLITE = 1.5

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-import trio
 from quart.wrappers import Websocket
 
 from isolation import request_scoped
@@ -60,7 +59,7 @@ class QuartTransport(FrameQueue):
         """
         return self._closing
 
-    def ping(self) -> trio.Event:  # pragma: no cover - pings is False
+    def ping(self, on_pong: Callable[[], None]) -> None:  # pragma: no cover - pings is False
         raise NotImplementedError
 
     async def close(self, code: int, reason: str) -> None:

@@ -46,7 +46,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, NoReturn, cast
 
 import trio
@@ -172,7 +172,7 @@ class LeanTransport:
         self._stuck: trio.Event | None = None  # set once a write waiting for the peer moves
         self._read_eof = False  # the peer's EOF (or reset) was read
         self._drained = True  # the last read took less than asked: nothing was left
-        self._pong: tuple[bytes, trio.Event] | None = None
+        self._pong: tuple[bytes, Callable[[], None]] | None = None
         self._pings_sent = 0
         if initial:  # frames that arrived with the opening request
             self._traffic.bytes_in += len(initial)
@@ -320,9 +320,10 @@ class LeanTransport:
         return len(data)
 
     def _got_pong(self, data: bytes) -> None:
-        if self._pong is not None and data == self._pong[0]:
-            self._pong[1].set()
+        pong = self._pong
+        if pong is not None and data == pong[0]:
             self._pong = None
+            pong[1]()
 
     # -- writing -----------------------------------------------------------------
 
@@ -524,21 +525,19 @@ class LeanTransport:
         self._take_output()
         await self._flush(wait=True, deadline=math.inf)
 
-    def ping(self) -> trio.Event:
-        """Queue a ping (the caller writes it); the event is set when its pong arrives.
+    def ping(self, on_pong: Callable[[], None]) -> None:
+        """Queue a ping (the caller writes it); ``on_pong`` is called when its pong arrives.
 
-        The pong is read by :meth:`receive`; only the latest ping's pong counts.
-        Raises :class:`TransportClosed`.
+        The pong is read by :meth:`receive`, which calls ``on_pong``; only the latest
+        ping's pong counts. Raises :class:`TransportClosed`.
         """
         if self._broken or self._protocol.state is not OPEN:
             raise TransportClosed
         self._pings_sent += 1
         payload = self._pings_sent.to_bytes(4, "big")
-        arrived = trio.Event()
-        self._pong = (payload, arrived)
+        self._pong = (payload, on_pong)
         self._protocol.send_ping(payload)
         self._take_output()
-        return arrived
 
     async def close(self, code: int, reason: str) -> None:
         """Send a close frame with ``code`` and ``reason``; idempotent.

@@ -130,3 +130,58 @@ async def test_stopping_the_timer_wakes_whoever_still_sleeps(
             inner.cancel_scope.cancel()
         with trio.fail_after(1):
             await woke.wait()
+
+
+@pytest.mark.parametrize("running", [True, False])
+async def test_a_postponed_sleeper_wakes_at_its_later_deadline_only(
+    autojump_clock: trio.testing.MockClock, running: bool
+) -> None:
+    timer = Timer()
+    alarm = Alarm()
+    woke: list[float] = []
+    steps: list[trio.lowlevel.Task] = []
+
+    class Steps(trio.abc.Instrument):
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            steps.append(task)
+
+    async def sleeper() -> None:
+        await timer.sleep_until(trio.current_time() + 1, unless=trio.Event(), alarm=alarm)
+        woke.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        if running:
+            await nursery.start(timer.run)
+        start = trio.current_time()
+        nursery.start_soon(sleeper, name="sleeper")
+        await trio.testing.wait_all_tasks_blocked()
+        alarm.postpone(start + 5)
+        alarm.postpone(start + 3)  # never earlier
+        trio.lowlevel.add_instrument(Steps())
+        await trio.sleep(6)
+        nursery.cancel_scope.cancel()
+    assert [t - start for t in woke] == [5.0]
+    assert [t.name for t in steps].count("sleeper") == 1  # not woken at 1 nor at 3
+
+
+async def test_sleepers_of_one_deadline_share_it_and_wake_together(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    timer = Timer()
+    woke: list[float] = []
+
+    async def sleeper(deadline: float) -> None:
+        await timer.sleep_until(deadline, unless=trio.Event(), alarm=Alarm())
+        woke.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(timer.run)
+        start = trio.current_time()
+        for _ in range(100):
+            nursery.start_soon(sleeper, start + 2)
+        nursery.start_soon(sleeper, start + 1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(timer._deadlines) == 2  # two slots for 101 sleepers
+        await trio.sleep(3)
+        nursery.cancel_scope.cancel()
+    assert [t - start for t in woke] == [1.0] + [2.0] * 100

@@ -1,6 +1,6 @@
 import logging
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -182,8 +182,8 @@ class Wrapped:
         self.queue(frames)
         await self.flush(deadline)
 
-    def ping(self) -> trio.Event:
-        return self._inner.ping()
+    def ping(self, on_pong: Callable[[], None]) -> None:
+        self._inner.ping(on_pong)
 
     async def close(self, code: int, reason: str) -> None:
         await self._inner.close(code, reason)
@@ -196,9 +196,9 @@ class PingRecorder(Wrapped):
         super().__init__(inner)
         self.sent_at: list[float] = []
 
-    def ping(self) -> trio.Event:
+    def ping(self, on_pong: Callable[[], None]) -> None:
         self.sent_at.append(trio.current_time())
-        return super().ping()
+        super().ping(on_pong)
 
 
 async def test_connections_opened_together_do_not_ping_together(
@@ -224,6 +224,58 @@ async def test_connections_opened_together_do_not_ping_together(
         assert len(gaps) >= 2, r.sent_at
         # Up to a tick off: pings leave on the clock's grid (a float sum: a hair of slack).
         assert all(gap == pytest.approx(10, abs=CLOCK_TICK_S + 1e-9) for gap in gaps), r.sent_at
+
+
+class LatePonger(Wrapped):
+    """A memory transport whose peer's pongs arrive when the test says."""
+
+    def __init__(self, inner: MemoryTransport) -> None:
+        super().__init__(inner)
+        self.on_pong: Callable[[], None] = lambda: None
+        self.pinged = trio.Event()
+
+    def ping(self, on_pong: Callable[[], None]) -> None:
+        self.on_pong = on_pong
+        self.pinged.set()
+
+
+async def test_a_pong_that_arrives_spares_the_clock_its_wake_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pongers: list[LatePonger] = []
+    clock_steps: list[float] = []
+
+    class ClockSteps(trio.abc.Instrument):
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            if task.name.endswith("._clock"):
+                clock_steps.append(trio.current_time())
+
+    def wrap(transport: Any) -> LatePonger:
+        pongers.append(LatePonger(transport))
+        return pongers[-1]
+
+    async def next_ping() -> LatePonger:
+        ponger = pongers[0]
+        with trio.fail_after(20):
+            await ponger.pinged.wait()
+        ponger.pinged = trio.Event()
+        return ponger
+
+    instrument = ClockSteps()
+    async with connect(ping_interval_s=10, pong_timeout_s=5, wrap=wrap) as conn:
+        (await next_ping()).on_pong()
+        trio.lowlevel.add_instrument(instrument)
+        try:
+            for _ in range(2):
+                ponger = await next_ping()
+                await trio.sleep(1)
+                ponger.on_pong()
+            await next_ping()
+        finally:
+            trio.lowlevel.remove_instrument(instrument)
+        assert not conn.ended.is_set()
+    # Pings 2, 3 and 4 each woke the clock once; their pongs' deadlines did not.
+    assert len(clock_steps) == 3, clock_steps
 
 
 async def test_token_expiry(autojump_clock: trio.testing.MockClock) -> None:

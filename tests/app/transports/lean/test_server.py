@@ -15,7 +15,7 @@ import logging
 import math
 import socket
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -761,8 +761,8 @@ class GatedTransport:
         self.queue(frames)
         await self.flush(deadline)
 
-    def ping(self) -> trio.Event:
-        return self.inner.ping()
+    def ping(self, on_pong: Callable[[], None]) -> None:
+        self.inner.ping(on_pong)
 
     async def close(self, code: int, reason: str) -> None:
         await self.inner.close(code, reason)

@@ -35,6 +35,7 @@ __all__ = [
     "ToolCompleted",
     "ToolExecuting",
     "encode_json",
+    "run_wire",
     "serialize",
     "to_wire",
 ]
@@ -185,13 +186,20 @@ class RunEvent:
         return isinstance(self.payload, TERMINAL_PAYLOADS)
 
     def wire(self) -> dict[str, JSON]:
-        out = self.payload.wire()
-        out["run_id"] = self.run_id
-        out["thread_id"] = self.thread_id
-        out["seq"] = self.seq
+        out = run_wire(self.run_id, self.thread_id, self.seq, self.payload)
         if self.thread_seq:
             out["thread_seq"] = self.thread_seq
         return out
+
+
+def run_wire(run_id: str, thread_id: str, seq: int, payload: RunPayload) -> dict[str, JSON]:
+    """The JSON object of a run event (without ``thread_seq``): :meth:`RunEvent.wire`
+    without the event, for the emitter, which sends each event and keeps none."""
+    out = payload.wire()
+    out["run_id"] = run_id
+    out["thread_id"] = thread_id
+    out["seq"] = seq
+    return out
 
 
 @attrs.frozen

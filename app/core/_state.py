@@ -19,6 +19,7 @@ from isolation import request_scoped
 
 from ._codes import CancelReason, CloseCode, CloseReason, ErrorCode
 from ._events import (
+    TERMINAL_PAYLOADS,
     ErrorEvent,
     Pong,
     RunEvent,
@@ -309,19 +310,30 @@ class ConnectionState:
         Raises :class:`EventRefused` for a run this connection does not have
         (unknown, another connection's, or already ended).
         """
+        thread_id, seq = self.next_event(run_id, payload)
+        return RunEvent(run_id, thread_id, seq, payload)
+
+    def next_event(self, run_id: str, payload: RunPayload) -> tuple[str, int]:
+        """The thread and sequence number of the next event of ``run_id``: :meth:`prepare`
+        without the event object (the emitter makes none per event); then :meth:`advance`.
+        """
         run = self._runs.get(run_id)
         if run is None:
             raise EventRefused(f"event {payload.TYPE!r} for a run this connection does not own")
-        return RunEvent(run_id, run.thread_id, run.seq + 1, payload)
+        return run.thread_id, run.seq + 1
 
     def commit(self, event: RunEvent) -> None:
         """Record that ``event`` was queued; a terminal event ends its run."""
-        run = self._runs.get(event.run_id)
-        if run is None or event.seq != run.seq + 1:
-            raise EventRefused(f"event {event.payload.TYPE!r} is out of sequence")
-        run.seq = event.seq
-        if event.terminal:
-            del self._runs[event.run_id]
+        self.advance(event.run_id, event.seq, event.payload)
+
+    def advance(self, run_id: str, seq: int, payload: RunPayload) -> None:
+        """:meth:`commit` of the event ``seq`` of ``run_id`` carrying ``payload``."""
+        run = self._runs.get(run_id)
+        if run is None or seq != run.seq + 1:
+            raise EventRefused(f"event {payload.TYPE!r} is out of sequence")
+        run.seq = seq
+        if isinstance(payload, TERMINAL_PAYLOADS):
+            del self._runs[run_id]
 
 
 def _ref(text: str) -> str | None:

@@ -22,16 +22,16 @@ from ..core._events import (
     AgentError,
     AgentStarted,
     RunCancelled,
-    RunEvent,
     RunPayload,
     ServerEvent,
     encode_json,
+    run_wire,
     serialize,
 )
 from ..core._state import ConnectionState, EventRefused
 from ..services._metrics import Metrics
 
-__all__ = ["EventEmitter", "Flush", "InvalidEvent", "Record", "Write", "encode_run_event"]
+__all__ = ["EventEmitter", "Flush", "InvalidEvent", "Record", "Write", "encode_run_wire"]
 
 # Payloads the metrics count: a run's start and its ends (a set: one lookup per event).
 _COUNTED: Final = frozenset({AgentStarted, *TERMINAL_PAYLOADS})
@@ -49,8 +49,9 @@ async def _written() -> None:
     """A :data:`Flush` for an outbound path that writes as it queues."""
 
 
-#: Appends a run event to its thread's log: its frame and ticket (the session's).
-Record = Callable[[RunEvent], tuple[bytes, int]]
+#: Appends a run event to its thread's log: (thread, run, payload type, wire object)
+#: to its frame and ticket (the session's).
+Record = Callable[[str, str, str, dict[str, Any]], tuple[bytes, int]]
 
 
 class InvalidEvent(Exception):
@@ -117,8 +118,10 @@ class EventEmitter:
         this connection does not own, :class:`InvalidEvent` for a payload that is
         not JSON (nothing used then).
         """
+        state = self.state
         try:
-            event = self.state.prepare(run_id, payload)
+            # No RunEvent per event: its thread and number go straight into the wire object.
+            thread_id, seq = state.next_event(run_id, payload)
         except EventRefused:
             self.metrics.isolation_violations += 1
             self.log.error(
@@ -129,14 +132,15 @@ class EventEmitter:
                 extra={"connection_id": self.connection_id, "run_id": run_id},
             )
             raise
+        wire = run_wire(run_id, thread_id, seq, payload)
         try:
             if self.record is None:
-                frame, ticket = encode_run_event(event).encode(), 0
+                frame, ticket = encode_run_wire(payload.TYPE, wire).encode(), 0
             else:
-                frame, ticket = self.record(event)
+                frame, ticket = self.record(thread_id, run_id, payload.TYPE, wire)
         except UnicodeEncodeError as exc:  # a lone surrogate from an agent
             raise InvalidEvent(f"{payload.TYPE} payload is not UTF-8: {exc}") from None
-        self.state.commit(event)
+        state.advance(run_id, seq, payload)
         if type(payload) in _COUNTED:
             self._count(run_id, payload)
         return self.write(self.connection_id, (frame,), deferred, ticket)
@@ -164,13 +168,13 @@ class EventEmitter:
                 self._received = None
 
 
-def encode_run_event(event: RunEvent, wire: dict[str, Any] | None = None) -> str:
-    """The JSON text of a run event (or of ``wire``, its JSON object with more fields);
+def encode_run_wire(kind: str, wire: dict[str, Any]) -> str:
+    """The JSON text of a run event's ``wire`` object (of payload type ``kind``);
     :class:`InvalidEvent` if its payload is not JSON.
 
     Encoding it to UTF-8 may still fail (a lone surrogate): the caller encodes.
     """
     try:
-        return serialize(event) if wire is None else encode_json(wire)
+        return encode_json(wire)
     except (TypeError, ValueError) as exc:
-        raise InvalidEvent(f"{event.payload.TYPE} payload is not JSON: {exc}") from None
+        raise InvalidEvent(f"{kind} payload is not JSON: {exc}") from None

@@ -53,9 +53,9 @@ from ..core._events import (
     MessageAccepted,
     Resumed,
     RunCancelled,
-    RunEvent,
     RunPayload,
     ThreadList,
+    run_wire,
     serialize,
 )
 from ..core._messages import HistoryRequest, ResumeRequest, ThreadsRequest
@@ -76,7 +76,7 @@ from ..core._state import (
 from ..services._services import ServerLifecycle, Services
 from ..services._timer import Alarm
 from ..threads._logs import MAX_REPLAY_PAGE, ThreadLog
-from ._emitter import EventEmitter, InvalidEvent, encode_run_event
+from ._emitter import EventEmitter, InvalidEvent, encode_run_wire
 from ._transport import SendTimeout, Transport, TransportClosed, UnsupportedFrame
 
 __all__ = ["CLOCK_TICK_S", "CLOSE_TIMEOUT_S", "DEFER_BYTES", "run_session"]
@@ -525,17 +525,18 @@ class _Session:
 
     # -- threads ---------------------------------------------------------------
 
-    def _record(self, event: RunEvent) -> tuple[bytes, int]:
-        """Append a run's event to its thread's log: its frame (with ``thread_seq``) and
-        ticket. Raises :class:`InvalidEvent` (nothing appended) if it is not JSON."""
-        thread = self._followed[event.thread_id]
-        wire = event.wire()
+    def _record(
+        self, thread_id: str, run_id: str, kind: str, wire: dict[str, Any]
+    ) -> tuple[bytes, int]:
+        """Append a run's event (its ``wire`` object) to its thread's log: its frame (with
+        ``thread_seq``) and ticket. Raises :class:`InvalidEvent` (nothing appended) if it
+        is not JSON."""
 
         def build(thread_seq: int) -> str:
             wire["thread_seq"] = thread_seq
-            return encode_run_event(event, wire)
+            return encode_run_wire(kind, wire)
 
-        return thread.append(event.payload.TYPE, event.run_id, build, origin=self)
+        return self._followed[thread_id].append(kind, run_id, build, origin=self)
 
     def deliver(self, thread_id: str, frame: bytes, ticket: int) -> None:
         """An event of a followed thread, appended by another connection of the user."""
@@ -772,9 +773,10 @@ class _Session:
             return
         draining = self._lifecycle.draining.is_set()
         reason = CancelReason.SERVER_SHUTDOWN if draining else CancelReason.CLIENT_GONE
-        event = state.prepare(run_id, RunCancelled(reason=reason))
-        self._record(event)
-        state.commit(event)
+        payload = RunCancelled(reason=reason)
+        thread_id, seq = state.next_event(run_id, payload)
+        self._record(thread_id, run_id, payload.TYPE, run_wire(run_id, thread_id, seq, payload))
+        state.advance(run_id, seq, payload)
 
     def _stop_run(self, run_id: str) -> bool:
         """Cancel ``run_id`` for a client (perhaps on another connection of the user)."""

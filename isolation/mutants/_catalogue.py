@@ -162,7 +162,7 @@ class InvalidEvent(Exception):
         ),
         Replacement(
             "session/_emitter.py",
-            "\n\ndef encode_run_event(",
+            "\n\ndef encode_run_wire(",
             """
 
     def _route(self, run_id: str, payload: RunPayload) -> tuple[str, Write]:
@@ -173,7 +173,7 @@ class InvalidEvent(Exception):
         return _ROUTES.get(self.routes.get(run_id, ""), home)
 
 
-def encode_run_event(""",
+def encode_run_wire(""",
         ),
     ),
     expected_static=frozenset({"ISO101"}),

@@ -13,10 +13,16 @@ so 10,000 idle connections fill a few hundred slots, and a sleep is a dict looku
 list append rather than a push into a heap of 10,000 (whose comparisons were a tenth of
 the idle server's CPU). A sleeper whose owner moved its deadline later
 (:meth:`Alarm.postpone`) is moved to the later slot when its slot comes, without a wake.
+
+The sleepers due are woken as Trio's loop comes back from waiting for I/O (a Trio
+instrument's ``after_io_wait``), before its deadlines expire: a busy loop wakes them
+without a wake of :meth:`Timer.run`, whose cancel scope (Trio's only timeout) is then moved
+to the next slot rather than expired; it expires only when nothing else woke the loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 
@@ -68,6 +74,24 @@ class Alarm:
             sleeper.deadline = deadline
         if scope is not None and deadline > scope.deadline:
             scope.deadline = deadline
+
+
+class _WakeDue(trio.abc.Instrument):
+    """Wakes a timer's sleepers due after each of the loop's waits for I/O."""
+
+    __slots__ = ("_timer",)
+
+    def __init__(self, timer: Timer) -> None:
+        self._timer = timer
+
+    def after_io_wait(self, timeout: float) -> None:
+        timer = self._timer
+        deadlines = timer._deadlines
+        if deadlines and deadlines[0] <= trio.current_time():
+            timer._wake_due(trio.current_time())
+            scope = timer._scope
+            if scope is not None:  # not expired: run() sleeps on, to the next slot
+                scope.deadline = deadlines[0] if deadlines else math.inf
 
 
 class Timer:
@@ -159,6 +183,8 @@ class Timer:
         """
         self._running = True
         deadlines = self._deadlines
+        wake_due = _WakeDue(self)
+        trio.lowlevel.add_instrument(wake_due)
         task_status.started()
         try:
             while True:
@@ -168,6 +194,8 @@ class Timer:
                     await trio.sleep_forever()
                 self._scope = None
         finally:
+            with contextlib.suppress(KeyError):  # Trio removes an instrument that raised
+                trio.lowlevel.remove_instrument(wake_due)
             self._running = False
             self._scope = None
             self._wake_due(math.inf)

@@ -87,8 +87,8 @@ class _WakeDue(trio.abc.Instrument):
     def after_io_wait(self, timeout: float) -> None:
         timer = self._timer
         deadlines = timer._deadlines
-        if deadlines and deadlines[0] <= trio.current_time():
-            timer._wake_due(trio.current_time())
+        if deadlines and deadlines[0] <= (now := trio.current_time()):
+            timer._wake_due(now)
             scope = timer._scope
             if scope is not None:  # not expired: run() sleeps on, to the next slot
                 scope.deadline = deadlines[0] if deadlines else math.inf
@@ -109,7 +109,7 @@ class Timer:
 
         Cancellation: as ``trio.sleep``; a cancelled sleeper is forgotten at once.
         """
-        if not self._running or seconds <= 0 or math.isnan(seconds):
+        if not (self._running and seconds > 0):  # NaN too: trio.sleep raises
             await trio.sleep(seconds)
             return
         sleeper = _Sleeper(

@@ -79,15 +79,16 @@ class Alarm:
 class _WakeDue(trio.abc.Instrument):
     """Wakes a timer's sleepers due after each of the loop's waits for I/O."""
 
-    __slots__ = ("_timer",)
+    __slots__ = ("_clock", "_timer")
 
-    def __init__(self, timer: Timer) -> None:
+    def __init__(self, timer: Timer, clock: trio.abc.Clock) -> None:
         self._timer = timer
+        self._clock = clock
 
     def after_io_wait(self, timeout: float) -> None:
         timer = self._timer
         deadlines = timer._deadlines
-        if deadlines and deadlines[0] <= (now := trio.current_time()):
+        if deadlines and deadlines[0] <= (now := self._clock.current_time()):
             timer._wake_due(now)
             scope = timer._scope
             if scope is not None:  # not expired: run() sleeps on, to the next slot
@@ -95,12 +96,14 @@ class _WakeDue(trio.abc.Instrument):
 
 
 class Timer:
-    """Sleeping tasks in slots by deadline, and the one task (:meth:`run`) that wakes them."""
+    """Sleeping tasks in slots by deadline, and :meth:`run`, which wakes them (through the
+    instrument it installs while the loop is busy, else from its own task)."""
 
     def __init__(self) -> None:
         self._slots: dict[float, list[_Sleeper]] = {}
         self._deadlines: list[float] = []  # a heap of the slots' keys
-        self._running = False
+        # The run's clock while run() runs (trio.current_time() is three calls to it).
+        self._clock: trio.abc.Clock | None = None
         # The wake-up of run(): its deadline is the earliest slot's.
         self._scope: trio.CancelScope | None = None
 
@@ -109,11 +112,12 @@ class Timer:
 
         Cancellation: as ``trio.sleep``; a cancelled sleeper is forgotten at once.
         """
-        if not (self._running and seconds > 0):  # NaN too: trio.sleep raises
+        clock = self._clock
+        if clock is None or not seconds > 0:  # NaN too: trio.sleep raises
             await trio.sleep(seconds)
             return
         sleeper = _Sleeper(
-            trio.lowlevel.current_task(), trio.current_time() + seconds, interruptible=False
+            trio.lowlevel.current_task(), clock.current_time() + seconds, interruptible=False
         )
         self._push(sleeper)
         await trio.lowlevel.wait_task_rescheduled(sleeper.abort)
@@ -128,7 +132,7 @@ class Timer:
         """
         if unless.is_set() or deadline <= trio.current_time():
             await trio.lowlevel.checkpoint()
-        elif not self._running:
+        elif self._clock is None:
             with trio.CancelScope(deadline=deadline) as alarm._scope:
                 await unless.wait()
             alarm._scope = None
@@ -181,14 +185,14 @@ class Timer:
         Cancellation: stops; sleepers still waiting are woken early, so no task is left
         waiting on a timer that no longer runs.
         """
-        self._running = True
+        clock = self._clock = trio.lowlevel.current_clock()
         deadlines = self._deadlines
-        wake_due = _WakeDue(self)
+        wake_due = _WakeDue(self, clock)
         trio.lowlevel.add_instrument(wake_due)
         task_status.started()
         try:
             while True:
-                self._wake_due(trio.current_time())
+                self._wake_due(clock.current_time())
                 with trio.CancelScope(deadline=deadlines[0] if deadlines else math.inf) as scope:
                     self._scope = scope
                     await trio.sleep_forever()
@@ -196,6 +200,6 @@ class Timer:
         finally:
             with contextlib.suppress(KeyError):  # Trio removes an instrument that raised
                 trio.lowlevel.remove_instrument(wake_due)
-            self._running = False
+            self._clock = None
             self._scope = None
             self._wake_due(math.inf)

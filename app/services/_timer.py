@@ -13,10 +13,16 @@ so 10,000 idle connections fill a few hundred slots, and a sleep is a dict looku
 list append rather than a push into a heap of 10,000 (whose comparisons were a tenth of
 the idle server's CPU). A sleeper whose owner moved its deadline later
 (:meth:`Alarm.postpone`) is moved to the later slot when its slot comes, without a wake.
+
+The sleepers due are woken as Trio's loop comes back from waiting for I/O (a Trio
+instrument's ``after_io_wait``), before its deadlines expire: a busy loop wakes them
+without a wake of :meth:`Timer.run`, whose cancel scope (Trio's only timeout) is then moved
+to the next slot rather than expired; it expires only when nothing else woke the loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 
@@ -70,13 +76,34 @@ class Alarm:
             scope.deadline = deadline
 
 
+class _WakeDue(trio.abc.Instrument):
+    """Wakes a timer's sleepers due after each of the loop's waits for I/O."""
+
+    __slots__ = ("_clock", "_timer")
+
+    def __init__(self, timer: Timer, clock: trio.abc.Clock) -> None:
+        self._timer = timer
+        self._clock = clock
+
+    def after_io_wait(self, timeout: float) -> None:
+        timer = self._timer
+        deadlines = timer._deadlines
+        if deadlines and deadlines[0] <= (now := self._clock.current_time()):
+            timer._wake_due(now)
+            scope = timer._scope
+            if scope is not None:  # not expired: run() sleeps on, to the next slot
+                scope.deadline = deadlines[0] if deadlines else math.inf
+
+
 class Timer:
-    """Sleeping tasks in slots by deadline, and the one task (:meth:`run`) that wakes them."""
+    """Sleeping tasks in slots by deadline, and :meth:`run`, which wakes them (through the
+    instrument it installs while the loop is busy, else from its own task)."""
 
     def __init__(self) -> None:
         self._slots: dict[float, list[_Sleeper]] = {}
         self._deadlines: list[float] = []  # a heap of the slots' keys
-        self._running = False
+        # The run's clock while run() runs (trio.current_time() is three calls to it).
+        self._clock: trio.abc.Clock | None = None
         # The wake-up of run(): its deadline is the earliest slot's.
         self._scope: trio.CancelScope | None = None
 
@@ -85,11 +112,12 @@ class Timer:
 
         Cancellation: as ``trio.sleep``; a cancelled sleeper is forgotten at once.
         """
-        if not self._running or seconds <= 0 or math.isnan(seconds):
+        clock = self._clock
+        if clock is None or not seconds > 0:  # NaN too: trio.sleep raises
             await trio.sleep(seconds)
             return
         sleeper = _Sleeper(
-            trio.lowlevel.current_task(), trio.current_time() + seconds, interruptible=False
+            trio.lowlevel.current_task(), clock.current_time() + seconds, interruptible=False
         )
         self._push(sleeper)
         await trio.lowlevel.wait_task_rescheduled(sleeper.abort)
@@ -104,7 +132,7 @@ class Timer:
         """
         if unless.is_set() or deadline <= trio.current_time():
             await trio.lowlevel.checkpoint()
-        elif not self._running:
+        elif self._clock is None:
             with trio.CancelScope(deadline=deadline) as alarm._scope:
                 await unless.wait()
             alarm._scope = None
@@ -157,17 +185,21 @@ class Timer:
         Cancellation: stops; sleepers still waiting are woken early, so no task is left
         waiting on a timer that no longer runs.
         """
-        self._running = True
+        clock = self._clock = trio.lowlevel.current_clock()
         deadlines = self._deadlines
+        wake_due = _WakeDue(self, clock)
+        trio.lowlevel.add_instrument(wake_due)
         task_status.started()
         try:
             while True:
-                self._wake_due(trio.current_time())
+                self._wake_due(clock.current_time())
                 with trio.CancelScope(deadline=deadlines[0] if deadlines else math.inf) as scope:
                     self._scope = scope
                     await trio.sleep_forever()
                 self._scope = None
         finally:
-            self._running = False
+            with contextlib.suppress(KeyError):  # Trio removes an instrument that raised
+                trio.lowlevel.remove_instrument(wake_due)
+            self._clock = None
             self._scope = None
             self._wake_due(math.inf)

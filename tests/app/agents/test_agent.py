@@ -9,6 +9,7 @@ import trio.testing
 from app import AgentOptions, EchoAgent, RunContext, load_agent
 from app.agents._agent import AgentLoadError
 from app.core._events import AgentThinking, ToolCompleted, ToolExecuting
+from app.services import Timer
 
 
 async def collect(agent: Any, text: str) -> tuple[list[object], Any]:
@@ -61,3 +62,22 @@ def test_load_from_module(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_specs(spec: str) -> None:
     with pytest.raises(AgentLoadError, match="--agent"):
         load_agent(spec, AgentOptions())
+
+
+async def test_run_context_sleep_is_the_timers_or_trio_sleep(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    timer = Timer()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(timer.run)
+        run = RunContext("run_1", "thr_1", "alice", "hi", timer=timer)
+        start = trio.current_time()
+        nursery.start_soon(run.sleep, 2)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(timer._deadlines) == 1  # it sleeps on the timer
+        await run.sleep(2)
+        assert trio.current_time() - start == pytest.approx(2)
+        nursery.cancel_scope.cancel()
+    start = trio.current_time()
+    await RunContext("run_1", "thr_1", "alice", "hi").sleep(3)  # no timer: trio.sleep
+    assert trio.current_time() - start == pytest.approx(3)

@@ -7,7 +7,7 @@ to that run -- never the server, the session or other connections.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -47,14 +47,15 @@ class RunContext:
     history: tuple[tuple[str, str], ...] = ()
     timer: Timer | None = attrs.field(default=None, repr=False, eq=False)
 
-    def sleep(self, seconds: float) -> Coroutine[Any, Any, None]:
-        """``trio.sleep``, woken by the server's timer: about a quarter of the CPU. Await it.
+    async def sleep(self, seconds: float) -> None:
+        """``trio.sleep``, woken by the server's timer: about a quarter of the CPU.
 
-        The timer's own coroutine, not one around it: one frame less to resume at every
-        wake of a run. Cancellation: as ``trio.sleep`` (the run's cancel scope stops it).
+        Cancellation: as ``trio.sleep`` (the run's cancel scope stops it).
         """
-        # Returned, not awaited: the caller awaits the sleep itself.
-        return trio.sleep(seconds) if self.timer is None else self.timer.sleep(seconds)  # noqa: ASYNC105
+        if self.timer is None:
+            await trio.sleep(seconds)
+        else:
+            await self.timer.sleep(seconds)
 
 
 class Emit(Protocol):

@@ -22,7 +22,6 @@ from ._events import (
     TERMINAL_PAYLOADS,
     ErrorEvent,
     Pong,
-    RunEvent,
     RunPayload,
 )
 from ._messages import (
@@ -304,30 +303,21 @@ class ConnectionState:
         stop = self.stop(run_id, CancelReason.CANCELLED_BY_CLIENT)
         return stop or _error(ErrorCode.RUN_NOT_FOUND, RUN_NOT_FOUND, run_id)
 
-    def prepare(self, run_id: str, payload: RunPayload) -> RunEvent:
-        """The next event of ``run_id`` carrying ``payload``; nothing changes until :meth:`commit`.
+    def next_event(self, run_id: str, payload: RunPayload) -> tuple[str, int]:
+        """The thread and sequence number of the next event of ``run_id`` carrying
+        ``payload``; nothing changes until :meth:`advance`.
 
         Raises :class:`EventRefused` for a run this connection does not have
         (unknown, another connection's, or already ended).
-        """
-        thread_id, seq = self.next_event(run_id, payload)
-        return RunEvent(run_id, thread_id, seq, payload)
-
-    def next_event(self, run_id: str, payload: RunPayload) -> tuple[str, int]:
-        """The thread and sequence number of the next event of ``run_id``: :meth:`prepare`
-        without the event object (the emitter makes none per event); then :meth:`advance`.
         """
         run = self._runs.get(run_id)
         if run is None:
             raise EventRefused(f"event {payload.TYPE!r} for a run this connection does not own")
         return run.thread_id, run.seq + 1
 
-    def commit(self, event: RunEvent) -> None:
-        """Record that ``event`` was queued; a terminal event ends its run."""
-        self.advance(event.run_id, event.seq, event.payload)
-
     def advance(self, run_id: str, seq: int, payload: RunPayload) -> None:
-        """:meth:`commit` of the event ``seq`` of ``run_id`` carrying ``payload``."""
+        """Record that the event ``seq`` of ``run_id`` (carrying ``payload``) was queued; a
+        terminal event ends its run. Raises :class:`EventRefused` out of sequence."""
         run = self._runs.get(run_id)
         if run is None or seq != run.seq + 1:
             raise EventRefused(f"event {payload.TYPE!r} is out of sequence")

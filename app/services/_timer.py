@@ -92,7 +92,7 @@ class _WakeDue(trio.abc.Instrument):
             timer._wake_due(now)
             scope = timer._scope
             if scope is not None:  # not expired: run() sleeps on, to the next slot
-                scope.deadline = deadlines[0] if deadlines else math.inf
+                scope.deadline = timer._next_deadline()
 
 
 class Timer:
@@ -166,6 +166,9 @@ class Timer:
         if scope is not None and deadline < scope.deadline:
             scope.deadline = deadline
 
+    def _next_deadline(self) -> float:
+        return self._deadlines[0] if self._deadlines else math.inf
+
     def _wake_due(self, now: float) -> None:
         deadlines, slots = self._deadlines, self._slots
         while deadlines and deadlines[0] <= now:
@@ -186,14 +189,13 @@ class Timer:
         waiting on a timer that no longer runs.
         """
         clock = self._clock = trio.lowlevel.current_clock()
-        deadlines = self._deadlines
         wake_due = _WakeDue(self, clock)
         trio.lowlevel.add_instrument(wake_due)
         task_status.started()
         try:
             while True:
                 self._wake_due(clock.current_time())
-                with trio.CancelScope(deadline=deadlines[0] if deadlines else math.inf) as scope:
+                with trio.CancelScope(deadline=self._next_deadline()) as scope:
                     self._scope = scope
                     await trio.sleep_forever()
                 self._scope = None

@@ -454,8 +454,8 @@ class _Session:
             if now >= self._pong_due:
                 self._request_close(CloseCode.GOING_AWAY, CloseReason.PONG_TIMEOUT)
                 return
-            waiting = self._pong_due != math.inf
-            if not waiting and now + CLOCK_TICK_S >= self._next_ping:  # a tick early at most
+            # No ping waits for its pong, and the next is due (a tick early at most).
+            if self._pong_due == math.inf and now + CLOCK_TICK_S >= self._next_ping:
                 # On the interval's own grid: a late wake-up does not push later pings.
                 self._next_ping = max(self._next_ping + ping_s, now)
                 self._pong_due = now + s.pong_timeout_s  # before ping(): a pong may be at once
@@ -466,16 +466,21 @@ class _Session:
                     return
                 self._write_queued()
                 continue
-            wake = min(self._expires_at, idle_at, self._pong_due if waiting else self._next_ping)
-            await timer.sleep_until(_on_grid(wake), unless=draining, alarm=alarm)
+            await timer.sleep_until(self._next_duty(), unless=draining, alarm=alarm)
         await self._drain()
+
+    def _next_duty(self) -> float:
+        """When the clock has something to do next, on its grid: the token's expiry, the
+        idle timeout, and the pong's deadline while a ping waits, else the next ping."""
+        idle_at = self._last_seen + self._services.settings.idle_timeout_s
+        due = self._pong_due if self._pong_due != math.inf else self._next_ping
+        return _on_grid(min(self._expires_at, idle_at, due))
 
     def _ponged(self) -> None:
         # Called by the transport as it reads the pong. The clock sleeps until the pong's
         # deadline: it sleeps on to its next duty instead, saving a wake-up per ping.
         self._pong_due = math.inf
-        idle_at = self._last_seen + self._services.settings.idle_timeout_s
-        self._alarm.postpone(_on_grid(min(self._expires_at, idle_at, self._next_ping)))
+        self._alarm.postpone(self._next_duty())
 
     async def _drain(self) -> None:
         state = self._state

@@ -159,8 +159,8 @@ class ConnectionStateMachine(RuleBasedStateMachine):
     def emit(self, data: st.DataObject, terminal: bool) -> None:
         run_id = data.draw(st.sampled_from(sorted(self.runs)))
         payload = AgentCompleted(result=None) if terminal else AgentThinking(thought="t")
-        event = self.state.prepare(run_id, payload)
-        self.state.commit(event)
+        _, seq = self.state.next_event(run_id, payload)
+        self.state.advance(run_id, seq, payload)
         if terminal:
             self.runs.discard(run_id)
 
@@ -170,7 +170,7 @@ class ConnectionStateMachine(RuleBasedStateMachine):
             return
         payload = AgentCompleted(result=None) if terminal else AgentThinking(thought="t")
         with pytest.raises(EventRefused):
-            self.state.prepare(run_id, payload)
+            self.state.next_event(run_id, payload)
 
     @invariant()
     def runs_are_bounded_and_known(self) -> None:

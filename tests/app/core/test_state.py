@@ -4,7 +4,14 @@ import json
 import pytest
 
 from app.core._codes import CancelReason, CloseCode, CloseReason, ErrorCode
-from app.core._events import AgentCompleted, AgentThinking, ErrorEvent, Pong, RunCancelled
+from app.core._events import (
+    TERMINAL_PAYLOADS,
+    AgentCompleted,
+    AgentThinking,
+    ErrorEvent,
+    Pong,
+    RunCancelled,
+)
 from app.core._messages import UserMessage
 from app.core._state import (
     CancelElsewhere,
@@ -82,7 +89,8 @@ def test_too_many_runs() -> None:
 def test_finished_runs_free_their_slot() -> None:
     state = make_state(max_runs=1)
     run = start(state)
-    state.commit(state.prepare(run.run_id, AgentCompleted({"ok": True})))
+    done = AgentCompleted({"ok": True})
+    state.advance(run.run_id, state.next_event(run.run_id, done)[1], done)
     start(state)
 
 
@@ -147,28 +155,29 @@ def test_draining_refuses_new_runs() -> None:
 def test_sequence_numbers_and_terminal() -> None:
     state = make_state()
     run = start(state)
-    first = state.prepare(run.run_id, AgentThinking("a"))
-    assert first.seq == 1
-    # Nothing changes until commit: preparing again gives the same number.
-    assert state.prepare(run.run_id, AgentThinking("a")).seq == 1
-    state.commit(first)
-    second = state.prepare(run.run_id, RunCancelled("x"))
-    assert (second.seq, second.thread_id, second.terminal) == (2, "thr_auto", True)
-    state.commit(second)
+    thread_id, seq = state.next_event(run.run_id, AgentThinking("a"))
+    assert seq == 1
+    # Nothing changes until advance: asking again gives the same number.
+    assert state.next_event(run.run_id, AgentThinking("a"))[1] == 1
+    state.advance(run.run_id, seq, AgentThinking("a"))
+    cancelled = RunCancelled("x")
+    thread_id, seq = state.next_event(run.run_id, cancelled)
+    assert (seq, thread_id, isinstance(cancelled, TERMINAL_PAYLOADS)) == (2, "thr_auto", True)
+    state.advance(run.run_id, seq, cancelled)
     assert state.active_runs == frozenset()
     with pytest.raises(EventRefused):
-        state.prepare(run.run_id, AgentThinking("late"))
+        state.next_event(run.run_id, AgentThinking("late"))
 
 
 def test_unknown_run_and_out_of_sequence_are_refused() -> None:
     state = make_state()
     with pytest.raises(EventRefused):
-        state.prepare("run_someone_else", AgentThinking("x"))
+        state.next_event("run_someone_else", AgentThinking("x"))
     run = start(state)
-    event = state.prepare(run.run_id, AgentThinking("x"))
-    state.commit(event)
+    _, seq = state.next_event(run.run_id, AgentThinking("x"))
+    state.advance(run.run_id, seq, AgentThinking("x"))
     with pytest.raises(EventRefused):
-        state.commit(event)
+        state.advance(run.run_id, seq, AgentThinking("x"))
 
 
 def test_message_too_big_closes_1009() -> None:

@@ -95,7 +95,7 @@ async def test_a_cancelled_emit_keeps_its_frame_and_its_number() -> None:
         await emitter.emit_run(run_id, AgentThinking("blocked"))
     assert len(recorder.written) == 1
     assert recorder.flushes == 1
-    assert state.prepare(run_id, AgentThinking("next")).seq == 2
+    assert state.next_event(run_id, AgentThinking("next"))[1] == 2
 
 
 async def test_unencodable_text_is_invalid_and_nothing_is_written() -> None:
@@ -104,7 +104,7 @@ async def test_unencodable_text_is_invalid_and_nothing_is_written() -> None:
     with pytest.raises(InvalidEvent):
         await emitter.emit_run(run_id, AgentThinking("\ud800"))
     assert recorder.written == []
-    assert state.prepare(run_id, AgentThinking("next")).seq == 1
+    assert state.next_event(run_id, AgentThinking("next"))[1] == 1
 
 
 async def test_events_of_a_run_are_numbered_in_order() -> None:

@@ -185,36 +185,3 @@ async def test_sleepers_of_one_deadline_share_it_and_wake_together(
         await trio.sleep(3)
         nursery.cancel_scope.cancel()
     assert [t - start for t in woke] == [1.0] + [2.0] * 100
-
-
-async def test_a_busy_loop_wakes_sleepers_without_a_wake_of_the_timer_task() -> None:
-    # The real clock: with a task always runnable, the loop polls for I/O without waiting,
-    # and the sleeper due is woken as the loop comes back from the poll.
-    timer = Timer()
-    timer_steps = 0
-    slept: list[float] = []
-
-    class Steps(trio.abc.Instrument):
-        def before_task_step(self, task: trio.lowlevel.Task) -> None:
-            nonlocal timer_steps
-            timer_steps += task.name == "timer"
-
-    async def busy(done: trio.Event) -> None:
-        while not done.is_set():
-            await trio.lowlevel.checkpoint()
-
-    async with trio.open_nursery() as nursery:
-        await nursery.start(timer.run, name="timer")
-        trio.lowlevel.add_instrument(Steps())
-        done = trio.Event()
-        nursery.start_soon(busy, done)
-        for _ in range(30):
-            start = trio.current_time()
-            await timer.sleep(0.001)
-            slept.append(trio.current_time() - start)
-        done.set()
-        nursery.cancel_scope.cancel()
-    assert min(slept) >= 0.001  # never early
-    # Not one a sleep (31 before the hook): only those due between the hook's look at the
-    # clock and Trio's expiry of deadlines, and the cancellation at the end.
-    assert timer_steps <= 10

@@ -8,6 +8,7 @@ from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-
 from typing import Any, ClassVar, Final
 
 import attrs
+import orjson
 
 from ._codes import PROTOCOL
 
@@ -34,9 +35,11 @@ __all__ = [
     "ThreadList",
     "ToolCompleted",
     "ToolExecuting",
+    "dump_json",
     "encode_json",
     "run_wire",
     "serialize",
+    "serialize_frame",
     "to_wire",
 ]
 
@@ -65,6 +68,36 @@ def encode_json(value: JSON) -> str:
         return "".join(_C_ENCODE(value, 0))
     except RecursionError:
         raise ValueError("a circular reference, or nested too deep") from None
+
+
+# Subclasses (a str or int enum), datetimes and dataclasses are refused by orjson with
+# these, so the standard encoder decides them as it always has.
+_ORJSON_STRICT: Final = (
+    orjson.OPT_PASSTHROUGH_SUBCLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+)
+
+
+def dump_json(value: JSON) -> bytes:
+    """``encode_json(value).encode()``, a tenth of the cost on the hot path (orjson).
+
+    The same bytes for the JSON values events carry (strings, integers, booleans, null,
+    lists, objects; a float may be spelt differently, as ``1e16`` for ``1e+16``) and the
+    same errors: what orjson refuses (a set, a lone surrogate, an integer past 64 bits, a
+    key that is not a string, nesting past 255) goes through :func:`encode_json`, which
+    encodes it or says why not (``UnicodeEncodeError`` for a lone surrogate). orjson
+    writes NaN and the infinities as ``null``, so any ``null`` in its output is checked
+    the same way. Left apart: orjson also writes an ``enum.Enum`` member or a UUID by
+    value, where the standard encoder refuses them.
+    """
+    try:
+        out = orjson.dumps(value, option=_ORJSON_STRICT)
+    except TypeError:  # orjson.JSONEncodeError
+        return encode_json(value).encode()
+    if b"null" in out:
+        return encode_json(value).encode()
+    return out
 
 
 # Run payloads: what happens inside a run. The session wraps each in a RunEvent.
@@ -387,3 +420,9 @@ def to_wire(event: ServerEvent) -> dict[str, JSON]:
 def serialize(event: ServerEvent) -> str:
     """The text frame of an event; raises TypeError/ValueError if a payload is not JSON."""
     return encode_json(event.wire())
+
+
+def serialize_frame(event: ServerEvent) -> bytes:
+    """:func:`serialize` as UTF-8 bytes (:func:`dump_json`); raises as it, and
+    ``UnicodeEncodeError`` for a lone surrogate."""
+    return dump_json(event.wire())

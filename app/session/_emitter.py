@@ -24,9 +24,9 @@ from ..core._events import (
     RunCancelled,
     RunPayload,
     ServerEvent,
-    encode_json,
+    dump_json,
     run_wire,
-    serialize,
+    serialize_frame,
 )
 from ..core._state import ConnectionState, EventRefused
 from ..services._metrics import Metrics
@@ -95,7 +95,7 @@ class EventEmitter:
 
         Cancellation: the frame stays queued and goes out.
         """
-        if self.write(self.connection_id, (serialize(event).encode(),), False, 0):
+        if self.write(self.connection_id, (serialize_frame(event),), False, 0):
             await self.flush()
 
     async def emit_run(self, run_id: str, payload: RunPayload, *, deferred: bool = False) -> None:
@@ -135,7 +135,7 @@ class EventEmitter:
         wire = run_wire(run_id, thread_id, seq, payload)
         try:
             if self.record is None:
-                frame, ticket = encode_run_wire(payload.TYPE, wire).encode(), 0
+                frame, ticket = encode_run_wire(payload.TYPE, wire), 0
             else:
                 frame, ticket = self.record(thread_id, run_id, payload.TYPE, wire)
         except UnicodeEncodeError as exc:  # a lone surrogate from an agent
@@ -168,13 +168,12 @@ class EventEmitter:
                 self._received = None
 
 
-def encode_run_wire(kind: str, wire: dict[str, Any]) -> str:
-    """The JSON text of a run event's ``wire`` object (of payload type ``kind``);
-    :class:`InvalidEvent` if its payload is not JSON.
-
-    Encoding it to UTF-8 may still fail (a lone surrogate): the caller encodes.
+def encode_run_wire(kind: str, wire: dict[str, Any]) -> bytes:
+    """The frame (UTF-8 JSON) of a run event's ``wire`` object (of payload type
+    ``kind``); :class:`InvalidEvent` if its payload is not JSON, ``UnicodeEncodeError``
+    if it holds a lone surrogate (the caller says which event).
     """
     try:
-        return encode_json(wire)
+        return dump_json(wire)
     except (TypeError, ValueError) as exc:
         raise InvalidEvent(f"{kind} payload is not JSON: {exc}") from None

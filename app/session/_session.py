@@ -56,7 +56,7 @@ from ..core._events import (
     RunPayload,
     ThreadList,
     run_wire,
-    serialize,
+    serialize_frame,
 )
 from ..core._messages import HistoryRequest, ResumeRequest, ThreadsRequest
 from ..core._state import (
@@ -537,7 +537,7 @@ class _Session:
         ``thread_seq``) and ticket. Raises :class:`InvalidEvent` (nothing appended) if it
         is not JSON."""
 
-        def build(thread_seq: int) -> str:
+        def build(thread_seq: int) -> bytes:
             wire["thread_seq"] = thread_seq
             return encode_run_wire(kind, wire)
 
@@ -676,7 +676,7 @@ class _Session:
         # No wait from here to the queueing of what was held: its order is the log's.
         thread = self._followed[thread_id]
         live = tuple(sorted(thread.live_runs.keys() | thread.remote_runs))
-        frames = [serialize(Resumed(thread_id, True, last_seq=upto, live_runs=live)).encode()]
+        frames = [serialize_frame(Resumed(thread_id, True, last_seq=upto, live_runs=live))]
         frames.extend(frame for frame, _ in held)
         ticket = max((ticket for _, ticket in held), default=0)
         if self._write(self._connection_id, frames, False, ticket):
@@ -754,7 +754,7 @@ class _Session:
             _, ticket = thread.append(
                 "user_message",  # the entry of the message itself (its wire type: message_accepted)
                 run_id,
-                lambda seq: serialize(
+                lambda seq: serialize_frame(
                     MessageAccepted(run_id, start.thread_id, seq, message.text, client_id)
                 ),
                 origin=self,

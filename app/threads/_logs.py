@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import coredis
 
 from ..core._codes import CancelReason
-from ..core._events import RunCancelled, encode_json
+from ..core._events import RunCancelled, dump_json
 from ._backend import (
     TERMINAL_KINDS,
     Backend,
@@ -117,25 +117,32 @@ class ThreadLog:
         self,
         kind: str,
         run_id: str | None,
-        build: Callable[[int], str],
+        build: Callable[[int], bytes],
         *,
         origin: object = None,
         client_id: str | None = None,
     ) -> tuple[bytes, int]:
-        """Give the next ``thread_seq`` to the event ``build(thread_seq)`` encodes.
+        """Give the next ``thread_seq`` to the event whose frame (UTF-8 JSON)
+        ``build(thread_seq)`` encodes.
 
-        Returns its frame and the ticket to wait for before sending it. Every follower
+        Returns the frame and the ticket to wait for before sending it. Every follower
         but ``origin`` (which sends the frame itself) has it queued. If ``build``
-        raises, or its text is not UTF-8 (``UnicodeEncodeError``), nothing is used.
+        raises (``UnicodeEncodeError`` for text that is not UTF-8), nothing is used.
         """
         seq = self.last_seq + 1
-        text = build(seq)
-        frame = text.encode()  # UnicodeEncodeError here too leaves the log untouched
+        frame = build(seq)
         self.last_seq = seq
         logs = self._logs
         # Positional: a named tuple built from keywords costs twice as much.
         entry = Entry(
-            self.user_id, self.thread_id, seq, kind, run_id, client_id, text, logs.wall_clock()
+            self.user_id,
+            self.thread_id,
+            seq,
+            kind,
+            run_id,
+            client_id,
+            frame.decode(),
+            logs.wall_clock(),
         )
         ticket = logs.push(entry)
         for follower in self.followers:
@@ -668,7 +675,7 @@ def _end_interrupted(thread: ThreadLog, open_runs: Mapping[str, str]) -> None:
             "seq": max(seq, 1) + 1,
         }
 
-        def build(thread_seq: int, wire: dict[str, Any] = wire) -> str:
-            return encode_json({**wire, "thread_seq": thread_seq})
+        def build(thread_seq: int, wire: dict[str, Any] = wire) -> bytes:
+            return dump_json({**wire, "thread_seq": thread_seq})
 
         thread.append(RunCancelled.TYPE, run_id, build)

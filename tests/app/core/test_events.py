@@ -1,7 +1,11 @@
+import datetime
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from app.core._codes import CloseCode
 from app.core._events import (
     AgentCompleted,
     AgentError,
@@ -13,6 +17,7 @@ from app.core._events import (
     RunCancelled,
     RunEvent,
     ToolExecuting,
+    dump_json,
     encode_json,
     serialize,
     to_wire,
@@ -104,6 +109,67 @@ def test_encode_json_is_json_dumps_compact_unicode_strict(value: object) -> None
 def test_encode_json_refuses_non_finite_floats(value: object) -> None:
     with pytest.raises(ValueError, match="Out of range float"):
         encode_json(value)
+
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
+
+
+def _has_float(value: object) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, list):
+        return any(_has_float(item) for item in value)
+    if isinstance(value, dict):
+        return any(_has_float(item) for item in value.values())
+    return False
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"text": 'héllo \u2028 "q" \\ \x00\x1f\x7f \t\n', "n": [1, -2, None, True, False], "e": {}},
+        {"null": "null", "nested": [[{"a": []}]]},
+        "a string",
+        [],
+        2**63 - 1,
+        2**64,  # past orjson's integers: the standard encoder writes it
+        {1: "a key that is not a string"},
+        {"enum": CloseCode.NORMAL},  # an int subclass: written by value, as json does
+    ],
+)
+def test_dump_json_is_the_encoded_text_of_encode_json(value: object) -> None:
+    assert dump_json(value) == encode_json(value).encode()
+
+
+@given(st.recursive(_scalars, lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner)))
+def test_dump_json_agrees_with_encode_json_on_any_json_value(value: object) -> None:
+    assert json.loads(dump_json(value)) == json.loads(encode_json(value))
+    if not _has_float(value):
+        assert dump_json(value) == encode_json(value).encode()
+
+
+@pytest.mark.parametrize("value", [float("nan"), [float("inf")], {"x": -float("inf")}])
+def test_dump_json_refuses_non_finite_floats(value: object) -> None:
+    # orjson writes them as null: the null makes the standard encoder judge.
+    with pytest.raises(ValueError, match="Out of range float"):
+        dump_json(value)
+
+
+@pytest.mark.parametrize("bad", [{1, 2}, object(), {"when": datetime.datetime(2026, 1, 1)}])
+def test_dump_json_refuses_what_is_not_json(bad: object) -> None:
+    with pytest.raises(TypeError):
+        dump_json(bad)
+
+
+def test_dump_json_refuses_a_lone_surrogate_as_the_encoding_does() -> None:
+    with pytest.raises(UnicodeEncodeError):
+        dump_json({"text": "\ud800"})
 
 
 def test_encode_json_refuses_a_cycle_and_still_encodes_after_it() -> None:

@@ -49,8 +49,8 @@ class Recorder:
         self.frames.append((thread_id, frame, ticket))
 
 
-def text(seq: int) -> str:
-    return f'{{"type":"x","thread_seq":{seq}}}'
+def frame_of(seq: int) -> bytes:
+    return f'{{"type":"x","thread_seq":{seq}}}'.encode()
 
 
 async def test_events_are_numbered_and_sendable_only_once_committed() -> None:
@@ -60,8 +60,8 @@ async def test_events_are_numbered_and_sendable_only_once_committed() -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(logs.run)
         thread = alice.create("thr_1")
-        frames = [thread.append("x", "run_1", text) for _ in range(3)]
-        assert [frame for frame, _ in frames] == [text(n).encode() for n in (1, 2, 3)]
+        frames = [thread.append("x", "run_1", frame_of) for _ in range(3)]
+        assert [frame for frame, _ in frames] == [frame_of(n) for n in (1, 2, 3)]
         tickets = [ticket for _, ticket in frames]
         assert not any(alice.sendable(t) for t in tickets)
         backend.gate.set()
@@ -84,7 +84,7 @@ async def test_reads_see_every_append_before_them() -> None:
     alice = logs.for_user("alice")
     async with trio.open_nursery() as nursery:
         await nursery.start(logs.run)
-        alice.create("thr_1").append("x", None, text)
+        alice.create("thr_1").append("x", None, frame_of)
         with trio.fail_after(1):
             async with trio.open_nursery() as inner:
                 inner.start_soon(_open_gate_later, backend)
@@ -106,15 +106,15 @@ async def test_a_thread_reopened_with_entries_pending_continues_its_numbering() 
     async with trio.open_nursery() as nursery:
         await nursery.start(logs.run)
         thread = alice.create("thr_1")
-        thread.append("x", None, text)
+        thread.append("x", None, frame_of)
         alice.release(thread)
         assert logs.open_threads == 0
         nursery.start_soon(_open_gate_later, backend)
         with trio.fail_after(1):
             again = await alice.open("thr_1")
         assert (again.last_seq, again.first_seq) == (1, 1)
-        frame, _ = again.append("x", None, text)
-        assert frame == text(2).encode()
+        frame, _ = again.append("x", None, frame_of)
+        assert frame == frame_of(2)
         nursery.cancel_scope.cancel()
 
 
@@ -137,7 +137,7 @@ async def test_pins_are_counted_and_keyed_by_user() -> None:
 async def test_the_memory_logs_send_at_once() -> None:
     logs = ThreadLogs.in_memory()
     alice = logs.for_user("alice")
-    _, ticket = alice.create("thr_1").append("x", None, text)
+    _, ticket = alice.create("thr_1").append("x", None, frame_of)
     assert alice.sendable(ticket)
     with trio.fail_after(1):
         await alice.wait_sendable(ticket)
@@ -153,7 +153,7 @@ async def test_followers_but_the_origin_get_each_event() -> None:
     origin, other, gone = Recorder(), Recorder(), Recorder(attached=False)
     for follower in (origin, other, gone, other):
         thread.follow(follower)
-    frame, ticket = thread.append("x", None, text, origin=origin)
+    frame, ticket = thread.append("x", None, frame_of, origin=origin)
     assert other.frames == [("thr_1", frame, ticket)]
     assert origin.frames == []
     assert thread.followed_by_another(origin)
@@ -167,15 +167,15 @@ def test_an_event_that_cannot_be_encoded_uses_nothing(bad: object) -> None:
     logs = ThreadLogs.in_memory()
     thread = logs.for_user("alice").create("thr_1")
 
-    def build(seq: int) -> str:
+    def build(seq: int) -> bytes:
         if isinstance(bad, Exception):
             raise bad
-        return str(bad)
+        return str(bad).encode()
 
     with pytest.raises(ValueError, match=r"not JSON|surrogate"):  # UnicodeEncodeError is one
         thread.append("x", None, build)
     assert thread.last_seq == 0
-    assert thread.append("x", None, text)[0] == text(1).encode()
+    assert thread.append("x", None, frame_of)[0] == frame_of(1)
 
 
 async def test_a_failing_backend_stops_the_writer_with_its_error() -> None:
@@ -186,14 +186,14 @@ async def test_a_failing_backend_stops_the_writer_with_its_error() -> None:
     with pytest.RaisesGroup(pytest.RaisesExc(OSError, match="disk full"), flatten_subgroups=True):
         async with trio.open_nursery() as nursery:
             await nursery.start(logs.run)
-            logs.for_user("alice").create("thr_1").append("x", None, text)
+            logs.for_user("alice").create("thr_1").append("x", None, frame_of)
 
 
 async def test_flush_commits_what_is_pending() -> None:
     backend = GatedBackend()
     backend.gate.set()
     logs = ThreadLogs(backend)
-    _, ticket = logs.for_user("alice").create("thr_1").append("x", None, text)
+    _, ticket = logs.for_user("alice").create("thr_1").append("x", None, frame_of)
     await logs.flush()
     assert logs.sendable(ticket)
     await logs.aclose()
@@ -204,7 +204,7 @@ async def test_expired_events_are_pruned(autojump_clock: trio.testing.MockClock)
     clock = [NOW]
     logs = ThreadLogs.in_memory(Retention(ttl_s=30), wall_clock=lambda: clock[0])
     alice = logs.for_user("alice")
-    alice.create("thr_1").append("x", None, text)
+    alice.create("thr_1").append("x", None, frame_of)
     async with trio.open_nursery() as nursery:
         await nursery.start(logs.run)
         clock[0] += 31
@@ -215,11 +215,11 @@ async def test_expired_events_are_pruned(autojump_clock: trio.testing.MockClock)
 
 async def test_open_thread_logs_from_a_spec(tmp_path: Path) -> None:
     memory = await open_thread_logs("memory", Retention())
-    _, ticket = memory.for_user("a").create("t").append("x", None, text)
+    _, ticket = memory.for_user("a").create("t").append("x", None, frame_of)
     assert memory.sendable(ticket)
     durable = await open_thread_logs(f"sqlite:{tmp_path / 't.db'}", Retention())
     try:
-        _, ticket = durable.for_user("a").create("t").append("x", None, text)
+        _, ticket = durable.for_user("a").create("t").append("x", None, frame_of)
         assert not durable.sendable(ticket)
         await durable.flush()
         assert durable.sendable(ticket)
@@ -232,8 +232,8 @@ async def test_a_run_a_crash_left_without_an_end_is_ended_on_open(tmp_path: Path
     path = f"sqlite:{tmp_path / 't.db'}"
     crashed = await open_thread_logs(path, Retention())
     thread = crashed.for_user("alice").create("thr_1")
-    thread.append("user_message", "run_1", lambda seq: '{"type":"message_accepted"}')
-    started = '{"type":"agent_started","run_id":"run_1","seq":1,"thread_seq":%d}'
+    thread.append("user_message", "run_1", lambda seq: b'{"type":"message_accepted"}')
+    started = b'{"type":"agent_started","run_id":"run_1","seq":1,"thread_seq":%d}'
     thread.append("agent_started", "run_1", lambda seq: started % seq)
     await crashed.flush()
     await crashed.aclose()  # no end was appended: as after a SIGKILL
@@ -264,7 +264,7 @@ async def test_each_backend_call_is_timed(tmp_path: Path) -> None:
     try:
         alice = logs.for_user("alice")
         alice.release(await alice.open("thr_1"))
-        alice.create("thr_2").append("x", None, text)
+        alice.create("thr_2").append("x", None, frame_of)
         await logs.flush()
         await alice.page("thr_2", None, 5)
         await alice.after("thr_2", 0, 5)

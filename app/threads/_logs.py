@@ -69,6 +69,8 @@ CANCEL_BLOCK_MS: Final = 1000
 #: How often a process waiting to own a thread asks again.
 CLAIM_RETRY_S: Final = 0.1
 
+_new_entry: Final = tuple.__new__
+
 
 class Follower(Protocol):
     """A connection following a thread: it receives the thread's events live."""
@@ -133,16 +135,20 @@ class ThreadLog:
         frame = build(seq)
         self.last_seq = seq
         logs = self._logs
-        # Positional: a named tuple built from keywords costs twice as much.
-        entry = Entry(
-            self.user_id,
-            self.thread_id,
-            seq,
-            kind,
-            run_id,
-            client_id,
-            frame.decode(),
-            logs.wall_clock(),
+        # tuple.__new__ itself: Entry(...) runs the named tuple's Python-level __new__
+        # first, 110 against 290 ns on the hot path.
+        entry = _new_entry(
+            Entry,
+            (
+                self.user_id,
+                self.thread_id,
+                seq,
+                kind,
+                run_id,
+                client_id,
+                frame.decode(),
+                logs.wall_clock(),
+            ),
         )
         ticket = logs.push(entry)
         for follower in self.followers:

@@ -1,5 +1,5 @@
-"""``python -m bench``: ``run``, ``capacity``, ``soak``, ``attacks``, ``resume`` (and ``child``,
-used by the harness)."""
+"""``python -m bench``: ``run``, ``capacity``, ``soak``, ``attacks``, ``resume``,
+``instructions`` (and ``child``, used by the harness)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ from .harness import (
     with_stores,
     with_workers,
 )
+from .instructions import add_parser as add_instructions_parser
+from .instructions import main as instructions_main
 from .load import CapacityPlan, Plan, run_benchmark, run_capacity
 from .soak import add_parser as add_soak_parser
 from .soak import main as soak_main
@@ -181,6 +183,7 @@ def _parser() -> argparse.ArgumentParser:
     add_soak_parser(sub)
     add_attacks_parser(sub)
     add_resume_parser(sub)
+    add_instructions_parser(sub)
     sub.add_parser("child", help=argparse.SUPPRESS)
     return parser
 
@@ -224,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return attacks_main(args, shown)
     if args.command == "resume":
         return resume_main(args, shown)
+    if args.command == "instructions":
+        return instructions_main(args, shown)
     sigterm_as_interrupt()
     try:
         specs = tuple(parse_servers(args.servers))

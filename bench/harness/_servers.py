@@ -116,6 +116,8 @@ class ServerOptions:
     start_timeout_s: float = 30.0
     #: ``--store`` of an enclave on the redis store (the bench's redis-server, a fresh prefix).
     redis_url: str | None = None
+    #: A command the server runs under (``valgrind --tool=callgrind ...``): argv before it.
+    launcher: tuple[str, ...] = ()
 
 
 class ServerUnavailable(Exception):
@@ -269,7 +271,7 @@ def start_server(
         db.unlink(missing_ok=True)  # a fresh store for every start
     with log_path.open("wb") as log:
         proc = procs.start(
-            server_argv(spec, port, opts, db),
+            [*opts.launcher, *server_argv(spec, port, opts, db)],
             cores=cores,
             nofile=opts.nofile,
             stdout=log,

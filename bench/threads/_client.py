@@ -1,10 +1,12 @@
-"""The resume benchmark's clients: users with one thread each, in one asyncio process.
+"""Users with one thread each, in one asyncio process: the clients of ``bench resume``
+and ``bench instructions``.
 
-Phases, each awaited by :func:`measure_resume`: every user connects and runs
-``turns`` turns in its thread (noting the last ``thread_seq``); all drop their
-connections at once (an abrupt close, no closing handshake); all reconnect; then every
-user sends ``resume`` after ``last_seq - replay`` in the same instant, and the time from
-its ``resume`` to its ``resumed`` is its resume latency.
+:func:`measure_resume` awaits its phases in turn: every user connects and runs ``turns``
+turns in its thread (noting the last ``thread_seq``); all drop their connections at once
+(an abrupt close, no closing handshake); all reconnect; then every user sends ``resume``
+after ``last_seq - replay`` in the same instant, and the time from its ``resume`` to its
+``resumed`` is its resume latency. :func:`run_turns` is the first phase alone, then the
+drop.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from app.auth._tokens import mint_token
 
 from ..harness import FastClient
 
-__all__ = ["ResumeConfig", "ResumeResult", "measure_resume"]
+__all__ = ["ResumeResult", "TurnsResult", "UsersConfig", "measure_resume", "run_turns"]
 
 TOKEN_TTL_S = 3600.0
 TERMINAL_TYPES = frozenset({"agent_completed", "agent_error", "run_cancelled"})
@@ -30,7 +32,7 @@ RESUMED = frozenset({"resumed"})
 
 
 @attrs.frozen
-class ResumeConfig:
+class UsersConfig:
     host: str
     port: int
     secret: str
@@ -41,6 +43,15 @@ class ResumeConfig:
     connect_concurrency: int = 64
     #: Bound on each phase (connect, turns, reconnect, resume), seconds.
     phase_timeout_s: float = 120.0
+
+
+@attrs.frozen
+class TurnsResult:
+    users: int
+    connected: int
+    #: Turns that ended in ``agent_completed``.
+    completed: int
+    errors: dict[str, int]
 
 
 @attrs.frozen
@@ -94,6 +105,7 @@ class _Conn(FastClient):
 class _User:
     __slots__ = (
         "bench",
+        "completed",
         "conn",
         "index",
         "last_seq",
@@ -112,6 +124,7 @@ class _User:
         self.conn: _Conn | None = None
         self.last_seq = 0
         self.replayed = 0
+        self.completed = 0
         self.waiter: asyncio.Future[dict[str, Any]] | None = None
         self.until: frozenset[str] = frozenset()  # the frame types that answer the waiter
 
@@ -166,7 +179,9 @@ class _User:
                 },
                 TERMINAL_TYPES,
             )
-            if frame["type"] != "agent_completed":
+            if frame["type"] == "agent_completed":
+                self.completed += 1
+            else:
                 self.bench.errors[f"turn:{frame['type']}"] += 1
 
     async def resume(self, after: int) -> float | None:
@@ -186,13 +201,13 @@ class _User:
 
 @attrs.define
 class _Bench:
-    config: ResumeConfig
+    config: UsersConfig
     loop: asyncio.AbstractEventLoop
     uri: WebSocketURI
     errors: Counter[str] = attrs.field(factory=Counter)
 
 
-async def _bounded(config: ResumeConfig, coros: list[Any], limit: int | None = None) -> list[Any]:
+async def _bounded(config: UsersConfig, coros: list[Any], limit: int | None = None) -> list[Any]:
     """Run ``coros`` (at most ``limit`` at a time) within the phase timeout."""
     semaphore = asyncio.Semaphore(limit or len(coros) or 1)
 
@@ -204,10 +219,10 @@ async def _bounded(config: ResumeConfig, coros: list[Any], limit: int | None = N
         return await asyncio.gather(*(one(c) for c in coros), return_exceptions=True)
 
 
-async def measure_resume(config: ResumeConfig) -> ResumeResult:
-    """Every phase (see the module docstring) against a running server."""
-    loop = asyncio.get_running_loop()
-    bench = _Bench(config, loop, parse_uri(f"ws://{config.host}:{config.port}/ws"))
+def _users(config: UsersConfig) -> tuple[_Bench, list[_User]]:
+    bench = _Bench(
+        config, asyncio.get_running_loop(), parse_uri(f"ws://{config.host}:{config.port}/ws")
+    )
     now = time.time()
     secret = config.secret.encode()
     users = [
@@ -224,6 +239,33 @@ async def measure_resume(config: ResumeConfig) -> ResumeResult:
         )
         for i in range(config.users)
     ]
+    return bench, users
+
+
+async def run_turns(config: UsersConfig) -> TurnsResult:
+    """Every user connects, runs ``config.turns`` turns in its thread (0: none), then all
+    drop their connections (no closing handshake)."""
+    bench, users = _users(config)
+    try:
+        up = await _bounded(config, [u.connect() for u in users], config.connect_concurrency)
+        live = [u for u, ok in zip(users, up, strict=True) if ok is True]
+        outcomes = await _bounded(config, [u.turns(config.turns) for u in live])
+        bench.errors.update(f"turns:{type(o).__name__}" for o in outcomes if o is not None)
+    finally:
+        for user in users:
+            if user.conn is not None:
+                user.conn.abort()
+    return TurnsResult(
+        users=config.users,
+        connected=len(live),
+        completed=sum(u.completed for u in live),
+        errors=dict(bench.errors),
+    )
+
+
+async def measure_resume(config: UsersConfig) -> ResumeResult:
+    """Every phase (see the module docstring) against a running server."""
+    bench, users = _users(config)
     try:
         up = await _bounded(config, [u.connect() for u in users], config.connect_concurrency)
         live = [u for u, ok in zip(users, up, strict=True) if ok is True]

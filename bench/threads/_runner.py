@@ -37,7 +37,7 @@ from ..harness import (
     topology,
     with_stores,
 )
-from ._client import ResumeConfig, ResumeResult, measure_resume
+from ._client import ResumeResult, UsersConfig, measure_resume
 
 __all__ = ["RESUME_STORES", "ResumePlan", "add_parser", "main", "render_markdown", "run_resume"]
 
@@ -70,7 +70,7 @@ def _measure(
     except ServerUnavailable as exc:
         return {"store": store, "server": spec.name, "unavailable": str(exc)}
     try:
-        config = ResumeConfig(
+        config = UsersConfig(
             host="127.0.0.1",
             port=server.port,
             secret=secret,

@@ -95,7 +95,14 @@ class MemoryBackend:
 
     async def head(self, user_id: str, thread_id: str) -> ThreadHead:
         """Where the thread stands. Cancellation: nothing to undo."""
-        thread = await self._thread(user_id, thread_id)
+        await self._checkpoint()
+        return self.head_now(user_id, thread_id)
+
+    def head_now(self, user_id: str, thread_id: str) -> ThreadHead:
+        """:meth:`head` at once, in the caller's task (the thread logs open threads so)."""
+        if self._closed:
+            raise trio.ClosedResourceError("the thread store is closed")
+        thread = self._users.get(user_id, {}).get(thread_id)
         if thread is None:
             return ThreadHead(last_seq=0, first_seq=1, client_ids={})
         entries = thread.entries

@@ -394,6 +394,12 @@ class LoadGenerator:
             async with asyncio.timeout(cfg.duration_s):
                 await self._idle_event.wait()
         self._end_window()
+        # A turn sent before the window and unanswered all through it: the server left
+        # that user waiting. Counted, or a server that serves only some of its users
+        # would look fast (its latencies come from the others).
+        stalled = sum(1 for u in users if u.pending is not None and u.sent_at < self.window_start)
+        if stalled:
+            self.errors["stalled_turn"] += stalled
         for user in users:
             if user.stop_thinking():
                 self.user_idle(user)

@@ -147,6 +147,34 @@ async def test_the_memory_logs_send_at_once() -> None:
     assert await logs.for_user("bob").threads(5) == []
 
 
+async def test_first_opens_on_the_memory_store_do_not_wait_for_each_other() -> None:
+    # Under one lock with a checkpoint inside, each open waited for the one before: a
+    # hundred took two hundred scheduler rounds, and under load 1,000 users' first
+    # messages waited 30 s and more for their threads.
+    logs = ThreadLogs.in_memory()
+    rounds = 0
+    opened = trio.Event()
+
+    async def ticker() -> None:
+        nonlocal rounds
+        while not opened.is_set():
+            rounds += 1
+            await trio.lowlevel.checkpoint()
+
+    async def first_open(user: str) -> None:
+        threads = logs.for_user(user)
+        threads.release(await threads.open("thr_1"))
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            async with trio.open_nursery() as opens:
+                for i in range(100):
+                    opens.start_soon(first_open, f"user{i}")
+            opened.set()
+    assert rounds <= 5
+
+
 async def test_followers_but_the_origin_get_each_event() -> None:
     logs = ThreadLogs.in_memory()
     thread = logs.for_user("alice").create("thr_1")

@@ -67,3 +67,32 @@ def test_wrong_secret_is_refused_with_401(tmp_path: Path) -> None:
         result = asyncio.run(run_load(config))
     assert result.connected == 0
     assert dict(result.errors) == {"http_401": 2}
+
+
+def test_a_turn_unanswered_through_the_whole_window_is_counted(tmp_path: Path) -> None:
+    secret = secrets.token_hex(32)
+    with ProcessSet() as procs:
+        server = start_server(
+            procs,
+            SERVERS["websockets"],
+            # Four 5 s steps a turn: every first turn, sent in the warm-up, outlasts the window.
+            ServerOptions(secret=secret, agent_delay_ms=5000, start_timeout_s=15.0),
+            cores=None,
+            log_path=tmp_path / "server.log",
+        )
+        config = LoadConfig(
+            host="127.0.0.1",
+            port=server.port,
+            secret=secret,
+            users=3,
+            think_s=0.0,
+            warmup_s=0.5,
+            duration_s=1.0,
+            connect_timeout_s=5.0,
+            ramp_timeout_s=10.0,
+            drain_timeout_s=0.2,
+        )
+        result = asyncio.run(run_load(config))
+    assert result.connected == 3
+    assert result.errors["stalled_turn"] == 3
+    assert result.turns == 0

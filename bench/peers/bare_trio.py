@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import trio
 
 from app.session._transport import TransportClosed, UnsupportedFrame
-from app.transports.lean._connection import LeanTransport
+from app.transports.lean import LeanTransport, ReadPoller
 
 from ._chat import (
     PeerArgs,
@@ -82,7 +82,11 @@ async def _answer(stream: trio.SocketStream, data: bytes) -> None:
 
 
 async def _serve_connection(
-    stream: trio.SocketStream, auth: PeerAuth, delay_s: float, log: logging.Logger
+    stream: trio.SocketStream,
+    auth: PeerAuth,
+    delay_s: float,
+    log: logging.Logger,
+    poller: ReadPoller,
 ) -> None:
     opened = await _read_head(stream)
     if opened is None:
@@ -120,7 +124,9 @@ async def _serve_connection(
     if decision.subprotocol:
         upgrade.append(f"sec-websocket-protocol: {decision.subprotocol}")
     await stream.send_all(("\r\n".join(upgrade) + "\r\n\r\n").encode())
-    transport = LeanTransport(stream, max_message_bytes=MAX_MESSAGE_BYTES, logger=log, initial=rest)
+    transport = LeanTransport(
+        stream, max_message_bytes=MAX_MESSAGE_BYTES, logger=log, initial=rest, poller=poller
+    )
     try:
         async with trio.open_nursery() as nursery:
             try:
@@ -149,7 +155,7 @@ async def serve_peer(
 
     async def handler(stream: trio.SocketStream) -> None:
         try:
-            await _serve_connection(stream, auth, args.agent_delay_s, log)
+            await _serve_connection(stream, auth, args.agent_delay_s, log, poller)
         except (trio.BrokenResourceError, trio.ClosedResourceError, TransportClosed):
             pass
         except Exception:  # one connection's bug must not stop the server
@@ -158,8 +164,14 @@ async def serve_peer(
             await trio.aclose_forcefully(stream)
 
     listeners = await trio.open_tcp_listeners(args.port, host=args.host, backlog=2048)
-    task_status.started(listeners[0].socket.getsockname()[1])
-    await trio.serve_listeners(handler, listeners)
+    poller = ReadPoller()  # the lean server's reads too: the same transport
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(poller.run)
+            task_status.started(listeners[0].socket.getsockname()[1])
+            await trio.serve_listeners(handler, listeners)
+    finally:
+        poller.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,7 +46,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, NoReturn, cast
 
 import trio
@@ -58,6 +58,7 @@ from isolation import request_scoped
 from ...core._codes import CloseReason
 from ...services._metrics import Traffic
 from ...session._transport import SendTimeout, TransportClosed, UnsupportedFrame
+from ._poller import ReadPoller
 
 __all__ = ["LeanTransport", "QuietInfoLogger", "text_frame"]
 
@@ -142,6 +143,7 @@ class LeanTransport:
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
         initial: bytes = b"",
         traffic: Traffic | None = None,
+        poller: ReadPoller | None = None,
     ) -> None:
         self._stream = stream
         # The process's counters (its own without one): plain ints, a few ns a frame.
@@ -166,6 +168,13 @@ class LeanTransport:
         self._socket: trio.socket.SocketType | None = None
         if isinstance(stream, trio.SocketStream) and os.name == "posix":
             self._socket = stream.socket
+        # The server's one epoll for reads (a socket registered once), else Trio's.
+        self._poller: ReadPoller | None = None
+        self._fd = -1  # the descriptor registered with the poller
+        if poller is not None and self._socket is not None:
+            self._fd = self._socket.fileno()
+            poller.register(self._fd)
+            self._poller = poller
         self._broken = False  # a write failed (or a send_all was cut): nothing more is sent
         self._stalled = False  # while closing, the peer took nothing for LINGER_QUIET_S
         self._sent_bytes = 0
@@ -290,8 +299,15 @@ class LeanTransport:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
         else:
+            poller = self._poller
+            wait_readable: Callable[[Any], Awaitable[None]]
+            waited: Any
+            if poller is None:
+                wait_readable, waited = trio.lowlevel.wait_readable, sock
+            else:
+                wait_readable, waited = poller.wait_readable, self._fd
             if self._drained:
-                await trio.lowlevel.wait_readable(sock)
+                await wait_readable(waited)
             else:
                 await trio.lowlevel.checkpoint()
             data = b""
@@ -302,7 +318,7 @@ class LeanTransport:
                 try:
                     data = os.read(fd, READ_BYTES)
                 except BlockingIOError:
-                    await trio.lowlevel.wait_readable(sock)
+                    await wait_readable(waited)
                     continue
                 except OSError:
                     data = b""
@@ -599,4 +615,6 @@ class LeanTransport:
                     if quiet.cancelled_caught or budget <= 0:
                         break
         finally:
+            if self._poller is not None:
+                self._poller.forget(self._fd)
             await self._stream.aclose()

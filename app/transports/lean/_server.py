@@ -54,6 +54,7 @@ from .._routes import (
 )
 from ._accept import accept_loop, raw_listener
 from ._connection import LeanTransport, QuietInfoLogger
+from ._poller import ReadPoller
 
 __all__ = ["MAX_HEAD_BYTES", "serve_lean"]
 
@@ -204,6 +205,7 @@ class _LeanServer:
     ws_log: QuietInfoLogger
     static: StaticFiles
     minter: TokenMinter | None  # None unless --dev: then /dev/token is a 404
+    poller: ReadPoller  # the connections' reads
 
     async def handle(self, conn: socket.socket, address: Any) -> None:
         """Serve one accepted TCP connection, HTTP or WebSocket; never raises an error.
@@ -370,6 +372,7 @@ class _LeanServer:
                     logger=self.ws_log,
                     initial=rest,
                     traffic=lifecycle.metrics.traffic,
+                    poller=self.poller,
                 )
                 del rest, key
                 context = UserContext.from_claims(decision.claims, carrier=decision.carrier)
@@ -469,15 +472,34 @@ async def serve_lean(
         )
     else:
         listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
+    poller = ReadPoller()
     server = _LeanServer(
         services,
         lifecycle,
         QuietInfoLogger(services.log.getChild("websocket")),
         load_static(ws_path=settings.path, dev_tokens=settings.dev_tokens),
         TokenMinter.from_settings(settings) if settings.dev_tokens else None,
+        poller,
     )
     url = _url(listeners[0].socket.getsockname())
     raw = [raw_listener(listener) for listener in listeners]
+    try:
+        async with trio.open_nursery() as polling:
+            await polling.start(poller.run)
+            await _serve(server, raw, task_status, url)
+            polling.cancel_scope.cancel()  # after the last connection: no reader is left
+    finally:
+        poller.close()
+
+
+async def _serve(
+    server: _LeanServer,
+    raw: Sequence[socket.socket],
+    task_status: trio.TaskStatus[str],
+    url: str,
+) -> None:
+    """Accept on ``raw`` and serve until the drain is over (see :func:`serve_lean`)."""
+    settings, lifecycle = server.services.settings, server.lifecycle
     async with trio.open_nursery() as handlers:
         async with trio.open_nursery() as accepting:
             for listener in raw:

@@ -11,8 +11,9 @@ Edge-triggered means an event per arrival, not per readable state: a socket with
 that nobody waits for is remembered (the next wait returns at once), and a reader waits
 only after a read took less than it asked for or failed with ``EAGAIN`` (the lean
 transport's rule already), so no news is missed. A spurious wake-up costs a read that
-finds nothing. Linux only (``select.epoll``); elsewhere, and while :meth:`ReadPoller.run`
-is not running, readers wait on Trio's own.
+finds nothing. The peer's end of input is a state, not an arrival: once signalled, every
+wait returns at once (a read then finds it). Linux only (``select.epoll``); elsewhere,
+and while :meth:`ReadPoller.run` is not running, readers wait on Trio's own.
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ __all__ = ["ReadPoller"]
 _EVENTS: Final = (
     getattr(select, "EPOLLIN", 0) | getattr(select, "EPOLLRDHUP", 0) | getattr(select, "EPOLLET", 0)
 )
+#: The peer's end of input, a reset, an error: states, not arrivals (see ``_ended``).
+_ENDED: Final = (
+    getattr(select, "EPOLLRDHUP", 0)
+    | getattr(select, "EPOLLHUP", 0)
+    | getattr(select, "EPOLLERR", 0)
+)
 
 
 class ReadPoller:
@@ -43,17 +50,23 @@ class ReadPoller:
         self._epoll = select.epoll() if hasattr(select, "epoll") else None
         self._waiting: dict[int, trio.lowlevel.Task] = {}
         self._ready: set[int] = set()  # news that nobody waited for yet
+        # Sockets whose peer ended its input (or that failed): every wait returns at once.
+        # The end comes as one edge, often with the last bytes: a read that takes those
+        # bytes returns short, and no further edge would tell of the end still to read.
+        self._ended: set[int] = set()
         self._running = False
 
     def register(self, fd: int) -> None:
         """Watch ``fd`` (an open socket) until :meth:`forget`."""
         self._ready.discard(fd)  # a closed socket's number, reused
+        self._ended.discard(fd)
         if self._epoll is not None:
             self._epoll.register(fd, _EVENTS)
 
     def forget(self, fd: int) -> None:
         """Stop watching ``fd``; call before closing it."""
         self._ready.discard(fd)
+        self._ended.discard(fd)
         task = self._waiting.pop(fd, None)
         if task is not None:  # as trio.lowlevel.notify_closing does
             closed = trio.ClosedResourceError("the socket was closed while waiting")
@@ -73,7 +86,7 @@ class ReadPoller:
             await trio.lowlevel.wait_readable(fd)
             return
         ready = self._ready
-        if fd in ready:
+        if fd in ready or fd in self._ended:
             ready.discard(fd)
             await trio.lowlevel.checkpoint()
             return
@@ -105,7 +118,9 @@ class ReadPoller:
         try:
             while True:
                 await trio.lowlevel.wait_readable(epoll.fileno())
-                for fd, _ in epoll.poll(0):
+                for fd, flags in epoll.poll(0):
+                    if flags & _ENDED:
+                        self._ended.add(fd)
                     task = waiting.pop(fd, None)
                     if task is None:
                         ready.add(fd)
@@ -114,6 +129,7 @@ class ReadPoller:
         finally:
             self._running = False
             ready.clear()
+            self._ended.clear()
             tasks = list(waiting.values())
             waiting.clear()
             for task in tasks:

@@ -65,6 +65,22 @@ async def test_news_that_came_before_the_wait_is_not_missed() -> None:
             assert os.read(ours.fileno(), 10) == b"early"
 
 
+async def test_the_end_of_input_that_came_with_the_last_bytes_is_not_missed() -> None:
+    # One edge tells of both; the read that takes the bytes returns short, and the end
+    # is still to be read: the wait after it must not sleep.
+    with socket_pair() as (ours, peer):
+        async with running() as (poller, _):
+            poller.register(ours.fileno())
+            peer.send(b"last")
+            peer.shutdown(socket.SHUT_WR)
+            await trio.testing.wait_all_tasks_blocked()  # the poller saw the one edge
+            with trio.fail_after(WAIT_S):
+                await poller.wait_readable(ours.fileno())
+                assert os.read(ours.fileno(), 10) == b"last"
+                await poller.wait_readable(ours.fileno())
+                assert os.read(ours.fileno(), 10) == b""
+
+
 async def test_data_there_before_registering_counts() -> None:
     with socket_pair() as (ours, peer):
         peer.send(b"first")

@@ -1,16 +1,12 @@
 """One connection's session: its nursery owns its context, state, emitter and runs.
 
 This is the thin Trio layer around :class:`ConnectionState`: it reads frames,
-carries out the actions the state machine returns, runs agents, and keeps the
-connection's clocks (idle, token expiry, keepalive, drain). When :func:`run_session`
-returns, nothing of the connection remains.
+carries out the actions the state machine returns, runs agents as child tasks,
+and keeps the connection's clocks (idle, token expiry, keepalive, drain).
+When :func:`run_session` returns, nothing of the connection remains.
 
 Tasks: the connection's own task reads; one clock task keeps every deadline of the
-connection and waits for the server's drain. A run is served by the reading task
-itself, so one that never waits (the echo agent at delay 0) costs no task; at its first
-wait a new task takes over reading and the run goes on in the old one, which ends with
-it. So there is a task per waiting run, as with a task started per run, without the
-start and the scheduler step of one for a run that answers at once. Frames are written by
+connection and waits for the server's drain; each run is a task. Frames are written by
 the task that produces them (the queue is the transport's): the reader writes each at
 once, a run writes what it queued when its agent is about to wait and when it ends, so
 the events a run produces in one step leave in one write. Only when the peer does not
@@ -151,7 +147,6 @@ class _Session:
         "_nursery",
         "_peer_left",
         "_pong_due",
-        "_readers",
         "_replaying",
         "_runs_idle",
         "_send_timeout_s",
@@ -206,7 +201,6 @@ class _Session:
         self._close: Close | None = None
         self._peer_left = False
         self._nursery: trio.Nursery | None = None  # its cancel scope ends the connection
-        self._readers = 0  # reading handed over so far: each new reader's number
         # The clocks: plain times read by the clock task, which sleeps until the earliest.
         self._last_seen = trio.current_time()
         self._expires_at = self._deadline_for(context.expires_at)
@@ -233,7 +227,10 @@ class _Session:
                     )
                 )
                 nursery.start_soon(self._clock)
-                await self._read()
+                await self._reader()
+                if self._peer_left and self._state.has_runs:
+                    await self._detached()
+                nursery.cancel_scope.cancel()
         except Exception:
             self._log.exception(
                 "internal error on connection %s",
@@ -369,46 +366,26 @@ class _Session:
         finally:
             self._flushing = False
 
-    # -- reading: the connection's own task, then whichever took over --------
+    # -- the connection's own task: reading ----------------------------------
 
-    async def _read(self) -> None:
-        """Read until the peer leaves or the connection closes, then end the connection
-        once no run of it is left. Returns at once when a run this task served handed
-        reading over (:meth:`_hand_over_reading`): the new reader ends the connection."""
-        if await self._reader():
-            if self._peer_left and self._state.has_runs:
-                await self._detached()
-            self._cancel()
-
-    def _hand_over_reading(self) -> None:
-        """A run served by the reader is about to wait: a new task reads from now on, and
-        this one stays with the run (and ends with it)."""
-        self._readers += 1
-        assert self._nursery is not None
-        self._nursery.start_soon(self._read)
-
-    async def _reader(self) -> bool:
-        """Read and carry out messages; False once this task handed reading over."""
+    async def _reader(self) -> None:
         transport, state = self._transport, self._state
         draining = self._lifecycle.draining
-        reader = self._readers
         while True:
             try:
                 text = await transport.receive()
             except TransportClosed:
                 self._peer_gone()
-                return True
+                return
             except UnsupportedFrame:
                 self._request_close(CloseCode.UNSUPPORTED_DATA, CloseReason.BINARY_NOT_SUPPORTED)
-                return True
+                return
             now = self._last_seen = trio.current_time()
             # Seen here too, so no run starts after shutdown began.
             if draining.is_set() and not state.draining:
                 state.begin_drain()
             for action in state.receive_text(text, now):
                 await self._apply(action)
-            if self._readers != reader:
-                return False
 
     async def _apply(self, action: Action) -> None:
         if isinstance(action, StartRun):
@@ -748,12 +725,8 @@ class _Session:
         scope = trio.CancelScope(deadline=trio.current_time() + settings.run_timeout_s)
         self._state.attach(start.run_id, scope)
         self._emitter.run_received(start.run_id)  # the turn starts: its message was just read
-        # Served by the reader itself until it first waits: a run that answers at once
-        # (the echo agent at delay 0) costs no task; one that waits hands reading over to
-        # a new task and goes on in this one.
-        await _before_each_wait(
-            self._run(start, scope, thread), self._write_queued, first=self._hand_over_reading
-        )
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run, start, scope, thread)
 
     async def _run(self, start: StartRun, scope: trio.CancelScope, thread: ThreadLog) -> None:
         run_id, message = start.run_id, start.message
@@ -863,7 +836,7 @@ class _Session:
             await self._flush()
         with scope:
             try:
-                result = await agent.run(run, emit)
+                result = await _before_each_wait(agent.run(run, emit), self._write_queued)
                 terminal = AgentCompleted(result=result)
             except (InvalidEvent, EventRefused) as exc:
                 terminal = AgentError(RunErrorCode.INVALID_EVENT, str(exc))
@@ -895,15 +868,11 @@ class _Session:
 
 @types.coroutine
 def _before_each_wait(
-    coro: Coroutine[Any, Any, T],
-    before_wait: Callable[[], None],
-    *,
-    first: Callable[[], None] | None = None,
+    coro: Coroutine[Any, Any, T], before_wait: Callable[[], None]
 ) -> Generator[Any, Any, T]:
     """Run ``coro`` in the calling task, calling ``before_wait`` whenever it is about to
-    yield to Trio (to wait, or at a checkpoint), and ``first`` before that the first time.
-    What it yields, and what Trio sends or throws back (its cancellation included), pass
-    through unchanged.
+    yield to Trio (to wait, or at a checkpoint). What it yields, and what Trio sends or
+    throws back (its cancellation included), pass through unchanged.
     """
     value: Any = None
     error: BaseException | None = None
@@ -912,9 +881,6 @@ def _before_each_wait(
             trap = coro.send(value) if error is None else coro.throw(error)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
-        if first is not None:
-            first()
-            first = None
         before_wait()
         try:
             value, error = (yield trap), None

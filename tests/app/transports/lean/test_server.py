@@ -730,52 +730,6 @@ async def test_the_events_of_one_step_of_a_run_leave_in_one_write() -> None:
     assert [write.count(b'"type"') for write in gated.writes] == [1, 5]
 
 
-class _Spawns(trio.abc.Instrument):
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def task_spawned(self, task: trio.lowlevel.Task) -> None:
-        self.names.append(task.name)
-
-
-async def test_a_run_that_never_waits_starts_no_task() -> None:
-    server_sock, client_sock = trio.socket.socketpair()
-    server_stream = trio.SocketStream(server_sock)  # a socket: writes go straight out
-    transport = LeanTransport(
-        server_stream, max_message_bytes=65_536, logger=logging.getLogger("t")
-    )
-    context, services, lifecycle = session_parts()  # the echo agent at delay 0: no wait
-    client_stream = trio.SocketStream(client_sock)
-    client = Protocol(CLIENT, state=OPEN, max_size=None)
-
-    async def turn() -> list[str]:
-        client.send_text(b'{"type": "user_message", "text": "one two", "thread_id": "t1"}')
-        await client_stream.send_all(b"".join(client.data_to_send()))
-        kinds: list[str] = []
-        with trio.fail_after(WAIT_S):
-            while not kinds or kinds[-1] != "agent_completed":
-                client.receive_data(await client_stream.receive_some())
-                kinds += [
-                    json.loads(bytes(f.data))["type"]
-                    for f in client.events_received()
-                    if isinstance(f, Frame)
-                ]
-        return kinds
-
-    async with client_stream, server_stream, trio.open_nursery() as nursery:
-        nursery.start_soon(run_session, transport, context, services, lifecycle)
-        await turn()  # connection_ready, and the thread's first open: not what is counted
-        spawns = _Spawns()
-        trio.lowlevel.add_instrument(spawns)
-        try:
-            for _ in range(3):
-                assert (await turn())[-1] == "agent_completed"
-        finally:
-            trio.lowlevel.remove_instrument(spawns)
-        nursery.cancel_scope.cancel()
-    assert spawns.names == []
-
-
 @attrs.define
 class GatedTransport:
     """A memory transport whose writes wait for ``gate``; records what each write had."""

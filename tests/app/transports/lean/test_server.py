@@ -16,7 +16,7 @@ import math
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Final
 
 import attrs
@@ -728,6 +728,24 @@ async def test_the_events_of_one_step_of_a_run_leave_in_one_write() -> None:
     # connection_ready at once; the echo agent without delay runs in one step: its five
     # events (agent_started to agent_completed) are written together when the run ends.
     assert [write.count(b'"type"') for write in gated.writes] == [1, 5]
+
+
+async def test_connections_wait_on_the_servers_poller_not_each_on_trios_epoll() -> None:
+    def waiting_on_trio() -> int:
+        return int(trio.lowlevel.current_statistics().io_statistics.tasks_waiting_read)
+
+    async with running(lean_settings()) as live, AsyncExitStack() as stack:
+        before = waiting_on_trio()
+        for name in ("a", "b", "c", "d", "e"):
+            ws = await stack.enter_async_context(
+                open_websocket_url(live.url, subprotocols=["chat.v1", f"bearer.{token(name)}"])
+            )
+            assert json.loads(await ws.get_message())["type"] == "connection_ready"
+        await live.wait_connections(5)
+        await trio.testing.wait_all_tasks_blocked()
+        # The five clients' own readers (trio-websocket) wait on Trio's epoll; the
+        # server's five wait on its poller, which Trio sees as one descriptor.
+        assert waiting_on_trio() - before == 5
 
 
 @attrs.define

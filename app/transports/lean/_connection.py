@@ -168,13 +168,17 @@ class LeanTransport:
         self._socket: trio.socket.SocketType | None = None
         if isinstance(stream, trio.SocketStream) and os.name == "posix":
             self._socket = stream.socket
-        # The server's one epoll for reads (a socket registered once), else Trio's.
+        # The server's one epoll for reads (a socket registered once), else Trio's: what
+        # a read waits on, chosen here rather than per message.
         self._poller: ReadPoller | None = None
         self._fd = -1  # the descriptor registered with the poller
+        self._wait_readable: Callable[[Any], Awaitable[None]] = trio.lowlevel.wait_readable
+        self._waited: Any = self._socket
         if poller is not None and self._socket is not None:
             self._fd = self._socket.fileno()
             poller.register(self._fd)
             self._poller = poller
+            self._wait_readable, self._waited = poller.wait_readable, self._fd
         self._broken = False  # a write failed (or a send_all was cut): nothing more is sent
         self._stalled = False  # while closing, the peer took nothing for LINGER_QUIET_S
         self._sent_bytes = 0
@@ -299,13 +303,7 @@ class LeanTransport:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
         else:
-            poller = self._poller
-            wait_readable: Callable[[Any], Awaitable[None]]
-            waited: Any
-            if poller is None:
-                wait_readable, waited = trio.lowlevel.wait_readable, sock
-            else:
-                wait_readable, waited = poller.wait_readable, self._fd
+            wait_readable, waited = self._wait_readable, self._waited
             if self._drained:
                 await wait_readable(waited)
             else:

@@ -32,17 +32,23 @@ async def running() -> AsyncIterator[tuple[ReadPoller, trio.Nursery]]:
         poller.close()
 
 
+def start_reader(nursery: trio.Nursery, poller: ReadPoller, fd: int) -> trio.Event:
+    """A task waiting for ``fd`` to be readable; the event is set once it woke."""
+    woken = trio.Event()
+
+    async def reader() -> None:
+        await poller.wait_readable(fd)
+        woken.set()
+
+    nursery.start_soon(reader)
+    return woken
+
+
 async def test_a_waiting_reader_wakes_when_its_socket_gets_news() -> None:
     with socket_pair() as (ours, peer):
         async with running() as (poller, nursery):
             poller.register(ours.fileno())
-            woken = trio.Event()
-
-            async def reader() -> None:
-                await poller.wait_readable(ours.fileno())
-                woken.set()
-
-            nursery.start_soon(reader)
+            woken = start_reader(nursery, poller, ours.fileno())
             await trio.testing.wait_all_tasks_blocked()
             assert not woken.is_set()
             peer.send(b"x")
@@ -95,13 +101,7 @@ async def test_the_peer_leaving_wakes_the_reader() -> None:
     with socket_pair() as (ours, peer):
         async with running() as (poller, nursery):
             poller.register(ours.fileno())
-            woken = trio.Event()
-
-            async def reader() -> None:
-                await poller.wait_readable(ours.fileno())
-                woken.set()
-
-            nursery.start_soon(reader)
+            woken = start_reader(nursery, poller, ours.fileno())
             await trio.testing.wait_all_tasks_blocked()
             peer.close()
             with trio.fail_after(WAIT_S):
@@ -188,17 +188,11 @@ async def test_stopping_the_poller_wakes_its_readers() -> None:
     with socket_pair() as (ours, _peer):
         poller = ReadPoller()
         poller.register(ours.fileno())
-        woken = trio.Event()
         try:
             async with trio.open_nursery() as outer:
-
-                async def reader() -> None:
-                    await poller.wait_readable(ours.fileno())
-                    woken.set()
-
                 async with trio.open_nursery() as polling:
                     await polling.start(poller.run)
-                    outer.start_soon(reader)
+                    woken = start_reader(outer, poller, ours.fileno())
                     await trio.testing.wait_all_tasks_blocked()
                     polling.cancel_scope.cancel()
                 with trio.fail_after(WAIT_S):

@@ -524,22 +524,41 @@ class E2E:
         services: Services | None = None,
         **overrides: Any,
     ) -> AsyncIterator[LiveServer]:
-        """``serve()`` on 127.0.0.1:ephemeral for the body of the ``async with``; then cancelled."""
+        """``serve()`` on 127.0.0.1:ephemeral for the body of the ``async with``; then cancelled.
+
+        The body runs inside this function's nursery. A nursery whose body raises
+        cancels itself, and its cancel scope then absorbs every ``trio.Cancelled`` it
+        holds; so a ``Cancelled`` that no scope of the body's caught (a stray one:
+        trio-websocket re-raises the one its close caught once its nursery has exited,
+        when its reader task failed meanwhile) would end the body early without an
+        error. Such an end raises :class:`RuntimeError` instead (the ``Cancelled`` as
+        its cause), saying how ``serve()`` stood. A ``Cancelled`` from an enclosing
+        scope (the test's own) propagates as ever.
+        """
         if settings is None:
             settings = self.settings(**overrides)
         else:
             assert not overrides, "pass settings or overrides, not both"
         stopped = trio.Event()
         server_scope = trio.CancelScope()
+        server_end = "was running"  # how serve() ended, once it has
 
         async def run(*, task_status: trio.TaskStatus[RunningServer]) -> None:
+            nonlocal server_end
             try:
                 with server_scope:
                     await serve(settings, services=services, task_status=task_status)
+                stopped_now = " (stop_now())" if server_scope.cancelled_caught else ""
+                server_end = f"had returned{stopped_now}"
+            except BaseException as exc:
+                server_end = f"had raised {exc!r}"
+                raise
             finally:
                 stopped.set()
 
         error: Exception | None = None
+        cut: BaseException | None = None  # what ended the body, unless it ran to its end
+        server_then = ""  # how serve() stood when it did
         async with trio.open_nursery() as nursery:
             with trio.fail_after(WAIT_S):
                 running: RunningServer = await nursery.start(run)
@@ -559,9 +578,19 @@ class E2E:
                 # Re-raised below, outside the nursery: a failing assertion then reads as
                 # itself instead of as an ExceptionGroup.
                 error = exc
-            nursery.cancel_scope.cancel()
+            except BaseException as exc:  # Cancelled, KeyboardInterrupt: through the nursery
+                cut, server_then = exc, server_end
+                raise
+            finally:
+                nursery.cancel_scope.cancel()
         if error is not None:
             raise error
+        if cut is not None:  # the nursery's cancel scope absorbed it
+            raise RuntimeError(
+                f"the body of e2e.server() was cut short by {cut!r}, a Cancelled that no "
+                f"scope of the body's caught (serve() {server_then} by then); see its "
+                "cause and context for where it was raised"
+            ) from cut
 
 
 @pytest.fixture

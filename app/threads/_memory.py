@@ -26,25 +26,19 @@ __all__ = ["ENTRY_OVERHEAD", "MemoryBackend"]
 ENTRY_OVERHEAD: Final = 250
 
 
-def _open_runs(entries: Sequence[Entry]) -> dict[str, str]:
-    last: dict[str, str] = {}
-    ended: set[str] = set()
-    for entry in entries:
-        if entry.run_id is not None:
-            last[entry.run_id] = entry.text
-            if entry.kind in TERMINAL_KINDS:
-                ended.add(entry.run_id)
-    return {run_id: text for run_id, text in last.items() if run_id not in ended}
-
-
 def _seq(entry: Entry) -> int:
     return entry.thread_seq
 
 
 class _Thread:
-    """One thread's log: its retained entries, oldest first, and its numbering."""
+    """One thread's log: its retained entries, oldest first, and its numbering.
 
-    __slots__ = ("entries", "last_seq", "size", "updated_at")
+    What :meth:`MemoryBackend.head_now` answers is kept up to date entry by entry
+    (``client_ids``, ``open_runs``): opening a thread costs the same with ten
+    thousand entries retained as with one.
+    """
+
+    __slots__ = ("client_ids", "entries", "last_seq", "open_runs", "size", "updated_at")
 
     def __init__(self) -> None:
         # A list, not a deque: page() and after() bisect it by thread_seq.
@@ -52,6 +46,39 @@ class _Thread:
         self.last_seq = 0
         self.updated_at = 0.0
         self.size = 0  # bytes of the retained entries, about
+        #: client_id -> run_id of the retained user_message entries (the latest wins).
+        self.client_ids: dict[str, str] = {}
+        #: run_id -> the last retained entry of each run without a terminal entry.
+        self.open_runs: dict[str, Entry] = {}
+
+    def took(self, entry: Entry) -> None:
+        """Note ``entry`` (just appended) in what the head answers."""
+        run_id = entry.run_id
+        if run_id is None:
+            return
+        if entry.kind in TERMINAL_KINDS:
+            self.open_runs.pop(run_id, None)
+            return
+        self.open_runs[run_id] = entry
+        if entry.client_id is not None and entry.kind == "user_message":
+            self.client_ids[entry.client_id] = run_id
+
+    def lost(self, dropped: Sequence[Entry]) -> None:
+        """Forget the dropped (oldest) entries in what the head answers."""
+        if not self.entries:  # all of them: nothing is left to answer for
+            self.client_ids.clear()
+            self.open_runs.clear()
+            return
+        client_ids, open_runs = self.client_ids, self.open_runs
+        for entry in dropped:
+            run_id = entry.run_id
+            if run_id is None:
+                continue
+            if open_runs.get(run_id) is entry:  # the run's last entry: none of it is left
+                del open_runs[run_id]
+            client_id = entry.client_id
+            if client_id is not None and client_ids.get(client_id) == run_id:
+                del client_ids[client_id]  # only a user_message carries a client_id
 
 
 class MemoryBackend:
@@ -109,12 +136,8 @@ class MemoryBackend:
         return ThreadHead(
             last_seq=thread.last_seq,
             first_seq=entries[0].thread_seq if entries else thread.last_seq + 1,
-            client_ids={
-                e.client_id: e.run_id
-                for e in entries
-                if e.kind == "user_message" and e.client_id is not None and e.run_id is not None
-            },
-            open_runs=_open_runs(entries),
+            client_ids=dict(thread.client_ids),
+            open_runs={run_id: e.text for run_id, e in thread.open_runs.items()},
         )
 
     @property
@@ -163,13 +186,18 @@ class MemoryBackend:
             )
         entries = thread.entries
         entries.append(entry)
+        if entry.run_id is not None:
+            thread.took(entry)
         thread.last_seq, thread.updated_at = seq, entry.at
         size = len(entry.text) + ENTRY_OVERHEAD
         thread.size += size
         self._bytes += size
         max_events = self.retention.max_events
         if max_events > 0 and entries[0].thread_seq <= seq - max_events:
-            self._drop(thread, bisect.bisect_right(entries, seq - max_events, key=_seq))
+            floor = seq - max_events
+            # A thread at its cap drops one entry per append: no bisect for that.
+            one = entries[1].thread_seq > floor  # entries[-1] is above it: two at least
+            self._drop(thread, 1 if one else bisect.bisect_right(entries, floor, key=_seq))
         if self.max_bytes:
             if self._newest is not thread:  # a turn appends several in a row: once
                 self._newest = thread
@@ -182,6 +210,7 @@ class MemoryBackend:
     def _drop(self, thread: _Thread, count: int) -> None:
         dropped = thread.entries[:count]
         del thread.entries[:count]
+        thread.lost(dropped)
         size = sum(len(e.text) for e in dropped) + ENTRY_OVERHEAD * len(dropped)
         thread.size -= size
         self._bytes -= size

@@ -1,11 +1,17 @@
-"""What only the memory backend does: a new epoch per store, nothing kept on close."""
+"""What only the memory backend does: a new epoch per store, nothing kept on close, a head
+kept up to date instead of read off every entry."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.threads import Entry, MemoryBackend, Retention, ThreadHead
+from app.threads._backend import TERMINAL_KINDS
 from app.threads._memory import ENTRY_OVERHEAD
 
 
@@ -60,3 +66,93 @@ async def test_append_one_refuses_a_closed_store() -> None:
     await store.aclose()
     with pytest.raises(trio.ClosedResourceError):
         store.append_one(entry(2, 2.0))
+
+
+def scanned_head(entries: list[Entry], last_seq: int) -> ThreadHead:
+    """The head as read off every retained entry: what the store's kept head must equal."""
+    last: dict[str, str] = {}
+    ended: set[str] = set()
+    client_ids: dict[str, str] = {}
+    for e in entries:
+        if e.run_id is None:
+            continue
+        last[e.run_id] = e.text
+        if e.kind in TERMINAL_KINDS:
+            ended.add(e.run_id)
+        if e.kind == "user_message" and e.client_id is not None:
+            client_ids[e.client_id] = e.run_id
+    return ThreadHead(
+        last_seq=last_seq,
+        first_seq=entries[0].thread_seq if entries else last_seq + 1,
+        client_ids=client_ids,
+        open_runs={r: text for r, text in last.items() if r not in ended},
+    )
+
+
+# One step of a thread's life: a run's message (with or without a client id, perhaps one
+# used before), one of its events, its end, or an entry without a run.
+STEPS = st.lists(
+    st.tuples(st.sampled_from(["message", "event", "end", "other"]), st.integers(0, 3)),
+    max_size=60,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=STEPS,
+    max_events=st.integers(0, 12),
+    max_entries=st.integers(0, 30),
+    ttl_cut=st.integers(0, 40),
+)
+def test_the_kept_head_is_what_the_retained_entries_say(
+    steps: list[tuple[str, int]], max_events: int, max_entries: int, ttl_cut: int
+) -> None:
+    size = ENTRY_OVERHEAD + 1
+    store = MemoryBackend(Retention(max_events=max_events, ttl_s=1.0), max_bytes=max_entries * size)
+    seqs = {"t1": 0, "t2": 0}
+    live: dict[str, str] = {}  # thread -> its run without an end yet
+    runs = 0
+    for i, (step, n) in enumerate(steps):
+        thread = ("t1", "t2")[n % 2]
+        seqs[thread] += 1
+        run_id: str | None = live.get(thread)
+        kind, client_id = "agent_thinking", None
+        if step == "message" or (step in ("event", "end") and run_id is None):
+            runs += 1
+            run_id = live[thread] = f"run_{runs}"
+            kind, client_id = "user_message", (None if n == 0 else f"c{n}")
+        elif step == "end":
+            kind = ("agent_completed", "agent_error", "run_cancelled")[n % 3]
+            del live[thread]
+        elif step == "other":
+            kind, run_id = "note", None
+        store.append_now([Entry("u", thread, seqs[thread], kind, run_id, client_id, "x", i)])
+        assert_heads_as_scanned(store)
+    trio.run(store.prune, float(ttl_cut))  # ttl 1 s: drops the entries with at < ttl_cut - 1
+    assert_heads_as_scanned(store)
+
+
+def assert_heads_as_scanned(store: MemoryBackend) -> None:
+    for key, thread in store._users.get("u", {}).items():
+        kept, scanned = store.head_now("u", key), scanned_head(thread.entries, thread.last_seq)
+        assert kept == scanned
+        assert kept.open_runs == scanned.open_runs  # not in a head's equality
+
+
+class Unscannable(list[Entry]):
+    def __iter__(self) -> Iterator[Entry]:
+        raise AssertionError("the head scanned the thread's entries")
+
+
+def test_opening_a_long_thread_does_not_scan_its_entries() -> None:
+    store = MemoryBackend(Retention())
+    for seq in range(1, 10_001, 2):
+        run_id = f"run_{seq}"
+        store.append_now([Entry("u", "t", seq, "user_message", run_id, f"c{seq}", "{}", 1.0)])
+        store.append_now([Entry("u", "t", seq + 1, "agent_completed", run_id, None, "{}", 1.0)])
+    store.append_now([Entry("u", "t", 10_001, "user_message", "run_last", None, "{}", 1.0)])
+    thread = store._users["u"]["t"]
+    thread.entries = Unscannable(thread.entries)
+    head = store.head_now("u", "t")
+    assert (head.last_seq, head.first_seq, len(head.client_ids)) == (10_001, 1, 5_000)
+    assert head.open_runs == {"run_last": "{}"}

@@ -7,6 +7,6 @@ Layout:
 - ``_report``: the checks, the Markdown and the chart.
 """
 
-from ._runner import SoakPlan, add_parser, main, quick_plan, run_soak
+from ._runner import SoakPlan, add_parser, main, quick_plan, run_soak, server_options
 
-__all__ = ["SoakPlan", "add_parser", "main", "quick_plan", "run_soak"]
+__all__ = ["SoakPlan", "add_parser", "main", "quick_plan", "run_soak", "server_options"]

@@ -43,7 +43,7 @@ from ..harness import (
 from ._driver import SoakConfig
 from ._report import Sample, judge, render_markdown, write_chart
 
-__all__ = ["SoakPlan", "add_parser", "main", "quick_plan", "run_soak"]
+__all__ = ["SoakPlan", "add_parser", "main", "quick_plan", "run_soak", "server_options"]
 
 
 @attrs.frozen
@@ -61,6 +61,10 @@ class SoakPlan:
     cancel_p: float = 0.05
     drop_p: float = 0.02
     agent_delay_ms: float = 2.0
+    # The memory thread store grows to its bound by design (at the server's default of
+    # 256 MiB, about two minutes of this load) and then evicts: a small bound is reached
+    # in the warm-up, so the slope after it measures leaks, and eviction runs throughout.
+    history_memory_mb: float = 16.0
     warmup_s: float = 60.0
     sample_every_s: float = 2.0
     rss_slope_limit_kib_min: float = 256.0
@@ -88,6 +92,17 @@ def quick_plan(**changes: Any) -> SoakPlan:
         quick=True,
     )
     return attrs.evolve(base, **changes)
+
+
+def server_options(plan: SoakPlan, secret: str) -> ServerOptions:
+    """How the soak starts its server: the plan's agent delay and thread-store bound."""
+    flags = ("--history-memory-mb", f"{plan.history_memory_mb:g}")
+    return ServerOptions(
+        secret=secret,
+        agent_delay_ms=plan.agent_delay_ms,
+        extra_enclave_flags=flags,
+        nofile=65_536,
+    )
 
 
 def _sample(pid: int, t: float, progress: dict[str, Any] | None) -> Sample | None:
@@ -118,7 +133,7 @@ def run_soak(
     alive = True
     error: str | None = None
     with ProcessSet() as procs:
-        opts = ServerOptions(secret=secret, agent_delay_ms=plan.agent_delay_ms, nofile=65_536)
+        opts = server_options(plan, secret)
         try:
             server = start_server(
                 procs, spec, opts, cores=topo.server_cores, log_path=out / "logs" / "server.log"
@@ -245,6 +260,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--agent-delay-ms", type=float, help=f"agent delay per step ({full.agent_delay_ms:g})"
     )
+    p.add_argument(
+        "--history-memory-mb",
+        type=float,
+        help=f"the server's memory thread store bound (default {full.history_memory_mb:g})",
+    )
     p.add_argument("--no-pin", action="store_true", help="do not pin server and clients")
     p.add_argument("--out", type=Path, help="output directory (default bench/results/<time>-soak)")
 
@@ -261,6 +281,7 @@ def main(args: Any, argv: Sequence[str]) -> int:
         "warmup_s": args.warmup_s,
         "rss_slope_limit_kib_min": args.rss_slope_limit,
         "agent_delay_ms": args.agent_delay_ms,
+        "history_memory_mb": args.history_memory_mb,
         "server_core": None if args.no_pin else plan.server_core,
     }
     plan = override(plan, changes)

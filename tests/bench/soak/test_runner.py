@@ -6,12 +6,13 @@ command's business (they depend on the machine), so they are only shown.
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 from pathlib import Path
 
 from bench.harness._progress import Progress
-from bench.soak._runner import quick_plan, run_soak
+from bench.soak._runner import SoakPlan, add_parser, quick_plan, run_soak, server_options
 
 MUST_PASS = ("server alive", "one terminal per turn", "isolation", "fds back to baseline")
 
@@ -38,3 +39,17 @@ def test_quick_soak(tmp_path: Path) -> None:
     assert saved["kind"] == "soak"
     assert "| isolation violations | 0 |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "soak.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_soak_server_keeps_a_thread_store_it_fills_in_the_warm_up() -> None:
+    # At the server's default bound (256 MiB) the memory store was still filling two
+    # minutes in, and the slope after the warm-up read that as a leak.
+    opts = server_options(SoakPlan(), "secret")
+    assert opts.extra_enclave_flags == ("--history-memory-mb", "16")
+    assert opts.agent_delay_ms == SoakPlan().agent_delay_ms
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["soak", "--history-memory-mb", "4.5"])
+    assert args.history_memory_mb == 4.5
+    flags = server_options(SoakPlan(history_memory_mb=args.history_memory_mb), "s")
+    assert flags.extra_enclave_flags == ("--history-memory-mb", "4.5")

@@ -186,8 +186,7 @@ class MemoryBackend:
             )
         entries = thread.entries
         entries.append(entry)
-        if entry.run_id is not None:
-            thread.took(entry)
+        thread.took(entry)
         thread.last_seq, thread.updated_at = seq, entry.at
         size = len(entry.text) + ENTRY_OVERHEAD
         thread.size += size

@@ -757,12 +757,6 @@ class _Session:
                 self._reading += 1
                 nursery.start_soon(self._read)
 
-        # The run goes on in the scheduler's next pass, as a task of its own would: the
-        # readers woken together all read first and their runs then follow one another,
-        # which keeps each path's code warm and one pass's writes together (without this
-        # pass a turn took fewer instructions but more CPU at 1,000 users than with a task
-        # per run: docs/benchmarks.md).
-        await trio.lowlevel.cancel_shielded_checkpoint()
         # In this task until it waits: a run that never does costs no task of its own.
         await _before_each_wait(self._run(start, scope, thread), hand_over_reading)
 

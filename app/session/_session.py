@@ -5,11 +5,8 @@ carries out the actions the state machine returns, runs agents as child tasks,
 and keeps the connection's clocks (idle, token expiry, keepalive, drain).
 When :func:`run_session` returns, nothing of the connection remains.
 
-Tasks: one task reads; one clock task keeps every deadline of the connection and
-waits for the server's drain. A run starts in the reading task and has a task of its
-own only once it waits: at its first wait, reading goes on in a new task and the run
-keeps the one it started in, so a run that never waits (an agent without I/O) costs no
-task. Frames are written by
+Tasks: the connection's own task reads; one clock task keeps every deadline of the
+connection and waits for the server's drain; each run is a task. Frames are written by
 the task that produces them (the queue is the transport's): the reader writes each at
 once, a run writes what it queued when its agent is about to wait and when it ends, so
 the events a run produces in one step leave in one write. Only when the peer does not
@@ -150,7 +147,6 @@ class _Session:
         "_nursery",
         "_peer_left",
         "_pong_due",
-        "_reading",
         "_replaying",
         "_runs_idle",
         "_send_timeout_s",
@@ -204,7 +200,6 @@ class _Session:
         self._awaiting_commit = False  # the thread logs call back once it is sendable
         self._close: Close | None = None
         self._peer_left = False
-        self._reading = 0  # bumped each time a new task takes over reading
         self._nursery: trio.Nursery | None = None  # its cancel scope ends the connection
         # The clocks: plain times read by the clock task, which sleeps until the earliest.
         self._last_seen = trio.current_time()
@@ -232,7 +227,10 @@ class _Session:
                     )
                 )
                 nursery.start_soon(self._clock)
-                await self._read()
+                await self._reader()
+                if self._peer_left and self._state.has_runs:
+                    await self._detached()
+                nursery.cancel_scope.cancel()
         except Exception:
             self._log.exception(
                 "internal error on connection %s",
@@ -368,43 +366,26 @@ class _Session:
         finally:
             self._flushing = False
 
-    # -- reading ---------------------------------------------------------------
+    # -- the connection's own task: reading ----------------------------------
 
-    async def _read(self) -> None:
-        """Read and act on the peer's messages; once the peer leaves or the connection
-        closes, end the connection (after the runs a departed peer left, see
-        :meth:`_detached`). Returns early, ending nothing, in a task whose run took it
-        over: reading then goes on in the task the run started (see :meth:`_start_run`).
-        """
-        if not await self._reader():
-            return
-        if self._peer_left and self._state.has_runs:
-            await self._detached()
-        self._cancel()
-
-    async def _reader(self) -> bool:
-        """The reading loop: False once another task reads instead of this one."""
+    async def _reader(self) -> None:
         transport, state = self._transport, self._state
         draining = self._lifecycle.draining
-        reading = self._reading
         while True:
             try:
                 text = await transport.receive()
             except TransportClosed:
                 self._peer_gone()
-                return True
+                return
             except UnsupportedFrame:
                 self._request_close(CloseCode.UNSUPPORTED_DATA, CloseReason.BINARY_NOT_SUPPORTED)
-                return True
+                return
             now = self._last_seen = trio.current_time()
             # Seen here too, so no run starts after shutdown began.
             if draining.is_set() and not state.draining:
                 state.begin_drain()
-            # One action per message: a run that takes this task over leaves none undone.
-            (action,) = state.receive_text(text, now)
-            await self._apply(action)
-            if self._reading != reading:
-                return False
+            for action in state.receive_text(text, now):
+                await self._apply(action)
 
     async def _apply(self, action: Action) -> None:
         if isinstance(action, StartRun):
@@ -744,21 +725,8 @@ class _Session:
         scope = trio.CancelScope(deadline=trio.current_time() + settings.run_timeout_s)
         self._state.attach(start.run_id, scope)
         self._emitter.run_received(start.run_id)  # the turn starts: its message was just read
-        nursery = self._nursery
-        assert nursery is not None
-        reads = True
-
-        def hand_over_reading() -> None:
-            # The run is about to wait for the first time: from now on it is this task's
-            # only work, and a new task reads (and ends the connection when it is over).
-            nonlocal reads
-            if reads:
-                reads = False
-                self._reading += 1
-                nursery.start_soon(self._read)
-
-        # In this task until it waits: a run that never does costs no task of its own.
-        await _before_each_wait(self._run(start, scope, thread), hand_over_reading)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run, start, scope, thread)
 
     async def _run(self, start: StartRun, scope: trio.CancelScope, thread: ThreadLog) -> None:
         run_id, message = start.run_id, start.message

@@ -381,43 +381,6 @@ async def test_round_trip_with_trio_websocket_and_the_subprotocol_carrier() -> N
         await live.wait_connections(0)
 
 
-@attrs.define(eq=False)  # an instrument is hashed by identity
-class Spawns(trio.abc.Instrument):
-    """Counts the tasks the server's sessions start (by name), while installed."""
-
-    names: list[str] = attrs.field(factory=list)
-
-    def task_spawned(self, task: trio.lowlevel.Task) -> None:
-        if task.name.startswith("app.session."):
-            self.names.append(task.name.rpartition(".")[2])
-
-
-@pytest.mark.parametrize(("delay_ms", "started"), [(0, []), (5, ["_read"] * 3)])
-async def test_a_run_has_a_task_of_its_own_only_once_it_waits(
-    delay_ms: float, started: list[str]
-) -> None:
-    # A run starts in the reading task; at its first wait a new task takes over reading.
-    # An agent that never waits (echo without delay) costs no task at all.
-    async with (
-        running(lean_settings(agent_delay_ms=delay_ms)) as live,
-        open_websocket_url(live.url, subprotocols=["chat.v1", f"bearer.{token('bob')}"]) as ws,
-    ):
-        assert json.loads(await ws.get_message())["type"] == "connection_ready"
-        spawns = Spawns()
-        trio.lowlevel.add_instrument(spawns)
-        try:
-            for turn in range(3):
-                await ws.send_message(json.dumps({"type": "user_message", "text": f"t{turn}"}))
-                with trio.fail_after(WAIT_S):
-                    while json.loads(await ws.get_message())["type"] not in TERMINAL:
-                        pass
-        finally:
-            trio.lowlevel.remove_instrument(spawns)
-        assert spawns.names == started
-        await ws.aclose()
-        await live.wait_connections(0)
-
-
 async def test_an_open_connection_keeps_nothing_of_its_opening_request() -> None:
     # The session outlives every frame that parsed the request: none may keep its head,
     # headers or handshake info (about 2.5 KiB of each idle connection's memory).

@@ -91,8 +91,7 @@ class MemoryBackend:
         *,
         max_bytes: int = 0,
     ) -> None:
-        self._retention = retention
-        self._max_events = retention.max_events
+        self.retention = retention
         self.clock = clock
         #: Bytes of entries kept in all (0: no limit); past it the least recently
         #: updated threads lose their events first (a resume then answers ``retention``).
@@ -131,12 +130,8 @@ class MemoryBackend:
         )
 
     @property
-    def retention(self) -> Retention:
-        return self._retention
-
-    @property
     def ttl_s(self) -> float:
-        return self._retention.ttl_s
+        return self.retention.ttl_s
 
     async def append(self, entries: Sequence[Entry]) -> None:
         """Add ``entries`` and apply ``max_events`` to their threads.
@@ -189,7 +184,7 @@ class MemoryBackend:
         size = len(text) + ENTRY_OVERHEAD
         thread.size += size
         self._bytes += size
-        max_events = self._max_events
+        max_events = self.retention.max_events
         if max_events > 0 and entries[0].thread_seq <= seq - max_events:
             floor = seq - max_events
             # A thread at its cap drops one entry per append: no bisect for that.

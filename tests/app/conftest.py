@@ -69,7 +69,8 @@ async def http_get(host: str, port: int, target: str) -> HttpResponse:
     """One HTTP/1.1 GET over a fresh TCP connection, parsed with h11.
 
     Reads up to the end of the response message: Hypercorn's trio worker does not
-    close the connection promptly after a ``Connection: close`` response.
+    close the connection promptly after a ``Connection: close`` response. A connection
+    closed before any response raises ``ConnectionResetError``.
     """
     conn = h11.Connection(h11.CLIENT)
     request = h11.Request(
@@ -84,7 +85,14 @@ async def http_get(host: str, port: int, target: str) -> HttpResponse:
         async with stream:
             await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
             while True:
-                event = conn.next_event()
+                try:
+                    event = conn.next_event()
+                except h11.RemoteProtocolError as exc:
+                    if response is not None:
+                        raise
+                    # Closed with the request unanswered (say, by a worker that died
+                    # holding it): for the caller, a reset connection like any other.
+                    raise ConnectionResetError("closed before any response") from exc
                 if event is h11.NEED_DATA:
                     conn.receive_data(await stream.receive_some(65_536))
                 elif isinstance(event, h11.Response):

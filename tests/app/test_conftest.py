@@ -9,8 +9,10 @@ ended that way (trio-websocket re-raised the ``Cancelled`` its close had caught)
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
+import h11
 import outcome
 import pytest
 import trio
@@ -116,4 +118,29 @@ async def test_a_cancel_of_the_websockets_own_body_still_propagates(e2e: E2E) ->
             async with e2e.endpoint("127.0.0.1", port).websocket():
                 await trio.sleep_forever()
         assert outer.cancelled_caught
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("answer", [b"", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab"])
+async def test_http_get_reads_a_close_before_the_response_as_a_reset(answer: bytes) -> None:
+    """A peer that closes holding the request (a worker killed with it) is a reset
+    connection, which callers already handle; a close inside a body stays h11's error."""
+    from tests.app.conftest import http_get
+
+    async def close_early(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.receive_some(65_536)
+            await stream.send_all(answer)
+
+    async with trio.open_nursery() as nursery:
+        serve = partial(trio.serve_tcp, close_early, 0, host="127.0.0.1")
+        (listener,) = await nursery.start(serve)
+        port = listener.socket.getsockname()[1]
+        with trio.fail_after(5):
+            if answer:
+                with pytest.raises(h11.RemoteProtocolError):
+                    await http_get("127.0.0.1", port, "/health")
+            else:
+                with pytest.raises(ConnectionResetError, match="closed before any response"):
+                    await http_get("127.0.0.1", port, "/health")
         nursery.cancel_scope.cancel()

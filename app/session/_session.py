@@ -6,7 +6,9 @@ and keeps the connection's clocks (idle, token expiry, keepalive, drain).
 When :func:`run_session` returns, nothing of the connection remains.
 
 Tasks: the connection's own task reads; one clock task keeps every deadline of the
-connection and waits for the server's drain; each run is a task. Frames are written by
+connection and waits for the server's drain; each run is a task, which then waits for the
+connection's next run (until the connection is quiet for a ping interval) rather than
+ending: a task started, and a cancel scope entered, for one run in many. Frames are written by
 the task that produces them (the queue is the transport's): the reader writes each at
 once, a run writes what it queued when its agent is about to wait and when it ends, so
 the events a run produces in one step leave in one write. Only when the peer does not
@@ -140,6 +142,7 @@ class _Session:
         "_expires_at",
         "_flushing",
         "_followed",
+        "_idle_runner",
         "_last_seen",
         "_lifecycle",
         "_log",
@@ -196,6 +199,7 @@ class _Session:
         self._replaying: dict[str, list[tuple[bytes, int]]] = {}  # live frames held back
         self._ticket = 0  # the last thread-log ticket among the frames queued
         self._runs_idle: trio.Event | None = None  # made by the drain, set by the last run
+        self._idle_runner: _Runner | None = None  # a run task waiting for the next run
         self._flushing = False  # a flusher task writes what a run left queued
         self._awaiting_commit = False  # the thread logs call back once it is sendable
         self._close: Close | None = None
@@ -459,6 +463,8 @@ class _Session:
                 # On the interval's own grid: a late wake-up does not push later pings.
                 self._next_ping = max(self._next_ping + ping_s, now)
                 self._pong_due = now + s.pong_timeout_s  # before ping(): a pong may be at once
+                if now - self._last_seen >= ping_s:  # quiet: no task waits for its next run
+                    self._dismiss_idle_runner()
                 try:
                     transport.ping(self._ponged)
                 except TransportClosed:
@@ -720,55 +726,118 @@ class _Session:
                 ErrorEvent(ErrorCode.THREAD_BUSY, THREAD_BUSY, start.message.client_id)
             )
             return
-        settings = self._services.settings
-        # The run's own scope carries its time limit too: one cancel scope per run.
-        scope = trio.CancelScope(deadline=trio.current_time() + settings.run_timeout_s)
-        self._state.attach(start.run_id, scope)
+        runner = self._idle_runner
+        if runner is None:
+            runner = _Runner(self._write_queued)  # its task is started below
+        else:
+            self._idle_runner = None
+        runner.begin(trio.current_time() + self._services.settings.run_timeout_s)
+        self._state.attach(start.run_id, runner)
         self._emitter.run_received(start.run_id)  # the turn starts: its message was just read
-        assert self._nursery is not None
-        self._nursery.start_soon(self._run, start, scope, thread)
+        if runner.task is None:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._runs, runner, start, thread)
+        else:
+            runner.handed = start, thread
+            trio.lowlevel.reschedule(runner.task)
 
-    async def _run(self, start: StartRun, scope: trio.CancelScope, thread: ThreadLog) -> None:
-        run_id, message = start.run_id, start.message
-        emitter, state = self._emitter, self._state
+    async def _runs(self, runner: _Runner, start: StartRun, thread: ThreadLog) -> None:
+        """A run task: serve ``start``, then each run the reader hands it while it waits as
+        the connection's idle run task. It ends once a run of it was cancelled (its scope
+        is spent), when another run task waits already, or when the clock dismisses it.
+
+        Cancellation (the connection's): the run it serves ends unfinished in its log.
+        """
+        runner.task = trio.lowlevel.current_task()
+        serving = True
+        terminal: RunPayload | None = None
         try:
-            client_id = message.client_id
-            first = None if client_id is None else thread.client_ids.get(client_id)
-            if first is not None:
-                # A retried send (after a reconnect, say): the first copy's run answers it.
-                assert client_id is not None
-                await emitter.send_event(DuplicateMessage(thread.thread_id, client_id, first))
-                return
-            if client_id is not None:
-                thread.client_ids[client_id] = run_id  # claimed: a copy now is a duplicate
-            history: tuple[tuple[str, str], ...] = ()
-            if getattr(self._services.agent, "uses_history", False) and thread.exists:
-                try:
-                    history = await self._conversation(thread.thread_id, thread.last_seq + 1)
-                except BaseException:
-                    if client_id is not None:
-                        del thread.client_ids[client_id]
-                    raise
-            # From the message to agent_started no wait: both are in one commit, so a crash
-            # leaves no accepted message without its run's start.
-            _, ticket = thread.append(
-                "user_message",  # the entry of the message itself (its wire type: message_accepted)
-                run_id,
-                lambda seq: serialize_frame(
-                    MessageAccepted(run_id, start.thread_id, seq, message.text, client_id)
-                ),
-                origin=self,
-                client_id=client_id,
-            )
-            self._ticket = max(self._ticket, ticket)
-            thread.live_runs[run_id] = lambda: self._stop_run(run_id)
-            await self._run_agent(start, scope, history)
+            with runner.scope:
+                while True:
+                    terminal = None  # still None below if the agent was cancelled
+                    ran, terminal = await self._serve_run(start, runner, thread)
+                    if runner.scope.cancel_called:
+                        break  # stopped, or out of time: it ends below, outside the spent scope
+                    if ran:
+                        await self._end_run(start.run_id, terminal)
+                    serving = False
+                    self._forget_run(start.run_id, thread)
+                    handed = await self._next_run(runner)
+                    if handed is None:
+                        return
+                    (start, thread), serving = handed, True
+            await self._end_run(start.run_id, terminal)
         finally:
-            if thread.live_runs.pop(run_id, None) is not None:
-                self._log_unfinished(run_id)
-            state.discard(run_id)
-            if self._runs_idle is not None and not state.has_runs:
-                self._runs_idle.set()
+            if serving:
+                self._forget_run(start.run_id, thread)
+
+    async def _next_run(self, runner: _Runner) -> tuple[StartRun, ThreadLog] | None:
+        """Wait as the connection's idle run task for the run the reader hands over; None
+        at once when another task waits already, or once the clock dismisses this one.
+        Cancellation: it no longer waits."""
+        if self._idle_runner is not None:
+            return None
+        self._idle_runner = runner
+        await trio.lowlevel.wait_task_rescheduled(self._abort_idle)
+        handed, runner.handed = runner.handed, None
+        return handed
+
+    def _abort_idle(self, _: Any) -> trio.lowlevel.Abort:
+        self._idle_runner = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def _dismiss_idle_runner(self) -> None:
+        """End the idle run task (a quiet connection keeps no task for its next run)."""
+        runner, self._idle_runner = self._idle_runner, None
+        if runner is not None and runner.task is not None:
+            trio.lowlevel.reschedule(runner.task)  # ``handed`` is None: it ends
+
+    async def _serve_run(
+        self, start: StartRun, runner: _Runner, thread: ThreadLog
+    ) -> tuple[bool, RunPayload | None]:
+        """Accept the message and run its agent: (True, its terminal event), or (False,
+        None) for a duplicate, answered without a run. Raises ``Cancelled`` when the run
+        is stopped or out of time."""
+        run_id, message = start.run_id, start.message
+        client_id = message.client_id
+        first = None if client_id is None else thread.client_ids.get(client_id)
+        if first is not None:
+            # A retried send (after a reconnect, say): the first copy's run answers it.
+            assert client_id is not None
+            await self._emitter.send_event(DuplicateMessage(thread.thread_id, client_id, first))
+            return False, None
+        if client_id is not None:
+            thread.client_ids[client_id] = run_id  # claimed: a copy now is a duplicate
+        history: tuple[tuple[str, str], ...] = ()
+        if getattr(self._services.agent, "uses_history", False) and thread.exists:
+            try:
+                history = await self._conversation(thread.thread_id, thread.last_seq + 1)
+            except BaseException:
+                if client_id is not None:
+                    del thread.client_ids[client_id]
+                raise
+        # From the message to agent_started no wait: both are in one commit, so a crash
+        # leaves no accepted message without its run's start.
+        _, ticket = thread.append(
+            "user_message",  # the entry of the message itself (its wire type: message_accepted)
+            run_id,
+            lambda seq: serialize_frame(
+                MessageAccepted(run_id, start.thread_id, seq, message.text, client_id)
+            ),
+            origin=self,
+            client_id=client_id,
+        )
+        self._ticket = max(self._ticket, ticket)
+        thread.live_runs[run_id] = lambda: self._stop_run(run_id)
+        return True, await self._run_agent(start, runner, history)
+
+    def _forget_run(self, run_id: str, thread: ThreadLog) -> None:
+        if thread.live_runs.pop(run_id, None) is not None:
+            self._log_unfinished(run_id)
+        state = self._state
+        state.discard(run_id)
+        if self._runs_idle is not None and not state.has_runs:
+            self._runs_idle.set()
 
     def _log_unfinished(self, run_id: str) -> None:
         """Give the thread's log the terminal event of a run cancelled with its connection
@@ -806,12 +875,12 @@ class _Session:
         return tuple(turns)
 
     async def _run_agent(
-        self, start: StartRun, scope: trio.CancelScope, history: tuple[tuple[str, str], ...]
-    ) -> None:
+        self, start: StartRun, runner: _Runner, history: tuple[tuple[str, str], ...]
+    ) -> RunPayload | None:
+        """The agent's part of a run: its terminal event, or None if it ended by the run's
+        cancel scope (which raises ``Cancelled`` unless the agent swallowed it)."""
         run_id = start.run_id
-        emitter, state = self._emitter, self._state
-
-        queue_run = emitter.queue_run
+        queue_run = self._emitter.queue_run
 
         async def emit(payload: Any, /) -> None:
             if not isinstance(payload, AGENT_PAYLOADS):
@@ -830,26 +899,34 @@ class _Session:
             timer=self._lifecycle.timer,
             history=history,
         )
-        terminal: RunPayload | None = None
         started = AgentStarted(agent=agent.name, client_id=start.message.client_id)
         if queue_run(run_id, started, deferred=True):
             await self._flush()
-        with scope:
-            try:
-                result = await _before_each_wait(agent.run(run, emit), self._write_queued)
-                terminal = AgentCompleted(result=result)
-            except (InvalidEvent, EventRefused) as exc:
-                terminal = AgentError(RunErrorCode.INVALID_EVENT, str(exc))
-            except AgentFailure as exc:
-                terminal = AgentError(exc.code, exc.message)
-            except Exception:
-                self._log.exception(
-                    "agent failed in run %s",
-                    run_id,
-                    extra={"connection_id": self._connection_id, "run_id": run_id},
-                )
-                terminal = AgentError(RunErrorCode.AGENT_FAILED, "the agent failed")
-        reason = state.cancel_reason(run_id)
+        runner.live = True
+        if runner.stopped:
+            runner.scope.cancel()
+        try:
+            result = await _before_each_wait(agent.run(run, emit), runner.before_wait)
+            return AgentCompleted(result=result)
+        except (InvalidEvent, EventRefused) as exc:
+            return AgentError(RunErrorCode.INVALID_EVENT, str(exc))
+        except AgentFailure as exc:
+            return AgentError(exc.code, exc.message)
+        except Exception:
+            self._log.exception(
+                "agent failed in run %s",
+                run_id,
+                extra={"connection_id": self._connection_id, "run_id": run_id},
+            )
+            return AgentError(RunErrorCode.AGENT_FAILED, "the agent failed")
+        finally:
+            runner.end()
+
+    async def _end_run(self, run_id: str, terminal: RunPayload | None) -> None:
+        """Send the run's terminal event: the agent's, or ``run_cancelled`` if it was
+        stopped, or ``run_timeout`` (``terminal`` None) if its deadline expired."""
+        queue_run = self._emitter.queue_run
+        reason = self._state.cancel_reason(run_id)
         if reason is not None:  # a cancel always records its reason before cancelling
             terminal = RunCancelled(reason=reason)
         elif terminal is None:  # the deadline expired
@@ -864,6 +941,55 @@ class _Session:
             await self._flush()
         # Written now, or once the log holds it; a peer that does not read gets a flusher.
         self._write_queued()
+
+
+@request_scoped
+class _Runner:
+    """A run task's cancel scope and the run it serves: the handle ``StopRun`` cancels.
+
+    A run task serves one run, then may wait for the connection's next one, all under
+    one cancel scope (entering and leaving a Trio cancel scope costs as much as starting
+    a task). A stop cancels the scope only while the run's agent runs; one that comes
+    before is kept until the agent starts, one after is too late. The run's deadline is
+    put on the scope when its agent first waits: one that never waits cannot overrun.
+    """
+
+    __slots__ = ("deadline", "handed", "live", "scope", "stopped", "task", "timed", "write_queued")
+
+    def __init__(self, write_queued: Callable[[], None]) -> None:
+        self.scope = trio.CancelScope()
+        self.task: trio.lowlevel.Task | None = None  # set once its task runs
+        self.write_queued = write_queued
+        self.handed: tuple[StartRun, ThreadLog] | None = None  # the next run, by the reader
+        self.deadline = math.inf
+        self.live = False  # the agent runs: a stop cancels the scope
+        self.stopped = False  # a stop came before the agent started
+        self.timed = False  # the deadline is on the scope
+
+    def begin(self, deadline: float) -> None:
+        self.deadline, self.stopped = deadline, False
+
+    def cancel(self) -> None:
+        """Stop the run (what :class:`StopRun` calls)."""
+        if self.live:
+            self.scope.cancel()
+        else:
+            self.stopped = True
+
+    def before_wait(self) -> None:
+        """The agent is about to wait: the run's deadline on the scope (the first time),
+        and the events queued so far written."""
+        if not self.timed:
+            self.timed = True
+            self.scope.deadline = self.deadline
+        self.write_queued()
+
+    def end(self) -> None:
+        """The agent is over: stops come too late, and the deadline is off the scope."""
+        self.live = False
+        if self.timed:
+            self.timed = False
+            self.scope.deadline = math.inf
 
 
 @types.coroutine

@@ -356,9 +356,8 @@ CURRENT_RUN: ContextVar[dict[str, str]] = ContextVar("current_run", default={})
         ),
         Replacement(
             "session/_session.py",
-            "        terminal: RunPayload | None = None\n",
-            '        CURRENT_RUN.get()["text"] = run.text\n'
-            "        terminal: RunPayload | None = None\n",
+            "        started = AgentStarted(",
+            '        CURRENT_RUN.get()["text"] = run.text\n        started = AgentStarted(',
         ),
     ),
     expected_static=frozenset({"ISO106"}),
@@ -401,16 +400,15 @@ def run_session(
         ),
         Replacement(
             "session/_session.py",
-            "            thread.live_runs[run_id] = lambda: self._stop_run(run_id)\n",
-            "            thread.live_runs[run_id] = _RUN_STOPS[run_id] = (\n"
-            "                lambda: self._stop_run(run_id)\n"
-            "            )\n",
+            "        thread.live_runs[run_id] = lambda: self._stop_run(run_id)\n",
+            "        thread.live_runs[run_id] = _RUN_STOPS[run_id] = "
+            "lambda: self._stop_run(run_id)\n",
         ),
         Replacement(
             "session/_session.py",
-            "        finally:\n            if thread.live_runs.pop(",
-            "        finally:\n            _RUN_STOPS.pop(run_id, None)\n"
-            "            if thread.live_runs.pop(",
+            "    def _forget_run(self, run_id: str, thread: ThreadLog) -> None:\n",
+            "    def _forget_run(self, run_id: str, thread: ThreadLog) -> None:\n"
+            "        _RUN_STOPS.pop(run_id, None)\n",
         ),
     ),
     expected_static=frozenset({"ISO101"}),
@@ -622,17 +620,16 @@ _IDEMPOTENCY_BY_CLIENT_ID: Final = Mutant(
         ),
         Replacement(
             "session/_session.py",
-            "            first = None if client_id is None else thread.client_ids.get(client_id)\n",
+            "        first = None if client_id is None else thread.client_ids.get(client_id)\n",
             """\
-            accepted = self._lifecycle.threads.accepted
-            first = None if client_id is None else accepted.get(client_id)
+        accepted = self._lifecycle.threads.accepted
+        first = None if client_id is None else accepted.get(client_id)
 """,
         ),
         Replacement(
             "session/_session.py",
-            "                thread.client_ids[client_id] = run_id  # claimed",
-            "                thread.client_ids[client_id] = accepted[client_id] = run_id"
-            "  # claimed",
+            "            thread.client_ids[client_id] = run_id  # claimed",
+            "            thread.client_ids[client_id] = accepted[client_id] = run_id  # claimed",
         ),
     ),
     expected_static=frozenset(),

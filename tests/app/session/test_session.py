@@ -27,7 +27,7 @@ from app import (
     run_session,
 )
 from app.agents._agent import Emit
-from app.session._session import CLOCK_TICK_S
+from app.session._session import CLOCK_TICK_S, _Runner
 from app.transports._frames import CLOSE_FLUSH_S
 
 SECRET = b"k" * 32
@@ -559,3 +559,97 @@ async def test_a_cancelled_agent_sees_the_cancellation_and_may_emit_on_its_way_o
         await conn.client.send_json({"type": "cancel", "run_id": started["run_id"]})
         cancelled = await conn.expect("run_cancelled")
         assert cancelled["seq"] == 2  # the emit after the cancel was refused at its checkpoint
+
+
+@attrs.frozen
+class ByTextAgent:
+    """Hangs on ``hang``, answers anything else at once."""
+
+    name: str = "by_text"
+
+    async def run(self, run: RunContext, emit: Emit) -> Any:
+        if run.text == "hang":
+            await trio.sleep_forever()
+        return {"text": run.text}
+
+
+async def test_a_connections_runs_one_after_another_share_one_task(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    spawned: list[str] = []
+
+    class Spawns(trio.abc.Instrument):
+        def task_spawned(self, task: trio.lowlevel.Task) -> None:
+            spawned.append(task.name)
+
+    baseline = count_tasks()
+    async with connect(agent_delay_ms=10) as conn:
+        trio.lowlevel.add_instrument(Spawns())
+        for _ in range(5):
+            assert (await conn.run_to_end())[-1]["type"] == "agent_completed"
+        await trio.testing.wait_all_tasks_blocked()
+        # The reader, the clock, and the run task waiting for the next run.
+        assert count_tasks() == baseline + 3
+    assert [name for name in spawned if name.endswith("._runs")] == [
+        "app.session._session._Session._runs"
+    ]
+
+
+async def test_runs_after_a_timeout_and_a_cancel_start_on_a_fresh_task(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with connect(agent=ByTextAgent(), run_timeout_s=60) as conn:
+        assert (await conn.run_to_end("one"))[-1]["result"] == {"text": "one"}
+        start = trio.current_time()
+        timed_out = (await conn.run_to_end("hang"))[-1]
+        assert (timed_out["type"], timed_out["error"]["code"]) == ("agent_error", "run_timeout")
+        assert trio.current_time() - start == pytest.approx(60, abs=0.1)
+        assert (await conn.run_to_end("two"))[-1]["result"] == {"text": "two"}
+        await conn.client.send_json({"type": "user_message", "text": "hang"})
+        started = await conn.expect("agent_started")
+        await conn.client.send_json({"type": "cancel", "run_id": started["run_id"]})
+        assert (await conn.expect("run_cancelled"))["reason"] == "cancelled_by_client"
+        # The timeout still counts from each run's start, on the task that serves it.
+        start = trio.current_time()
+        assert (await conn.run_to_end("three"))[-1]["result"] == {"text": "three"}
+        timed_out = (await conn.run_to_end("hang"))[-1]
+        assert timed_out["error"]["code"] == "run_timeout"
+        assert trio.current_time() - start == pytest.approx(60, abs=0.1)
+
+
+async def test_a_quiet_connection_keeps_no_task_for_its_next_run(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    baseline = count_tasks()
+    async with connect(ping_interval_s=10, pong_timeout_s=5) as conn:
+        await conn.run_to_end()
+        await trio.testing.wait_all_tasks_blocked()
+        assert count_tasks() == baseline + 3
+        await trio.sleep(25)  # a ping with the connection quiet for a whole interval
+        assert count_tasks() == baseline + 2
+        assert (await conn.run_to_end())[-1]["type"] == "agent_completed"
+
+
+async def test_a_stop_waits_for_the_agent_and_the_deadline_for_its_first_wait() -> None:
+    written: list[None] = []
+    runner = _Runner(lambda: written.append(None))
+    with runner.scope:
+        deadline = trio.current_time() + 5
+        runner.begin(deadline)
+        runner.cancel()  # before the agent starts: kept for it
+        assert runner.stopped
+        assert not runner.scope.cancel_called
+        assert runner.scope.deadline == math.inf  # an agent that never waits is not timed
+        runner.live = True
+        runner.before_wait()
+        runner.before_wait()
+        assert (runner.scope.deadline, len(written)) == (deadline, 2)
+        runner.end()
+        assert runner.scope.deadline == math.inf
+        runner.cancel()  # after the agent: too late, and nothing kept for the next run
+        runner.begin(deadline)
+        assert not runner.stopped
+        assert not runner.scope.cancel_called
+        runner.live = True
+        runner.cancel()
+        assert runner.scope.cancel_called

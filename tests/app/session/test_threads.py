@@ -409,6 +409,45 @@ class Remembering:
         return {"text": f"#{len(run.history)}", "history": [list(turn) for turn in run.history]}
 
 
+@attrs.frozen
+class RememberingSlowly:
+    """Reads the thread's earlier turns; takes a minute when there are some."""
+
+    name: str = "remembering_slowly"
+    uses_history: bool = True
+
+    async def run(self, run: Any, emit: Any) -> Any:
+        if run.history:
+            await run.sleep(60)
+        return {"text": "done"}
+
+
+async def test_a_run_stopped_while_it_reads_its_history_is_cancelled_as_its_agent_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with server(agent=RememberingSlowly()) as srv, srv.connect() as conn:
+        thread = (await conn.turn("hi"))[0]["thread_id"]
+        backend = srv.lifecycle.threads._backend
+        reading, release = trio.Event(), trio.Event()
+        real_page = backend.page
+
+        async def page(*args: Any) -> Any:
+            reading.set()
+            await release.wait()
+            return await real_page(*args)
+
+        monkeypatch.setattr(backend, "page", page)
+        await conn.send(type="user_message", text="again", thread_id=thread)
+        with trio.fail_after(5):
+            await reading.wait()
+            srv.lifecycle.begin_drain(grace_s=0)  # stops the run before its agent starts
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+            frames = await conn.until_terminal()  # not a minute later: cancelled at once
+    assert types(frames) == ["agent_started", "run_cancelled"]
+    assert frames[-1]["reason"] == "server_shutdown"
+
+
 async def test_an_agent_that_uses_history_gets_the_threads_earlier_turns() -> None:
     async with server(agent=Remembering()) as srv, srv.connect() as conn:
         first = await conn.turn("hi")

@@ -653,3 +653,26 @@ async def test_a_stop_waits_for_the_agent_and_the_deadline_for_its_first_wait() 
         runner.live = True
         runner.cancel()
         assert runner.scope.cancel_called
+
+
+async def test_runs_at_once_each_get_a_task_and_one_waits_for_the_next(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    baseline = count_tasks()
+    async with connect(agent=ByTextAgent(), max_runs=3) as conn:
+        for _ in range(3):
+            await conn.client.send_json({"type": "user_message", "text": "hang"})
+        run_ids = [(await conn.expect("agent_started"))["run_id"] for _ in range(3)]
+        await trio.testing.wait_all_tasks_blocked()
+        assert count_tasks() == baseline + 2 + 3
+        for run_id in run_ids:
+            await conn.client.send_json({"type": "cancel", "run_id": run_id})
+            assert (await conn.expect("run_cancelled"))["run_id"] == run_id
+        await trio.testing.wait_all_tasks_blocked()
+        assert count_tasks() == baseline + 2  # a cancelled run spends its task's scope
+        assert (await conn.run_to_end("one"))[-1]["result"] == {"text": "one"}
+        await conn.client.send_json({"type": "user_message", "text": "hang"})
+        assert (await conn.run_to_end("two"))[-1]["result"] == {"text": "two"}
+        await trio.testing.wait_all_tasks_blocked()
+        # The hanging run's task and the one waiting for the next run.
+        assert count_tasks() == baseline + 2 + 2

@@ -902,9 +902,7 @@ class _Session:
         started = AgentStarted(agent=agent.name, client_id=start.message.client_id)
         if queue_run(run_id, started, deferred=True):
             await self._flush()
-        runner.live = True
-        if runner.stopped:
-            runner.scope.cancel()
+        runner.agent_starts()
         try:
             result = await _before_each_wait(agent.run(run, emit), runner.before_wait)
             return AgentCompleted(result=result)
@@ -975,6 +973,12 @@ class _Runner:
             self.scope.cancel()
         else:
             self.stopped = True
+
+    def agent_starts(self) -> None:
+        """The run's agent starts: from now a stop cancels it (one kept, at once)."""
+        self.live = True
+        if self.stopped:
+            self.scope.cancel()
 
     def before_wait(self) -> None:
         """The agent is about to wait: the run's deadline on the scope (the first time),

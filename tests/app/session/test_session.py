@@ -636,11 +636,8 @@ async def test_a_stop_waits_for_the_agent_and_the_deadline_for_its_first_wait() 
     with runner.scope:
         deadline = trio.current_time() + 5
         runner.begin(deadline)
-        runner.cancel()  # before the agent starts: kept for it
-        assert runner.stopped
-        assert not runner.scope.cancel_called
         assert runner.scope.deadline == math.inf  # an agent that never waits is not timed
-        runner.live = True
+        runner.agent_starts()
         runner.before_wait()
         runner.before_wait()
         assert (runner.scope.deadline, len(written)) == (deadline, 2)
@@ -650,9 +647,17 @@ async def test_a_stop_waits_for_the_agent_and_the_deadline_for_its_first_wait() 
         runner.begin(deadline)
         assert not runner.stopped
         assert not runner.scope.cancel_called
-        runner.live = True
-        runner.cancel()
+        runner.cancel()  # before the agent starts: kept for it
+        assert runner.stopped
+        assert not runner.scope.cancel_called
+        runner.agent_starts()
         assert runner.scope.cancel_called
+    running = _Runner(lambda: None)
+    with running.scope:
+        running.begin(deadline)
+        running.agent_starts()
+        running.cancel()  # while the agent runs: at once
+        assert running.scope.cancel_called
 
 
 async def test_runs_at_once_each_get_a_task_and_one_waits_for_the_next(

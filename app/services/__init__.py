@@ -7,7 +7,8 @@
   connections, abuse cool-down) and ``MemoryAdmission``, one process's.
 - ``_admission_redis``: ``RedisAdmission``, the same limits shared by every process
   through one Redis; ``build_admission`` picks one from the settings.
-- ``_timer``: one timer for the process: sleeps without a cancel-scope expiry.
+- ``_timer``: one timer for the process: sleeps without a cancel-scope expiry, and
+  the runs' deadlines (``Deadline``).
 - ``_metrics``: ``Metrics``, the process's counters, read into its own Prometheus
   registry at scrape time.
 - ``_build``: the verifier and services from settings.
@@ -29,6 +30,7 @@ from ._settings import ConfigError as ConfigError
 from ._settings import Settings as Settings
 from ._settings import load_settings as load_settings
 from ._timer import Alarm as Alarm
+from ._timer import Deadline as Deadline
 from ._timer import Timer as Timer
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "AdmissionLimits",
     "Alarm",
     "ConfigError",
+    "Deadline",
     "MemoryAdmission",
     "Metrics",
     "RedisAdmission",

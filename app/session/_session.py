@@ -76,7 +76,7 @@ from ..core._state import (
     StopRun,
 )
 from ..services._services import ServerLifecycle, Services
-from ..services._timer import Alarm
+from ..services._timer import Alarm, Deadline, Timer
 from ..threads._logs import MAX_REPLAY_PAGE, ThreadLog
 from ._emitter import EventEmitter, InvalidEvent, encode_run_wire
 from ._transport import SendTimeout, Transport, TransportClosed, UnsupportedFrame
@@ -135,6 +135,7 @@ class _Session:
     __slots__ = (
         "_alarm",
         "_awaiting_commit",
+        "_cancelled",
         "_close",
         "_connection_id",
         "_context",
@@ -204,6 +205,7 @@ class _Session:
         self._awaiting_commit = False  # the thread logs call back once it is sendable
         self._close: Close | None = None
         self._peer_left = False
+        self._cancelled = False  # the nursery was cancelled (what a run's emit checks)
         self._nursery: trio.Nursery | None = None  # its cancel scope ends the connection
         # The clocks: plain times read by the clock task, which sleeps until the earliest.
         self._last_seen = trio.current_time()
@@ -234,7 +236,7 @@ class _Session:
                 await self._reader()
                 if self._peer_left and self._state.has_runs:
                     await self._detached()
-                nursery.cancel_scope.cancel()
+                self._cancel()
         except Exception:
             self._log.exception(
                 "internal error on connection %s",
@@ -251,6 +253,7 @@ class _Session:
             await self._close_transport()
 
     def _cancel(self) -> None:
+        self._cancelled = True
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
@@ -728,10 +731,11 @@ class _Session:
             return
         runner = self._idle_runner
         if runner is None:
-            runner = _Runner(self._write_queued)  # its task is started below
+            runner = _Runner(self._write_queued, self._lifecycle.timer)  # task started below
         else:
             self._idle_runner = None
-        runner.begin(trio.current_time() + self._services.settings.run_timeout_s)
+        # On the clock's grid: the deadlines of runs started together share a slot.
+        runner.begin(_on_grid(trio.current_time() + self._services.settings.run_timeout_s))
         self._state.attach(start.run_id, runner)
         self._emitter.run_received(start.run_id)  # the turn starts: its message was just read
         if runner.task is None:
@@ -885,7 +889,11 @@ class _Session:
         async def emit(payload: Any, /) -> None:
             if not isinstance(payload, AGENT_PAYLOADS):
                 raise InvalidEvent(f"an agent cannot emit {type(payload).__name__}")
-            await trio.lowlevel.checkpoint_if_cancelled()
+            # A checkpoint for cancels only: one made while the run waited landed at the
+            # wait, so a pending one was made since, and every cancel of a run or of its
+            # connection says so (a Trio check at every event is 1 % of a turn).
+            if runner.cancelled or self._cancelled:
+                await trio.lowlevel.checkpoint_if_cancelled()
             if queue_run(run_id, payload, deferred=True):  # the emitter's emit_run, inlined
                 await self._flush()
 
@@ -949,20 +957,37 @@ class _Runner:
     one cancel scope (entering and leaving a Trio cancel scope costs as much as starting
     a task). A stop cancels the scope only while the run's agent runs; one that comes
     before is kept until the agent starts, one after is too late. The run's deadline is
-    put on the scope when its agent first waits: one that never waits cannot overrun.
+    armed on the server's timer when its agent first waits (one that never waits cannot
+    overrun), and cancels the scope if it passes; without a running timer, it is the
+    scope's own deadline.
     """
 
-    __slots__ = ("deadline", "handed", "live", "scope", "stopped", "task", "timed", "write_queued")
+    __slots__ = (
+        "cancelled",
+        "deadline",
+        "handed",
+        "live",
+        "scope",
+        "stopped",
+        "task",
+        "timed",
+        "timeout",
+        "timer",
+        "write_queued",
+    )
 
-    def __init__(self, write_queued: Callable[[], None]) -> None:
+    def __init__(self, write_queued: Callable[[], None], timer: Timer) -> None:
         self.scope = trio.CancelScope()
         self.task: trio.lowlevel.Task | None = None  # set once its task runs
         self.write_queued = write_queued
+        self.timer = timer
+        self.timeout = Deadline(self._cancel_scope)
+        self.cancelled = False  # the scope was cancelled (what the run's emit checks)
         self.handed: tuple[StartRun, ThreadLog] | None = None  # the next run, by the reader
         self.deadline = math.inf
         self.live = False  # the agent runs: a stop cancels the scope
         self.stopped = False  # a stop came before the agent started
-        self.timed = False  # the deadline is on the scope
+        self.timed = False  # the deadline is armed (or on the scope)
 
     def begin(self, deadline: float) -> None:
         self.deadline, self.stopped = deadline, False
@@ -970,7 +995,7 @@ class _Runner:
     def cancel(self) -> None:
         """Stop the run (what :class:`StopRun` calls)."""
         if self.live:
-            self.scope.cancel()
+            self._cancel_scope()
         else:
             self.stopped = True
 
@@ -978,22 +1003,30 @@ class _Runner:
         """The run's agent starts: from now a stop cancels it (one kept, at once)."""
         self.live = True
         if self.stopped:
-            self.scope.cancel()
+            self._cancel_scope()
+
+    def _cancel_scope(self) -> None:
+        self.cancelled = True
+        self.scope.cancel()
 
     def before_wait(self) -> None:
-        """The agent is about to wait: the run's deadline on the scope (the first time),
-        and the events queued so far written."""
+        """The agent is about to wait: the run's deadline armed (the first time), and the
+        events queued so far written."""
         if not self.timed:
             self.timed = True
-            self.scope.deadline = self.deadline
+            if not self.timer.arm(self.timeout, self.deadline):
+                self.scope.deadline = self.deadline
         self.write_queued()
 
     def end(self) -> None:
-        """The agent is over: stops come too late, and the deadline is off the scope."""
+        """The agent is over: stops come too late, and the deadline is disarmed."""
         self.live = False
         if self.timed:
             self.timed = False
-            self.scope.deadline = math.inf
+            if self.timeout.armed:
+                self.timeout.armed = False
+            else:  # on the scope (or expired: the scope is spent either way)
+                self.scope.deadline = math.inf
 
 
 @types.coroutine

@@ -4,7 +4,7 @@ import pytest
 import trio
 import trio.testing
 
-from app.services import Alarm, Timer
+from app.services import Alarm, Deadline, Timer
 
 
 async def test_sleepers_wake_in_deadline_order(autojump_clock: trio.testing.MockClock) -> None:
@@ -185,3 +185,92 @@ async def test_sleepers_of_one_deadline_share_it_and_wake_together(
         await trio.sleep(3)
         nursery.cancel_scope.cancel()
     assert [t - start for t in woke] == [1.0] + [2.0] * 100
+
+
+async def test_an_armed_deadline_expires_at_its_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    timer = Timer()
+    expired: list[float] = []
+    deadline = Deadline(lambda: expired.append(trio.current_time()))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(timer.run)
+        start = trio.current_time()
+        assert timer.arm(deadline, start + 2)
+        await trio.sleep(3)
+        nursery.cancel_scope.cancel()
+    assert [t - start for t in expired] == [2.0]
+    assert not deadline.armed
+
+
+async def test_a_disarmed_deadline_never_expires(autojump_clock: trio.testing.MockClock) -> None:
+    timer = Timer()
+    expired: list[float] = []
+    deadline = Deadline(lambda: expired.append(trio.current_time()))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(timer.run)
+        assert timer.arm(deadline, trio.current_time() + 1)
+        deadline.armed = False
+        await trio.sleep(2)
+        assert timer._armed == {}  # dropped when its slot came
+        nursery.cancel_scope.cancel()
+    assert expired == []
+
+
+async def test_a_deadline_armed_again_waits_in_one_slot_then_moves_to_its_own(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    timer = Timer()
+    expired: list[float] = []
+    deadline = Deadline(lambda: expired.append(trio.current_time()))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(timer.run)
+        start = trio.current_time()
+        for at in (5, 6, 7):  # one run after another on the same task
+            assert timer.arm(deadline, start + at)
+            deadline.armed = False
+        assert timer.arm(deadline, start + 8)
+        assert sum(map(len, timer._armed.values())) == 1  # queued once, at 5
+        await trio.sleep(7)
+        assert expired == []  # at 5 it moved on to 8
+        assert list(timer._armed) == [start + 8]
+        await trio.sleep(2)
+        nursery.cancel_scope.cancel()
+    assert [t - start for t in expired] == [8.0]
+
+
+async def test_a_deadline_armed_earlier_expires_at_the_earlier_time_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    timer = Timer()
+    expired: list[float] = []
+    deadline = Deadline(lambda: expired.append(trio.current_time()))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(timer.run)
+        start = trio.current_time()
+        assert timer.arm(deadline, start + 100)
+        assert timer.arm(deadline, start + 1)  # earlier than the slot it waits in
+        await trio.sleep(200)
+        nursery.cancel_scope.cancel()
+    assert [t - start for t in expired] == [1.0]
+
+
+async def test_deadlines_share_slots_and_a_stopped_timer_drops_them(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    timer = Timer()
+    expired: list[int] = []
+    deadlines = [Deadline(lambda i=i: expired.append(i)) for i in range(50)]  # type: ignore[misc]
+    assert not timer.arm(deadlines[0], trio.current_time() + 1)  # not running: not armed
+    assert not deadlines[0].armed
+    async with trio.open_nursery() as nursery:
+        await nursery.start(timer.run)
+        at = trio.current_time() + 10
+        for deadline in deadlines:
+            assert timer.arm(deadline, at)
+        assert len(timer._armed_at) == 1  # one slot for all of them
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert expired == []  # the timer stopped first: none expired
+    assert not any(deadline.armed for deadline in deadlines)
+    assert timer._armed == {}

@@ -27,6 +27,7 @@ from app import (
     run_session,
 )
 from app.agents._agent import Emit
+from app.services import Timer
 from app.session._session import CLOCK_TICK_S, _Runner
 from app.transports._frames import CLOSE_FLUSH_S
 
@@ -73,6 +74,7 @@ async def connect(
     lifecycle: ServerLifecycle | None = None,
     log: logging.Logger | None = None,
     wrap: Any = None,
+    timer: bool = False,
     **overrides: Any,
 ) -> AsyncIterator[Connection]:
     settings = Settings(jwt_secret=SECRET, **overrides)
@@ -98,6 +100,8 @@ async def connect(
             ended.set()
 
     async with trio.open_nursery() as nursery:
+        if timer:  # as serve() runs it; without it, sleeps and deadlines are Trio's own
+            await nursery.start(lifecycle.timer.run)
         nursery.start_soon(session)
         conn = Connection(client, lifecycle, ended)
         ready = await conn.expect("connection_ready")
@@ -382,11 +386,12 @@ class ScriptedAgent:
         ("bad_result", "invalid_result"),
     ],
 )
+@pytest.mark.parametrize("timer", [False, True], ids=["trio-deadlines", "server-timer"])
 async def test_agent_failures_end_run_not_connection(
-    behaviour: str, code: str, autojump_clock: trio.testing.MockClock
+    behaviour: str, code: str, timer: bool, autojump_clock: trio.testing.MockClock
 ) -> None:
     agent = ScriptedAgent(behaviour)
-    async with connect(agent=agent, run_timeout_s=60) as conn:
+    async with connect(agent=agent, run_timeout_s=60, timer=timer) as conn:
         events = await conn.run_to_end()
         assert events[-1]["type"] == "agent_error"
         assert events[-1]["error"]["code"] == code
@@ -595,10 +600,11 @@ async def test_a_connections_runs_one_after_another_share_one_task(
     ]
 
 
+@pytest.mark.parametrize("timer", [False, True], ids=["trio-deadlines", "server-timer"])
 async def test_runs_after_a_timeout_and_a_cancel_start_on_a_fresh_task(
-    autojump_clock: trio.testing.MockClock,
+    timer: bool, autojump_clock: trio.testing.MockClock
 ) -> None:
-    async with connect(agent=ByTextAgent(), run_timeout_s=60) as conn:
+    async with connect(agent=ByTextAgent(), run_timeout_s=60, timer=timer) as conn:
         assert (await conn.run_to_end("one"))[-1]["result"] == {"text": "one"}
         start = trio.current_time()
         timed_out = (await conn.run_to_end("hang"))[-1]
@@ -632,7 +638,7 @@ async def test_a_quiet_connection_keeps_no_task_for_its_next_run(
 
 async def test_a_stop_waits_for_the_agent_and_the_deadline_for_its_first_wait() -> None:
     written: list[None] = []
-    runner = _Runner(lambda: written.append(None))
+    runner = _Runner(lambda: written.append(None), Timer())  # a timer that does not run
     with runner.scope:
         deadline = trio.current_time() + 5
         runner.begin(deadline)
@@ -650,14 +656,47 @@ async def test_a_stop_waits_for_the_agent_and_the_deadline_for_its_first_wait() 
         runner.cancel()  # before the agent starts: kept for it
         assert runner.stopped
         assert not runner.scope.cancel_called
+        assert not runner.cancelled
         runner.agent_starts()
         assert runner.scope.cancel_called
-    running = _Runner(lambda: None)
+        assert runner.cancelled  # what the run's emit checks
+    running = _Runner(lambda: None, Timer())
     with running.scope:
         running.begin(deadline)
         running.agent_starts()
+        assert not running.cancelled
         running.cancel()  # while the agent runs: at once
         assert running.scope.cancel_called
+        assert running.cancelled
+
+
+async def test_a_run_deadline_is_armed_on_a_running_timer_at_the_first_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    timer = Timer()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(timer.run)
+        runner = _Runner(lambda: None, timer)
+        with runner.scope:
+            start = trio.current_time()
+            runner.begin(start + 5)
+            runner.agent_starts()
+            runner.before_wait()
+            assert runner.timeout.armed
+            assert runner.scope.deadline == math.inf  # not the scope's: the timer's
+            await trio.sleep(4)
+            runner.end()  # disarmed: its time passes without a cancel
+            assert not runner.timeout.armed
+            await trio.sleep(2)
+            assert not runner.scope.cancel_called
+            runner.begin(trio.current_time() + 5)  # the next run on the same task
+            runner.agent_starts()
+            runner.before_wait()
+            await trio.sleep_forever()  # cancelled by the timer, 5 s after the run began
+        assert runner.scope.cancelled_caught
+        assert runner.cancelled
+        assert trio.current_time() - start == pytest.approx(11)
+        nursery.cancel_scope.cancel()
 
 
 async def test_runs_at_once_each_get_a_task_and_one_waits_for_the_next(

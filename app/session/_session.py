@@ -139,6 +139,7 @@ class _Session:
         "_close",
         "_connection_id",
         "_context",
+        "_durable",
         "_emitter",
         "_expires_at",
         "_flushing",
@@ -196,6 +197,8 @@ class _Session:
         )
         # The store as this user sees it: every thread read and written is the user's.
         self._threads = lifecycle.threads.for_user(context.user_id)
+        # Frames wait for the log's commit only on a durable store: no check per write else.
+        self._durable = self._threads.durable
         self._followed: dict[str, ThreadLog] = {}  # in order of last use
         self._replaying: dict[str, list[tuple[bytes, int]]] = {}  # live frames held back
         self._ticket = 0  # the last thread-log ticket among the frames queued
@@ -322,7 +325,9 @@ class _Session:
         if deferred:
             return transport.backlog() >= DEFER_BYTES
         self._write_queued()
-        return transport.backlog() > 0 or not self._threads.sendable(self._ticket)
+        return transport.backlog() > 0 or (
+            self._durable and not self._threads.sendable(self._ticket)
+        )
 
     async def _flush(self) -> None:
         """Wait until everything queued is in the log and written, within ``send_timeout_s``.
@@ -353,7 +358,7 @@ class _Session:
         (or what the thread log has not committed yet)."""
         if self._flushing or self._nursery is None:
             return
-        if not self._threads.sendable(self._ticket):
+        if self._durable and not self._threads.sendable(self._ticket):
             # The log's writer calls back after the commit: no task waits for it.
             if not self._awaiting_commit:
                 self._awaiting_commit = True

@@ -272,6 +272,11 @@ class ThreadLogs:
             self._wake.set()
         return self._given
 
+    @property
+    def durable(self) -> bool:
+        """Whether frames wait for their entries' commit (else any frame is sendable)."""
+        return self._durable
+
     def sendable(self, ticket: int) -> bool:
         """Whether a frame of ``ticket`` may be sent now."""
         return ticket <= self._written or not self._durable
@@ -563,6 +568,11 @@ class UserThreads:
     @property
     def epoch(self) -> str:
         return self._logs.epoch
+
+    @property
+    def durable(self) -> bool:
+        """See :attr:`ThreadLogs.durable`."""
+        return self._logs.durable
 
     def sendable(self, ticket: int) -> bool:
         return self._logs.sendable(ticket)

@@ -245,8 +245,13 @@ async def test_open_thread_logs_from_a_spec(tmp_path: Path) -> None:
     memory = await open_thread_logs("memory", Retention())
     _, ticket = memory.for_user("a").create("t").append("x", None, frame_of)
     assert memory.sendable(ticket)
+    # What a session reads once, so that it checks no ticket per write on a memory store.
+    assert not memory.durable
+    assert not memory.for_user("a").durable
     durable = await open_thread_logs(f"sqlite:{tmp_path / 't.db'}", Retention())
     try:
+        assert durable.durable
+        assert durable.for_user("a").durable
         _, ticket = durable.for_user("a").create("t").append("x", None, frame_of)
         assert not durable.sendable(ticket)
         await durable.flush()

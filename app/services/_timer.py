@@ -32,16 +32,19 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable
+from typing import Final
 
 import trio
 
 __all__ = ["Alarm", "Deadline", "Timer"]
 
+_current_task: Final = trio.lowlevel.current_task
+
 
 class _Sleeper:
     __slots__ = ("deadline", "interruptible", "task", "waiting")
 
-    def __init__(self, task: trio.lowlevel.Task, deadline: float, *, interruptible: bool) -> None:
+    def __init__(self, task: trio.lowlevel.Task, deadline: float, interruptible: bool) -> None:
         self.task = task
         self.deadline = deadline
         self.waiting = True
@@ -109,6 +112,9 @@ class Timer:
         self._clock: trio.abc.Clock | None = None
         # The wake-up of run(): its deadline is the earliest slot's.
         self._scope: trio.CancelScope | None = None
+        # That deadline, as a plain float (a scope's is a property); -inf while run() is
+        # not waiting (it reads the heaps before it waits again).
+        self._wake_at = -math.inf
 
     async def sleep(self, seconds: float) -> None:
         """Sleep ``seconds`` (Trio's clock), as ``trio.sleep`` does.
@@ -119,9 +125,7 @@ class Timer:
         if clock is None or not seconds > 0:  # NaN too: trio.sleep raises
             await trio.sleep(seconds)
             return
-        sleeper = _Sleeper(
-            trio.lowlevel.current_task(), clock.current_time() + seconds, interruptible=False
-        )
+        sleeper = _Sleeper(_current_task(), clock.current_time() + seconds, False)
         self._push(sleeper)
         await trio.lowlevel.wait_task_rescheduled(sleeper.abort)
 
@@ -140,9 +144,7 @@ class Timer:
                 await unless.wait()
             alarm._scope = None
         else:
-            sleeper = alarm._sleeper = _Sleeper(
-                trio.lowlevel.current_task(), deadline, interruptible=True
-            )
+            sleeper = alarm._sleeper = _Sleeper(_current_task(), deadline, True)
             self._push(sleeper)
             try:
                 await trio.lowlevel.wait_task_rescheduled(sleeper.abort)
@@ -174,9 +176,7 @@ class Timer:
             return
         self._armed[at] = [deadline]
         heapq.heappush(self._armed_at, at)
-        scope = self._scope
-        if scope is not None and at < scope.deadline:
-            scope.deadline = at
+        self._wake_earlier(at)
 
     def _expire_due(self, now: float) -> None:
         heap, slots = self._armed_at, self._armed
@@ -211,9 +211,13 @@ class Timer:
             return
         self._slots[deadline] = [sleeper]
         heapq.heappush(self._deadlines, deadline)
-        scope = self._scope
-        if scope is not None and deadline < scope.deadline:
-            scope.deadline = deadline
+        if deadline < self._wake_at:
+            self._wake_earlier(deadline)
+
+    def _wake_earlier(self, deadline: float) -> None:
+        """Have run() wake at ``deadline`` if it waits until later."""
+        if deadline < self._wake_at and self._scope is not None:
+            self._wake_at = self._scope.deadline = deadline
 
     def _next_deadline(self) -> float:
         first = self._deadlines[0] if self._deadlines else math.inf
@@ -246,13 +250,14 @@ class Timer:
                 self._wake_due(now)
                 if self._armed_at and self._armed_at[0] <= now:
                     self._expire_due(now)
-                with trio.CancelScope(deadline=self._next_deadline()) as scope:
+                self._wake_at = self._next_deadline()
+                with trio.CancelScope(deadline=self._wake_at) as scope:
                     self._scope = scope
                     await trio.sleep_forever()
-                self._scope = None
+                self._scope, self._wake_at = None, -math.inf
         finally:
             self._clock = None
-            self._scope = None
+            self._scope, self._wake_at = None, -math.inf
             self._wake_due(math.inf)
             for slot in self._armed.values():
                 for deadline in slot:

@@ -550,12 +550,10 @@ class _Session:
         """Append a run's event (its ``wire`` object) to its thread's log: its frame (with
         ``thread_seq``) and ticket. Raises :class:`InvalidEvent` (nothing appended) if it
         is not JSON."""
-
-        def build(thread_seq: int) -> bytes:
-            wire["thread_seq"] = thread_seq
-            return encode_run_wire(kind, wire)
-
-        return self._followed[thread_id].append(kind, run_id, build, origin=self)
+        thread = self._followed[thread_id]
+        seq = wire["thread_seq"] = thread.last_seq + 1
+        frame = encode_run_wire(kind, wire)  # before the append: a failure uses nothing
+        return frame, thread.append_frame(kind, run_id, seq, frame, self)
 
     def deliver(self, thread_id: str, frame: bytes, ticket: int) -> None:
         """An event of a followed thread, appended by another connection of the user."""

@@ -134,6 +134,20 @@ class ThreadLog:
         """
         seq = self.last_seq + 1
         frame = build(seq)
+        return frame, self.append_frame(kind, run_id, seq, frame, origin, client_id)
+
+    def append_frame(
+        self,
+        kind: str,
+        run_id: str | None,
+        seq: int,
+        frame: bytes,
+        origin: object = None,
+        client_id: str | None = None,
+    ) -> int:
+        """:meth:`append` of a frame encoded already, for ``thread_seq`` ``seq`` (the next:
+        ``last_seq + 1``): its ticket. For a run's events, one per event sent: no builder
+        to call back."""
         self.last_seq = seq
         logs = self._logs
         # tuple.__new__ itself: Entry(...) runs the named tuple's Python-level __new__
@@ -155,7 +169,7 @@ class ThreadLog:
         for follower in self.followers:
             if follower is not origin:
                 follower.deliver(self.thread_id, frame, ticket)
-        return frame, ticket
+        return ticket
 
     def take_remote(self, entry: Entry) -> None:
         """An entry another process appended: the thread moves on and its followers get it."""

@@ -190,6 +190,26 @@ async def test_followers_but_the_origin_get_each_event() -> None:
     assert not thread.followed_by_another(origin)  # ``gone`` is not attached
 
 
+async def test_a_frame_encoded_already_is_appended_as_by_a_builder() -> None:
+    logs = ThreadLogs.in_memory()
+    alice = logs.for_user("alice")
+    thread = alice.create("thr_1")
+    origin, other = Recorder(), Recorder()
+    thread.follow(origin)
+    thread.follow(other)
+    frame, first = thread.append("x", "run_1", frame_of, origin=origin)
+    second = thread.append_frame("y", "run_1", 2, frame_of(2), origin)
+    assert second > first
+    assert thread.last_seq == 2
+    assert other.frames == [("thr_1", frame, first), ("thr_1", frame_of(2), second)]
+    assert origin.frames == []
+    entries = await alice.after("thr_1", 0, 5)
+    assert [(e.thread_seq, e.kind, e.run_id, e.text) for e in entries] == [
+        (1, "x", "run_1", frame_of(1).decode()),
+        (2, "y", "run_1", frame_of(2).decode()),
+    ]
+
+
 @pytest.mark.parametrize("bad", [ValueError("not JSON"), "\ud800"])
 def test_an_event_that_cannot_be_encoded_uses_nothing(bad: object) -> None:
     logs = ThreadLogs.in_memory()

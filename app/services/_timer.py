@@ -106,7 +106,8 @@ class Timer:
     def __init__(self) -> None:
         self._slots: dict[float, list[_Sleeper]] = {}
         self._deadlines: list[float] = []  # a heap of the slots' keys
-        self._armed: dict[float, list[Deadline]] = {}  # the Deadlines' slots
+        # The Deadlines' slots (dicts: one is forgotten at once when its owner ends).
+        self._armed: dict[float, dict[Deadline, None]] = {}
         self._armed_at: list[float] = []  # a heap of their keys
         # The run's clock while run() runs (trio.current_time() is three calls to it).
         self._clock: trio.abc.Clock | None = None
@@ -168,13 +169,23 @@ class Timer:
             self._queue(deadline)
         return True
 
+    def forget(self, deadline: Deadline) -> None:
+        """Drop ``deadline`` (disarmed: its owner is done with it), so that the timer holds
+        nothing of an owner that ended."""
+        deadline.armed = False
+        queued, deadline._queued_at = deadline._queued_at, None
+        if queued is not None:
+            slot = self._armed.get(queued)
+            if slot is not None:
+                slot.pop(deadline, None)
+
     def _queue(self, deadline: Deadline) -> None:
         at = deadline.at
         slot = self._armed.get(at)
         if slot is not None:
-            slot.append(deadline)
+            slot[deadline] = None
             return
-        self._armed[at] = [deadline]
+        self._armed[at] = {deadline: None}
         heapq.heappush(self._armed_at, at)
         self._wake_earlier(at)
 

@@ -775,6 +775,7 @@ class _Session:
                     (start, thread), serving = handed, True
             await self._end_run(start.run_id, terminal)
         finally:
+            runner.release()
             if serving:
                 self._forget_run(start.run_id, thread)
 
@@ -984,7 +985,9 @@ class _Runner:
         self.task: trio.lowlevel.Task | None = None  # set once its task runs
         self.write_queued = write_queued
         self.timer = timer
-        self.timeout = Deadline(self._cancel_scope)
+        # Expiry cancels the scope itself: the timer runs only while this task waits, so the
+        # cancel lands at that wait (``cancelled`` is for cancels an emit could meet).
+        self.timeout = Deadline(self.scope.cancel)
         self.cancelled = False  # the scope was cancelled (what the run's emit checks)
         self.handed: tuple[StartRun, ThreadLog] | None = None  # the next run, by the reader
         self.deadline = math.inf
@@ -1020,6 +1023,10 @@ class _Runner:
             if not self.timer.arm(self.timeout, self.deadline):
                 self.scope.deadline = self.deadline
         self.write_queued()
+
+    def release(self) -> None:
+        """The run task ends: the timer forgets its deadline."""
+        self.timer.forget(self.timeout)
 
     def end(self) -> None:
         """The agent is over: stops come too late, and the deadline is disarmed."""

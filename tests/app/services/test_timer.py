@@ -274,3 +274,24 @@ async def test_deadlines_share_slots_and_a_stopped_timer_drops_them(
     assert expired == []  # the timer stopped first: none expired
     assert not any(deadline.armed for deadline in deadlines)
     assert timer._armed == {}
+
+
+async def test_a_forgotten_deadline_leaves_nothing_in_the_timer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    timer = Timer()
+    expired: list[int] = []
+    kept, dropped = Deadline(lambda: expired.append(1)), Deadline(lambda: expired.append(2))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(timer.run)
+        at = trio.current_time() + 1
+        assert timer.arm(kept, at)
+        assert timer.arm(dropped, at)
+        timer.forget(dropped)
+        timer.forget(dropped)  # twice, or never armed: nothing to do
+        timer.forget(Deadline(lambda: None))
+        assert list(timer._armed[at]) == [kept]  # nothing of the forgotten one's owner
+        assert not dropped.armed
+        await trio.sleep(2)
+        nursery.cancel_scope.cancel()
+    assert expired == [1]

@@ -694,8 +694,9 @@ async def test_a_run_deadline_is_armed_on_a_running_timer_at_the_first_wait(
             runner.before_wait()
             await trio.sleep_forever()  # cancelled by the timer, 5 s after the run began
         assert runner.scope.cancelled_caught
-        assert runner.cancelled
         assert trio.current_time() - start == pytest.approx(11)
+        runner.release()  # its task ends: the timer holds nothing of it
+        assert not any(timer._armed.values())
         nursery.cancel_scope.cancel()
 
 
@@ -720,3 +721,20 @@ async def test_runs_at_once_each_get_a_task_and_one_waits_for_the_next(
         await trio.testing.wait_all_tasks_blocked()
         # The hanging run's task and the one waiting for the next run.
         assert count_tasks() == baseline + 2 + 2
+
+
+async def test_a_run_task_that_ends_leaves_nothing_in_the_timer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    lifecycle = ServerLifecycle(max_connections=10)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lifecycle.timer.run)
+        async with connect(lifecycle=lifecycle, agent_delay_ms=10) as conn:
+            assert (await conn.run_to_end())[-1]["type"] == "agent_completed"
+            # Disarmed, and kept for the task's next run.
+            [deadline] = [d for slot in lifecycle.timer._armed.values() for d in slot]
+            assert not deadline.armed
+        await trio.testing.wait_all_tasks_blocked()
+        # The connection ended, and its run task: the timer holds nothing of it.
+        assert not any(lifecycle.timer._armed.values())
+        nursery.cancel_scope.cancel()

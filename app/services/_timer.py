@@ -178,6 +178,11 @@ class Timer:
             slot = self._armed.get(queued)
             if slot is not None:
                 slot.pop(deadline, None)
+                if not slot:
+                    # Not kept until its time (run deadlines are minutes away): with
+                    # connections coming and going, empty slots would pile up meanwhile.
+                    # Its heap key stays, and is skipped when it comes.
+                    del self._armed[queued]
 
     def _queue(self, deadline: Deadline) -> None:
         at = deadline.at
@@ -193,7 +198,7 @@ class Timer:
         heap, slots = self._armed_at, self._armed
         while heap and heap[0] <= now:
             at = heapq.heappop(heap)
-            for deadline in slots.pop(at):
+            for deadline in slots.pop(at, ()):
                 if deadline._queued_at != at:
                     continue  # armed earlier since: it waits in an earlier slot too
                 deadline._queued_at = None
@@ -232,7 +237,10 @@ class Timer:
 
     def _next_deadline(self) -> float:
         first = self._deadlines[0] if self._deadlines else math.inf
-        return min(first, self._armed_at[0]) if self._armed_at else first
+        armed_at, armed = self._armed_at, self._armed
+        while armed_at and armed_at[0] not in armed:  # its slot was forgotten: no wake-up
+            heapq.heappop(armed_at)
+        return min(first, armed_at[0]) if armed_at else first
 
     def _wake_due(self, now: float) -> None:
         deadlines, slots = self._deadlines, self._slots

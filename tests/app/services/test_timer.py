@@ -293,5 +293,10 @@ async def test_a_forgotten_deadline_leaves_nothing_in_the_timer(
         assert list(timer._armed[at]) == [kept]  # nothing of the forgotten one's owner
         assert not dropped.armed
         await trio.sleep(2)
+        later = trio.current_time() + 100
+        assert timer.arm(dropped, later)
+        timer.forget(dropped)
+        assert timer._armed == {}  # an emptied slot is not kept until its time
+        assert timer._next_deadline() == math.inf  # nor its wake-up
         nursery.cancel_scope.cancel()
     assert expired == [1]

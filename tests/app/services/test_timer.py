@@ -1,4 +1,6 @@
+import contextlib
 import math
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -187,45 +189,43 @@ async def test_sleepers_of_one_deadline_share_it_and_wake_together(
     assert [t - start for t in woke] == [1.0] + [2.0] * 100
 
 
-async def test_an_armed_deadline_expires_at_its_time(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+@contextlib.asynccontextmanager
+async def running_timer() -> AsyncIterator[tuple[Timer, Deadline, list[float], float]]:
+    """A running timer, a deadline that notes when it expires (relative to the start),
+    and those notes."""
     timer = Timer()
     expired: list[float] = []
-    deadline = Deadline(lambda: expired.append(trio.current_time()))
     async with trio.open_nursery() as nursery:
         await nursery.start(timer.run)
         start = trio.current_time()
+        deadline = Deadline(lambda: expired.append(trio.current_time() - start))
+        yield timer, deadline, expired, start
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_armed_deadline_expires_at_its_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running_timer() as (timer, deadline, expired, start):
         assert timer.arm(deadline, start + 2)
         await trio.sleep(3)
-        nursery.cancel_scope.cancel()
-    assert [t - start for t in expired] == [2.0]
+    assert expired == [2.0]
     assert not deadline.armed
 
 
 async def test_a_disarmed_deadline_never_expires(autojump_clock: trio.testing.MockClock) -> None:
-    timer = Timer()
-    expired: list[float] = []
-    deadline = Deadline(lambda: expired.append(trio.current_time()))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(timer.run)
-        assert timer.arm(deadline, trio.current_time() + 1)
+    async with running_timer() as (timer, deadline, expired, start):
+        assert timer.arm(deadline, start + 1)
         deadline.armed = False
         await trio.sleep(2)
         assert timer._armed == {}  # dropped when its slot came
-        nursery.cancel_scope.cancel()
     assert expired == []
 
 
 async def test_a_deadline_armed_again_waits_in_one_slot_then_moves_to_its_own(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    timer = Timer()
-    expired: list[float] = []
-    deadline = Deadline(lambda: expired.append(trio.current_time()))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(timer.run)
-        start = trio.current_time()
+    async with running_timer() as (timer, deadline, expired, start):
         for at in (5, 6, 7):  # one run after another on the same task
             assert timer.arm(deadline, start + at)
             deadline.armed = False
@@ -235,24 +235,17 @@ async def test_a_deadline_armed_again_waits_in_one_slot_then_moves_to_its_own(
         assert expired == []  # at 5 it moved on to 8
         assert list(timer._armed) == [start + 8]
         await trio.sleep(2)
-        nursery.cancel_scope.cancel()
-    assert [t - start for t in expired] == [8.0]
+    assert expired == [8.0]
 
 
 async def test_a_deadline_armed_earlier_expires_at_the_earlier_time_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    timer = Timer()
-    expired: list[float] = []
-    deadline = Deadline(lambda: expired.append(trio.current_time()))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(timer.run)
-        start = trio.current_time()
+    async with running_timer() as (timer, deadline, expired, start):
         assert timer.arm(deadline, start + 100)
         assert timer.arm(deadline, start + 1)  # earlier than the slot it waits in
         await trio.sleep(200)
-        nursery.cancel_scope.cancel()
-    assert [t - start for t in expired] == [1.0]
+    assert expired == [1.0]
 
 
 async def test_deadlines_share_slots_and_a_stopped_timer_drops_them(

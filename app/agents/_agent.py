@@ -7,7 +7,7 @@ to that run -- never the server, the session or other connections.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -47,15 +47,16 @@ class RunContext:
     history: tuple[tuple[str, str], ...] = ()
     timer: Timer | None = attrs.field(default=None, repr=False, eq=False)
 
-    async def sleep(self, seconds: float) -> None:
+    def sleep(self, seconds: float) -> Coroutine[Any, Any, None]:
         """``trio.sleep``, woken by the server's timer: about a quarter of the CPU.
 
+        Returns the timer's own sleep for the caller to await (a coroutine of ours in
+        between would be resumed on every wake: 1.5 % of a turn whose agent waits).
         Cancellation: as ``trio.sleep`` (the run's cancel scope stops it).
         """
         if self.timer is None:
-            await trio.sleep(seconds)
-        else:
-            await self.timer.sleep(seconds)
+            return trio.sleep(seconds)  # noqa: ASYNC105 - awaited by the caller
+        return self.timer.sleep(seconds)
 
 
 class Emit(Protocol):
@@ -133,19 +134,21 @@ class EchoAgent:
     name: str = "echo"
 
     async def run(self, run: RunContext, emit: Emit) -> Any:
-        await self._step(run)
-        await emit(AgentThinking(thought="I will count the words of your message."))
-        await self._step(run)
-        await emit(ToolExecuting(tool_name="word_count", tool_input={"text": run.text}))
         words = len(run.text.split())
-        await self._step(run)
-        await emit(ToolCompleted(tool_name="word_count", results={"words": words}))
-        await self._step(run)
+        delay_s = self.delay_s
+        # A wait before each event and one before the result, inline: a helper coroutine
+        # per wait costs as much as the wait's own bookkeeping.
+        for event in (
+            AgentThinking(thought="I will count the words of your message."),
+            ToolExecuting(tool_name="word_count", tool_input={"text": run.text}),
+            ToolCompleted(tool_name="word_count", results={"words": words}),
+        ):
+            if delay_s > 0:
+                await run.sleep(delay_s)
+            await emit(event)
+        if delay_s > 0:
+            await run.sleep(delay_s)
         return {"text": run.text, "words": words}
-
-    async def _step(self, run: RunContext) -> None:
-        if self.delay_s > 0:
-            await run.sleep(self.delay_s)
 
 
 def echo(options: AgentOptions) -> Agent:

@@ -762,7 +762,12 @@ class _Session:
             with runner.scope:
                 while True:
                     terminal = None  # still None below if the agent was cancelled
-                    ran, terminal = await self._serve_run(start, runner, thread)
+                    # The agent is awaited here, not in a helper: each coroutine between
+                    # the run task and the agent's wait is resumed on every wake.
+                    history = await self._accept(start, thread)
+                    ran = history is not None
+                    if history is not None:
+                        terminal = await self._run_agent(start, runner, history)
                     if runner.scope.cancel_called:
                         break  # stopped, or out of time: it ends below, outside the spent scope
                     if ran:
@@ -800,12 +805,11 @@ class _Session:
         if runner is not None and runner.task is not None:
             trio.lowlevel.reschedule(runner.task)  # ``handed`` is None: it ends
 
-    async def _serve_run(
-        self, start: StartRun, runner: _Runner, thread: ThreadLog
-    ) -> tuple[bool, RunPayload | None]:
-        """Accept the message and run its agent: (True, its terminal event), or (False,
-        None) for a duplicate, answered without a run. Raises ``Cancelled`` when the run
-        is stopped or out of time."""
+    async def _accept(
+        self, start: StartRun, thread: ThreadLog
+    ) -> tuple[tuple[str, str], ...] | None:
+        """Accept the message for its run, logged: the history its agent gets; or None for
+        a duplicate, answered without a run. Cancellation: nothing accepted."""
         run_id, message = start.run_id, start.message
         client_id = message.client_id
         first = None if client_id is None else thread.client_ids.get(client_id)
@@ -813,7 +817,7 @@ class _Session:
             # A retried send (after a reconnect, say): the first copy's run answers it.
             assert client_id is not None
             await self._emitter.send_event(DuplicateMessage(thread.thread_id, client_id, first))
-            return False, None
+            return None
         if client_id is not None:
             thread.client_ids[client_id] = run_id  # claimed: a copy now is a duplicate
         history: tuple[tuple[str, str], ...] = ()
@@ -837,7 +841,7 @@ class _Session:
         )
         self._ticket = max(self._ticket, ticket)
         thread.live_runs[run_id] = lambda: self._stop_run(run_id)
-        return True, await self._run_agent(start, runner, history)
+        return history
 
     def _forget_run(self, run_id: str, thread: ThreadLog) -> None:
         if thread.live_runs.pop(run_id, None) is not None:

@@ -53,12 +53,13 @@ import contextlib
 import logging
 import math
 import os
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, NoReturn, cast
 
 import trio
 from websockets.frames import CloseCode, Frame, Opcode
-from websockets.protocol import CLOSED, OPEN, SERVER, Protocol
+from websockets.protocol import CLOSED, OPEN, SERVER, Protocol, State
 
 try:
     from websockets.speedups import apply_mask
@@ -103,6 +104,10 @@ def text_frame(payload: bytes) -> bytes:
     return b"\x81\x7f" + n.to_bytes(8, "big") + payload
 
 
+def _closed() -> int:
+    return -1
+
+
 class QuietInfoLogger(logging.LoggerAdapter[logging.Logger]):
     """A logger for websockets' protocol that drops its INFO records.
 
@@ -133,6 +138,15 @@ class _ServerProtocol(Protocol):
             self.current_size = None  # websockets' "a fragmented message is unfinished"
         super().recv_frame(frame)
 
+    #: ``state is OPEN`` as a plain attribute, for the reads of every frame: ``state`` is
+    #: a property, 0.7 % of a turn. websockets makes every change through its setter.
+    open = False
+
+    @Protocol.state.setter  # type: ignore[attr-defined, untyped-decorator]
+    def state(self, state: State) -> None:
+        Protocol.state.fset(self, state)  # type: ignore[attr-defined]
+        self.open = state is OPEN
+
 
 @request_scoped
 class LeanTransport:
@@ -156,6 +170,7 @@ class LeanTransport:
         initial: bytes = b"",
         traffic: Traffic | None = None,
         poller: ReadPoller | None = None,
+        raw: socket.socket | None = None,
     ) -> None:
         self._stream = stream
         # The process's counters (its own without one): plain ints, a few ns a frame.
@@ -184,8 +199,13 @@ class LeanTransport:
         # Writes go straight to the socket when there is one (POSIX), so that a cancelled
         # write knows what it sent; any other stream (tests) uses send_all.
         self._socket: trio.socket.SocketType | None = None
+        # Its descriptor, -1 once closed (never read or write a reused one): the stdlib
+        # socket's C ``fileno`` when the caller has it (``raw``), since Trio's is a Python
+        # call, about 1 % of a turn at one per write.
+        self._fileno: Callable[[], int] = _closed
         if isinstance(stream, trio.SocketStream) and os.name == "posix":
             self._socket = stream.socket
+            self._fileno = self._socket.fileno if raw is None else raw.fileno
         # The server's one epoll for reads (a socket registered once), else Trio's: what
         # a read waits on, chosen here rather than per message.
         self._poller: ReadPoller | None = None
@@ -277,7 +297,7 @@ class LeanTransport:
                 elif opcode is Opcode.CLOSE:
                     raise TransportClosed
                 # A ping: the protocol has queued its pong already.
-            if self._read_eof or self._protocol.state is not OPEN:
+            if self._read_eof or not self._protocol.open:
                 raise TransportClosed
             await self._read()
 
@@ -330,7 +350,7 @@ class LeanTransport:
         protocol = self._protocol
         if self._partial:
             data, self._partial = self._partial + data, b""
-        if protocol.state is not OPEN:
+        if not protocol.open:
             protocol.receive_data(data)
             return self._received()
         out: list[Frame | bytes] = []
@@ -343,7 +363,7 @@ class LeanTransport:
             out.extend(self._received())
         limit = protocol.max_message_size
         while pos < end:
-            if protocol.state is not OPEN:  # it failed or took a close: the rest is its
+            if not protocol.open:  # it failed or took a close: the rest is its
                 protocol.receive_data(data[pos:])
                 out.extend(self._received())
                 break
@@ -401,7 +421,7 @@ class LeanTransport:
                 await trio.lowlevel.checkpoint()
             data = b""
             while True:
-                fd = sock.fileno()  # -1 once closed: never read a reused descriptor
+                fd = self._fileno()  # -1 once closed
                 if fd < 0:
                     break
                 try:
@@ -512,7 +532,7 @@ class LeanTransport:
         sent = 0
         try:
             while sent < len(view):
-                fd = sock.fileno()  # -1 once closed: never write to a reused descriptor
+                fd = self._fileno()  # -1 once closed
                 if fd < 0:
                     raise trio.ClosedResourceError
                 try:
@@ -554,7 +574,7 @@ class LeanTransport:
 
         Raises :class:`TransportClosed` once nothing more can be sent.
         """
-        if self._broken or self._protocol.state is not OPEN:
+        if self._broken or not self._protocol.open:
             raise TransportClosed
         out = self._out
         for frame in frames:
@@ -580,7 +600,7 @@ class LeanTransport:
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
         try:
-            fd = sock.fileno()  # -1 once closed: never write to a reused descriptor
+            fd = self._fileno()  # -1 once closed
             sent = os.write(fd, data) if fd >= 0 else -1
         except BlockingIOError:
             sent = 0

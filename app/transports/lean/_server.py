@@ -215,7 +215,7 @@ class _LeanServer:
         """
         sock = trio.socket.from_stdlib_socket(conn)
         try:
-            await self._connection(trio.SocketStream(sock), _host(address))
+            await self._connection(trio.SocketStream(sock), _host(address), conn)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer left
         except Exception:
@@ -223,7 +223,9 @@ class _LeanServer:
         finally:
             sock.close()  # no checkpoint needed: the task ends here
 
-    async def _connection(self, stream: trio.SocketStream, peer: str | None) -> None:
+    async def _connection(
+        self, stream: trio.SocketStream, peer: str | None, raw: socket.socket
+    ) -> None:
         settings = self.services.settings
         # Most clients send their request with the connect: it is read without a wait.
         first = _read_now(stream)
@@ -254,7 +256,7 @@ class _LeanServer:
             else:
                 opening = _Opening(request, rest)
                 del request, rest
-                await self._websocket(stream, opening, peer)
+                await self._websocket(stream, opening, peer, raw)
         elif request.path in _HTTP_PATHS:
             if request.method not in ("GET", "HEAD"):
                 await self._answer(stream, _error(405, "use GET", ("allow", "HEAD, GET")))
@@ -324,7 +326,7 @@ class _LeanServer:
                 pass
 
     async def _websocket(
-        self, stream: trio.SocketStream, opening: _Opening, peer: str | None
+        self, stream: trio.SocketStream, opening: _Opening, peer: str | None, raw: socket.socket
     ) -> None:
         request, rest = opening.take()
         key = _websocket_key(request)
@@ -373,6 +375,7 @@ class _LeanServer:
                     initial=rest,
                     traffic=lifecycle.metrics.traffic,
                     poller=self.poller,
+                    raw=raw,
                 )
                 del rest, key
                 context = UserContext.from_claims(decision.claims, carrier=decision.carrier)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import socket
 from collections.abc import Callable
 
 import pytest
@@ -164,3 +165,52 @@ async def test_a_header_cut_short_by_the_end_of_input_ends_the_connection() -> N
     with pytest.raises(TransportClosed):
         await transport.receive()
     assert transport._protocol.state is not OPEN
+
+
+@pytest.mark.parametrize(
+    "end",
+    [
+        pytest.param(lambda t: t._protocol.send_close(1000, "bye"), id="close-sent"),
+        pytest.param(lambda t: t._feed(_wire(lambda c: c.send_close(1000, ""))), id="close-read"),
+        pytest.param(lambda t: t._feed(b"\xc1\x81\x00\x00\x00\x00a"), id="failed"),
+        pytest.param(lambda t: t._feed(b""), id="eof"),
+    ],
+)
+async def test_the_protocols_open_flag_follows_its_state(
+    end: Callable[[LeanTransport], object],
+) -> None:
+    # ``open`` is what the hot path reads instead of the ``state`` property.
+    transport, _ = _transport()
+    assert transport._protocol.open
+    end(transport)
+    assert transport._protocol.state is not OPEN
+    assert not transport._protocol.open
+    with pytest.raises(TransportClosed):
+        transport.queue([b"{}"])
+
+
+async def test_nothing_is_written_once_the_raw_socket_is_closed() -> None:
+    # The descriptor comes from the stdlib socket's own fileno(): -1 once it is closed,
+    # so a number the kernel gave to another connection is never used.
+    raw, peer = socket.socketpair()
+    raw.setblocking(False)
+    with peer:
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(raw))
+        transport = LeanTransport(
+            stream, max_message_bytes=LIMIT, logger=logging.getLogger("t"), raw=raw
+        )
+        transport.queue([b'{"n":1}'])
+        assert transport.write_now()
+        assert peer.recv(100) == b'\x81\x07{"n":1}'
+        number = raw.fileno()
+        await stream.aclose()
+        other, other_peer = socket.socketpair()  # most likely given the number just freed
+        with other, other_peer:
+            assert other.fileno() == number
+            transport.queue([b'{"n":2}'])
+            assert transport.write_now()  # nothing left for a task: the write failed
+            other_peer.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                other_peer.recv(100)
+        with pytest.raises(TransportClosed):
+            transport.queue([b'{"n":3}'])

@@ -121,6 +121,7 @@ async def _serve(
     try:
         async with _agent_closed_on_exit(services.agent), trio.open_nursery() as outer:
             await outer.start(lifecycle.timer.run)
+            await outer.start(lifecycle.writes.run)
             await outer.start(lifecycle.admission.run)  # shared admission's leases, its client
             # The thread logs' writer: started first, stopped last (after a final commit).
             await outer.start(threads.run)

@@ -9,6 +9,8 @@
   through one Redis; ``build_admission`` picks one from the settings.
 - ``_timer``: one timer for the process: sleeps without a cancel-scope expiry, and
   the runs' deadlines (``Deadline``).
+- ``_writes``: ``PassWrites``, which makes the writes the connections ask for in one
+  pass of the scheduler together, at the next.
 - ``_metrics``: ``Metrics``, the process's counters, read into its own Prometheus
   registry at scrape time.
 - ``_build``: the verifier and services from settings.
@@ -32,6 +34,7 @@ from ._settings import load_settings as load_settings
 from ._timer import Alarm as Alarm
 from ._timer import Deadline as Deadline
 from ._timer import Timer as Timer
+from ._writes import PassWrites as PassWrites
 
 __all__ = [
     "Admission",
@@ -41,6 +44,7 @@ __all__ = [
     "Deadline",
     "MemoryAdmission",
     "Metrics",
+    "PassWrites",
     "RedisAdmission",
     "Refusal",
     "Refused",

@@ -21,6 +21,7 @@ from ._admission import Admission, MemoryAdmission
 from ._metrics import Metrics
 from ._settings import Settings
 from ._timer import Timer
+from ._writes import PassWrites
 
 __all__ = ["ServerLifecycle", "Services"]
 
@@ -53,6 +54,8 @@ class ServerLifecycle:
     open_connections: int = 0
     #: Wakes sleeping runs (``RunContext.sleep``); ``serve()`` runs it.
     timer: Timer = attrs.field(factory=Timer)
+    #: Makes the runs' writes at the scheduler's next pass, together; ``serve()`` runs it.
+    writes: PassWrites = attrs.field(factory=PassWrites)
     #: Every thread's log; ``serve()`` runs its writer. Default: in memory.
     threads: ThreadLogs = attrs.field(factory=ThreadLogs.in_memory)
     #: The process's counters and the registry ``/metrics`` renders (no user data).

@@ -37,7 +37,7 @@ __all__ = ["EventEmitter", "Flush", "InvalidEvent", "Record", "Write", "encode_r
 _COUNTED: Final = frozenset({AgentStarted, *TERMINAL_PAYLOADS})
 
 #: The connection's outbound path: queues (the connection the frames were stamped for,
-#: frames, whether writing may wait until the calling task is about to wait, the
+#: frames, whether writing may wait for the scheduler's next pass (a run's events), the
 #: thread-log ticket the frames must wait for); True when the caller must await
 #: :data:`Flush` before going on. Not a coroutine: a run's events are queued without one.
 Write = Callable[[str, Sequence[bytes], bool, int], bool]
@@ -101,8 +101,8 @@ class EventEmitter:
     async def emit_run(self, run_id: str, payload: RunPayload, *, deferred: bool = False) -> None:
         """Send the next event of ``run_id``; returns once it is written.
 
-        With ``deferred``, returns once it is queued: the caller writes before it waits
-        (a run's task, see ``app/session/_session.py``), unless the queue is long.
+        With ``deferred``, returns once it is queued: it is written at the scheduler's
+        next pass (see ``app/session/_session.py``), unless the queue is long.
 
         Raises as :meth:`queue_run`. Cancellation: the frame stays queued, with its
         sequence number, and goes out.

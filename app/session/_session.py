@@ -8,12 +8,13 @@ When :func:`run_session` returns, nothing of the connection remains.
 Tasks: the connection's own task reads; one clock task keeps every deadline of the
 connection and waits for the server's drain; each run is a task, which then waits for the
 connection's next run (until the connection is quiet for a ping interval) rather than
-ending: a task started, and a cancel scope entered, for one run in many. Frames are written by
-the task that produces them (the queue is the transport's): the reader writes each at
-once, a run writes what it queued when its agent is about to wait and when it ends, so
-the events a run produces in one step leave in one write. Only when the peer does not
-take them does a task wait for the write: the run itself past :data:`DEFER_BYTES`
-queued, else a flushing task started for it.
+ending: a task started, and a cancel scope entered, for one run in many. The queue of
+frames is the transport's: the reader writes its answers at once, and what a run queues
+is written at the scheduler's next pass by the server's
+:class:`~app.services.PassWrites`, with every write asked for in the same pass (at once
+where it does not run), so the events a run produces in one step leave in one write.
+Only when the peer does not take them does a task wait for the write: the run itself
+past :data:`DEFER_BYTES` queued, else a flushing task started for it.
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ import contextlib
 import json
 import math
 import random
-import types
-from collections.abc import Callable, Coroutine, Generator, Sequence
-from typing import Any, Final, TypeVar
+from collections.abc import Coroutine, Sequence
+from typing import Any, Final
 
 import trio
 
@@ -104,8 +104,6 @@ HISTORY_TURN_EVENTS: Final = 200
 #: Largest ``history`` frame (characters of events); older events go to the next page.
 MAX_PAGE_BYTES: Final = 512 * 1024
 
-T = TypeVar("T")
-
 
 def _on_grid(deadline: float) -> float:
     """The first :data:`CLOCK_TICK_S` tick at or after ``deadline``."""
@@ -160,6 +158,7 @@ class _Session:
         "_threads",
         "_ticket",
         "_transport",
+        "_write_asked",
     )
 
     def __init__(
@@ -205,6 +204,7 @@ class _Session:
         self._runs_idle: trio.Event | None = None  # made by the drain, set by the last run
         self._idle_runner: _Runner | None = None  # a run task waiting for the next run
         self._flushing = False  # a flusher task writes what a run left queued
+        self._write_asked = False  # PassWrites will call _write_passed
         self._awaiting_commit = False  # the thread logs call back once it is sendable
         self._close: Close | None = None
         self._peer_left = False
@@ -299,8 +299,8 @@ class _Session:
         must await :meth:`_flush` (which writes the rest within ``send_timeout_s``)
         before going on. Any task may call.
 
-        ``deferred`` (a run's events): only queued, and no flush unless
-        :data:`DEFER_BYTES` are waiting; the run writes before it waits. ``ticket``:
+        ``deferred`` (a run's events): written at the scheduler's next pass, and no
+        flush unless :data:`DEFER_BYTES` are waiting. ``ticket``:
         the thread-log entry the frames carry; nothing queued goes out before the log
         holds it.
         """
@@ -323,7 +323,10 @@ class _Session:
         if not transport.immediate_writes:
             return True
         if deferred:
-            return transport.backlog() >= DEFER_BYTES
+            if transport.backlog() >= DEFER_BYTES:
+                return True
+            self._write_later()
+            return False
         self._write_queued()
         return transport.backlog() > 0 or (
             self._durable and not self._threads.sendable(self._ticket)
@@ -367,6 +370,18 @@ class _Session:
         if not self._transport.write_now():
             self._flushing = True
             self._nursery.start_soon(self._flusher)
+
+    def _write_later(self) -> None:
+        """Write what runs queued at the scheduler's next pass (see PassWrites), or now."""
+        if not self._write_asked:
+            if self._lifecycle.writes.later(self._write_passed):
+                self._write_asked = True
+            else:
+                self._write_queued()
+
+    def _write_passed(self) -> None:
+        self._write_asked = False
+        self._write_queued()
 
     def _committed(self) -> None:
         self._awaiting_commit = False
@@ -734,7 +749,7 @@ class _Session:
             return
         runner = self._idle_runner
         if runner is None:
-            runner = _Runner(self._write_queued, self._lifecycle.timer)  # task started below
+            runner = _Runner(self._lifecycle.timer)  # task started below
         else:
             self._idle_runner = None
         # On the clock's grid: the deadlines of runs started together share a slot.
@@ -920,7 +935,7 @@ class _Session:
             await self._flush()
         runner.agent_starts()
         try:
-            result = await _before_each_wait(agent.run(run, emit), runner.before_wait)
+            result = await agent.run(run, emit)
             return AgentCompleted(result=result)
         except (InvalidEvent, EventRefused) as exc:
             return AgentError(RunErrorCode.INVALID_EVENT, str(exc))
@@ -953,8 +968,9 @@ class _Session:
             )
         if flush:
             await self._flush()
-        # Written now, or once the log holds it; a peer that does not read gets a flusher.
-        self._write_queued()
+        # Written at the next pass, or once the log holds it; a peer that does not read
+        # gets a flusher.
+        self._write_later()
 
 
 @request_scoped
@@ -965,9 +981,8 @@ class _Runner:
     one cancel scope (entering and leaving a Trio cancel scope costs as much as starting
     a task). A stop cancels the scope only while the run's agent runs; one that comes
     before is kept until the agent starts, one after is too late. The run's deadline is
-    armed on the server's timer when its agent first waits (one that never waits cannot
-    overrun), and cancels the scope if it passes; without a running timer, it is the
-    scope's own deadline.
+    armed on the server's timer when its agent starts, and cancels the scope if it
+    passes; without a running timer, it is the scope's own deadline.
     """
 
     __slots__ = (
@@ -981,13 +996,11 @@ class _Runner:
         "timed",
         "timeout",
         "timer",
-        "write_queued",
     )
 
-    def __init__(self, write_queued: Callable[[], None], timer: Timer) -> None:
+    def __init__(self, timer: Timer) -> None:
         self.scope = trio.CancelScope()
         self.task: trio.lowlevel.Task | None = None  # set once its task runs
-        self.write_queued = write_queued
         self.timer = timer
         # Expiry cancels the scope itself: the timer runs only while this task waits, so the
         # cancel lands at that wait (``cancelled`` is for cancels an emit could meet).
@@ -1010,23 +1023,18 @@ class _Runner:
             self.stopped = True
 
     def agent_starts(self) -> None:
-        """The run's agent starts: from now a stop cancels it (one kept, at once)."""
+        """The run's agent starts: from now a stop cancels it (one kept, at once), and
+        its deadline is armed."""
         self.live = True
+        self.timed = True
+        if not self.timer.arm(self.timeout, self.deadline):
+            self.scope.deadline = self.deadline
         if self.stopped:
             self._cancel_scope()
 
     def _cancel_scope(self) -> None:
         self.cancelled = True
         self.scope.cancel()
-
-    def before_wait(self) -> None:
-        """The agent is about to wait: the run's deadline armed (the first time), and the
-        events queued so far written."""
-        if not self.timed:
-            self.timed = True
-            if not self.timer.arm(self.timeout, self.deadline):
-                self.scope.deadline = self.deadline
-        self.write_queued()
 
     def release(self) -> None:
         """The run task ends: the timer forgets its deadline."""
@@ -1041,28 +1049,3 @@ class _Runner:
                 self.timeout.armed = False
             else:  # on the scope (or expired: the scope is spent either way)
                 self.scope.deadline = math.inf
-
-
-@types.coroutine
-def _before_each_wait(
-    coro: Coroutine[Any, Any, T], before_wait: Callable[[], None]
-) -> Generator[Any, Any, T]:
-    """Run ``coro`` in the calling task, calling ``before_wait`` whenever it is about to
-    yield to Trio (to wait, or at a checkpoint). What it yields, and what Trio sends or
-    throws back (its cancellation included), pass through unchanged.
-    """
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            trap = coro.send(value) if error is None else coro.throw(error)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        before_wait()
-        try:
-            value, error = (yield trap), None
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:  # Trio's Cancelled included: the agent handles it
-            value, error = None, exc

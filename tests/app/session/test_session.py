@@ -75,6 +75,7 @@ async def connect(
     log: logging.Logger | None = None,
     wrap: Any = None,
     timer: bool = False,
+    writes: bool = False,
     **overrides: Any,
 ) -> AsyncIterator[Connection]:
     settings = Settings(jwt_secret=SECRET, **overrides)
@@ -102,6 +103,8 @@ async def connect(
     async with trio.open_nursery() as nursery:
         if timer:  # as serve() runs it; without it, sleeps and deadlines are Trio's own
             await nursery.start(lifecycle.timer.run)
+        if writes:  # as serve() runs it; without it, a run's frames are written at once
+            await nursery.start(lifecycle.writes.run)
         nursery.start_soon(session)
         conn = Connection(client, lifecycle, ended)
         ready = await conn.expect("connection_ready")
@@ -528,10 +531,11 @@ async def test_concurrent_emits_keep_seq_and_each_task_order() -> None:
         assert mine == [f"{n}.{i}" for i in range(20)]
 
 
+@pytest.mark.parametrize("writes", [False, True], ids=["at-once", "pass-writes"])
 async def test_a_run_writes_what_it_queued_before_its_agent_waits(
-    autojump_clock: trio.testing.MockClock,
+    writes: bool, autojump_clock: trio.testing.MockClock
 ) -> None:
-    async with connect(agent_delay_ms=1000) as conn:
+    async with connect(agent_delay_ms=1000, writes=writes) as conn:
         start = trio.current_time()
         await conn.client.send_json({"type": "user_message", "text": "x"})
         await conn.expect("agent_started")  # queued by the run, written as its agent waits
@@ -540,6 +544,43 @@ async def test_a_run_writes_what_it_queued_before_its_agent_waits(
         assert trio.current_time() - start == pytest.approx(1)
         await conn.expect("tool_executing")
         assert trio.current_time() - start == pytest.approx(2)
+
+
+class WriteCounter(Wrapped):
+    """A memory transport that writes without a task, as the lean one does, and notes
+    how many frames each write took."""
+
+    immediate_writes = True
+
+    def __init__(self, inner: MemoryTransport, writes: list[int]) -> None:
+        super().__init__(inner)
+        self.immediate_writes = True
+        self.writes = writes
+
+    def write_now(self) -> bool:
+        queue, outbound = self._inner._queue, self._inner._outbound
+        if queue:
+            self.writes.append(len(queue))
+            while queue:  # the client's buffer is unbounded: never blocks
+                outbound.send_nowait(queue.popleft().decode())
+        return True
+
+
+@pytest.mark.parametrize(
+    ("writes", "expected"), [(False, [1] * 5), (True, [5])], ids=["at-once", "pass-writes"]
+)
+async def test_the_frames_of_a_runs_step_leave_in_one_write_after_it(
+    writes: bool, expected: list[int]
+) -> None:
+    counted: list[int] = []
+    wrap = lambda t: WriteCounter(t, counted)  # noqa: E731
+    async with connect(wrap=wrap, writes=writes) as conn:
+        counted.clear()
+        events = await conn.run_to_end()  # an agent that never waits: one step
+        assert events[-1]["type"] == "agent_completed"
+        # agent_started, three events and agent_completed: together at the next pass,
+        # or each at once without PassWrites.
+        assert counted == expected
 
 
 @attrs.frozen
@@ -636,17 +677,14 @@ async def test_a_quiet_connection_keeps_no_task_for_its_next_run(
         assert (await conn.run_to_end())[-1]["type"] == "agent_completed"
 
 
-async def test_a_stop_waits_for_the_agent_and_the_deadline_for_its_first_wait() -> None:
-    written: list[None] = []
-    runner = _Runner(lambda: written.append(None), Timer())  # a timer that does not run
+async def test_a_stop_waits_for_the_agent_whose_start_arms_the_deadline() -> None:
+    runner = _Runner(Timer())  # a timer that does not run: the deadline is the scope's
     with runner.scope:
         deadline = trio.current_time() + 5
         runner.begin(deadline)
-        assert runner.scope.deadline == math.inf  # an agent that never waits is not timed
+        assert runner.scope.deadline == math.inf  # not before the agent starts
         runner.agent_starts()
-        runner.before_wait()
-        runner.before_wait()
-        assert (runner.scope.deadline, len(written)) == (deadline, 2)
+        assert runner.scope.deadline == deadline
         runner.end()
         assert runner.scope.deadline == math.inf
         runner.cancel()  # after the agent: too late, and nothing kept for the next run
@@ -660,7 +698,7 @@ async def test_a_stop_waits_for_the_agent_and_the_deadline_for_its_first_wait() 
         runner.agent_starts()
         assert runner.scope.cancel_called
         assert runner.cancelled  # what the run's emit checks
-    running = _Runner(lambda: None, Timer())
+    running = _Runner(Timer())
     with running.scope:
         running.begin(deadline)
         running.agent_starts()
@@ -670,18 +708,17 @@ async def test_a_stop_waits_for_the_agent_and_the_deadline_for_its_first_wait() 
         assert running.cancelled
 
 
-async def test_a_run_deadline_is_armed_on_a_running_timer_at_the_first_wait(
+async def test_a_run_deadline_is_armed_on_a_running_timer_when_its_agent_starts(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     timer = Timer()
     async with trio.open_nursery() as nursery:
         await nursery.start(timer.run)
-        runner = _Runner(lambda: None, timer)
+        runner = _Runner(timer)
         with runner.scope:
             start = trio.current_time()
             runner.begin(start + 5)
             runner.agent_starts()
-            runner.before_wait()
             assert runner.timeout.armed
             assert runner.scope.deadline == math.inf  # not the scope's: the timer's
             await trio.sleep(4)
@@ -691,7 +728,6 @@ async def test_a_run_deadline_is_armed_on_a_running_timer_at_the_first_wait(
             assert not runner.scope.cancel_called
             runner.begin(trio.current_time() + 5)  # the next run on the same task
             runner.agent_starts()
-            runner.before_wait()
             await trio.sleep_forever()  # cancelled by the timer, 5 s after the run began
         assert runner.scope.cancelled_caught
         assert trio.current_time() - start == pytest.approx(11)

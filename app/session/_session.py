@@ -668,39 +668,54 @@ class _Session:
         thread_id, after = request.thread_id, request.after
         emitter = self._emitter
         failure: ResumeFailure | None = None
+        held: list[tuple[bytes, int]] = []
         if request.epoch is not None and request.epoch != self._threads.epoch:
             failure = ResumeFailure.EPOCH_CHANGED
         else:
             thread = await self._follow(thread_id, live=True)
-            await self._threads.mark_followed(thread)  # if another process runs it
+            # The replay ends where the log ends now, and what is added from now on is held
+            # back until the replay is queued: no wait in between (mark_followed waits for
+            # the shared store, and an event appended then would come twice).
             upto = thread.last_seq
-            if not thread.exists:
-                failure = ResumeFailure.UNKNOWN_THREAD
-            elif after > upto:  # the client saw more than the log holds: it lost data
-                failure = ResumeFailure.EPOCH_CHANGED
-            elif after + 1 < thread.first_seq:
-                failure = ResumeFailure.RETENTION
-            else:
-                failure = await self._replay(thread_id, after, upto)
+            self._replaying[thread_id] = held
+            try:
+                await self._threads.mark_followed(thread)  # if another process runs it
+                if not thread.exists:
+                    failure = ResumeFailure.UNKNOWN_THREAD
+                elif after > upto:  # the client saw more than the log holds: it lost data
+                    failure = ResumeFailure.EPOCH_CHANGED
+                elif after + 1 < thread.first_seq:
+                    failure = ResumeFailure.RETENTION
+                else:
+                    failure = await self._replay(thread_id, after, upto, held)
+            finally:
+                self._replaying.pop(thread_id, None)  # the replay's queueing took it
         if failure is not None:
             if not self._runs_in(thread_id):
                 self._unfollow(thread_id)
+                held.clear()
             await emitter.send_event(Resumed(thread_id, False, reason=failure))
-
-    async def _replay(self, thread_id: str, after: int, upto: int) -> ResumeFailure | None:
-        held = self._replaying[thread_id] = []
-        try:
-            while after < upto:
-                entries = await self._threads.after(thread_id, after, MAX_REPLAY_PAGE)
-                if not entries or entries[0].thread_seq != after + 1:
-                    return ResumeFailure.RETENTION  # pruned while replaying
-                frames = [entry.text.encode() for entry in entries if entry.thread_seq <= upto]
-                if self._write(self._connection_id, frames, False):
+            if held:  # still followed (a run of this connection is in it): in order
+                frames = [frame for frame, _ in held]
+                ticket = max(ticket for _, ticket in held)
+                if self._write(self._connection_id, frames, False, ticket):
                     await self._flush()
-                after = entries[-1].thread_seq
-        finally:
-            del self._replaying[thread_id]
+
+    async def _replay(
+        self, thread_id: str, after: int, upto: int, held: list[tuple[bytes, int]]
+    ) -> ResumeFailure | None:
+        """Queue the log's events after ``after`` up to ``upto``, then ``resumed`` and the
+        ``held`` live events (which the caller holds back in ``_replaying``)."""
+        while after < upto:
+            entries = await self._threads.after(thread_id, after, MAX_REPLAY_PAGE)
+            if not entries or entries[0].thread_seq != after + 1:
+                return ResumeFailure.RETENTION  # pruned while replaying
+            frames = [entry.text.encode() for entry in entries if entry.thread_seq <= upto]
+            if self._write(self._connection_id, frames, False):
+                await self._flush()
+            after = entries[-1].thread_seq
         # No wait from here to the queueing of what was held: its order is the log's.
+        del self._replaying[thread_id]
         thread = self._followed[thread_id]
         live = tuple(sorted(thread.live_runs.keys() | thread.remote_runs))
         frames = [serialize_frame(Resumed(thread_id, True, last_seq=upto, live_runs=live))]

@@ -20,6 +20,27 @@ __all__ = ["CATALOGUE", "CONTROL", "by_name"]
 
 _FOREIGN_DATA: Final = frozenset({"foreign-canary"})
 
+#: The echo agent's ``run``, whole: the agent mutants replace it with a variant that
+#: waits between its steps, where another run's data can come in.
+_ECHO_RUN: Final = """\
+    async def run(self, run: RunContext, emit: Emit) -> Any:
+        words = len(run.text.split())
+        delay_s = self.delay_s
+        # A wait before each event and one before the result, inline: a helper coroutine
+        # per wait costs as much as the wait's own bookkeeping.
+        for event in (
+            AgentThinking(thought="I will count the words of your message."),
+            ToolExecuting(tool_name="word_count", tool_input={"text": run.text}),
+            ToolCompleted(tool_name="word_count", results={"words": words}),
+        ):
+            if delay_s > 0:
+                await run.sleep(delay_s)
+            await emit(event)
+        if delay_s > 0:
+            await run.sleep(delay_s)
+        return {"text": run.text, "words": words}
+"""
+
 # -- singleton_manager: a process-wide event dispatcher that holds "the current user" ----------
 
 _SINGLETON_MANAGER: Final = Mutant(
@@ -235,24 +256,22 @@ class EchoAgent:
         ),
         Replacement(
             "agents/_agent.py",
-            """\
-    async def run(self, run: RunContext, emit: Emit) -> Any:
-        await self._step(run)
-        await emit(AgentThinking(thought="I will count the words of your message."))
-""",
+            _ECHO_RUN,
             """\
     async def run(self, run: RunContext, emit: Emit) -> Any:
         # The plan and the answer come from the model (the slow part), over the pool.
         thought = await _MODEL.ask(f"plan an answer to: {run.text}", latency_s=4 * self.delay_s)
         await emit(AgentThinking(thought=thought))
-""",
-        ),
-        Replacement(
-            "agents/_agent.py",
-            """\
-        return {"text": run.text, "words": words}
-""",
-            """\
+        words = len(run.text.split())
+        for event in (
+            ToolExecuting(tool_name="word_count", tool_input={"text": run.text}),
+            ToolCompleted(tool_name="word_count", results={"words": words}),
+        ):
+            if self.delay_s > 0:
+                await run.sleep(self.delay_s)
+            await emit(event)
+        if self.delay_s > 0:
+            await run.sleep(self.delay_s)
         answer = await _MODEL.ask(f"answer: {run.text}", latency_s=4 * self.delay_s)
         return {"text": answer, "words": words}
 """,
@@ -292,19 +311,25 @@ class EchoAgent:
         ),
         Replacement(
             "agents/_agent.py",
-            """\
-    async def run(self, run: RunContext, emit: Emit) -> Any:
-        await self._step(run)
-        await emit(AgentThinking(thought="I will count the words of your message."))
-""",
+            _ECHO_RUN,
             """\
     async def run(self, run: RunContext, emit: Emit) -> Any:
         history = _thread_history(run.thread_id)
         earlier = " / ".join(history[-2:]) or "nothing"
         history.append(run.text)
-        await self._step(run)
+        words = len(run.text.split())
         thought = f"I will count the words of your message. Earlier on this thread: {earlier}"
-        await emit(AgentThinking(thought=thought))
+        for event in (
+            AgentThinking(thought=thought),
+            ToolExecuting(tool_name="word_count", tool_input={"text": run.text}),
+            ToolCompleted(tool_name="word_count", results={"words": words}),
+        ):
+            if self.delay_s > 0:
+                await run.sleep(self.delay_s)
+            await emit(event)
+        if self.delay_s > 0:
+            await run.sleep(self.delay_s)
+        return {"text": run.text, "words": words}
 """,
         ),
     ),
@@ -339,14 +364,23 @@ CURRENT_RUN: ContextVar[dict[str, str]] = ContextVar("current_run", default={})
         ),
         Replacement(
             "agents/_agent.py",
+            _ECHO_RUN,
             """\
-        await emit(ToolExecuting(tool_name="word_count", tool_input={"text": run.text}))
-        words = len(run.text.split())
-""",
-            """\
+    async def run(self, run: RunContext, emit: Emit) -> Any:
+        if self.delay_s > 0:
+            await run.sleep(self.delay_s)
+        await emit(AgentThinking(thought="I will count the words of your message."))
+        if self.delay_s > 0:
+            await run.sleep(self.delay_s)
         text = CURRENT_RUN.get()["text"]
         await emit(ToolExecuting(tool_name="word_count", tool_input={"text": text}))
         words = len(text.split())
+        if self.delay_s > 0:
+            await run.sleep(self.delay_s)
+        await emit(ToolCompleted(tool_name="word_count", results={"words": words}))
+        if self.delay_s > 0:
+            await run.sleep(self.delay_s)
+        return {"text": run.text, "words": words}
 """,
         ),
         Replacement(
@@ -440,23 +474,24 @@ class EchoAgent:
         ),
         Replacement(
             "agents/_agent.py",
-            """\
-    async def run(self, run: RunContext, emit: Emit) -> Any:
-        await self._step(run)
-        await emit(AgentThinking(thought="I will count the words of your message."))
-        await self._step(run)
-        await emit(ToolExecuting(tool_name="word_count", tool_input={"text": run.text}))
-        words = len(run.text.split())
-""",
+            _ECHO_RUN,
             """\
     async def run(self, run: RunContext, emit: Emit) -> Any:
         global _last_run
         _last_run = run
-        await self._step(run)
+        if self.delay_s > 0:
+            await run.sleep(self.delay_s)
         await emit(AgentThinking(thought="I will count the words of your message."))
-        await self._step(run)
+        if self.delay_s > 0:
+            await run.sleep(self.delay_s)
         await emit(ToolExecuting(tool_name="word_count", tool_input={"text": _last_run.text}))
         words = len(_last_run.text.split())
+        if self.delay_s > 0:
+            await run.sleep(self.delay_s)
+        await emit(ToolCompleted(tool_name="word_count", results={"words": words}))
+        if self.delay_s > 0:
+            await run.sleep(self.delay_s)
+        return {"text": run.text, "words": words}
 """,
         ),
     ),

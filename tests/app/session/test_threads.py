@@ -31,7 +31,7 @@ from app import (
     run_session,
 )
 from app.session._session import MAX_FOLLOWED, MAX_PAGE_BYTES
-from app.threads import Retention, ThreadLogs
+from app.threads import Retention, ThreadLogs, UserThreads
 
 SECRET = b"k" * 32
 NOW = 1_800_000_000.0
@@ -301,6 +301,30 @@ async def test_a_run_outlives_its_connection_and_resumes_live() -> None:
     seqs = [f["thread_seq"] for f in rest if "thread_seq" in f]
     assert seqs == list(range(started["thread_seq"] + 1, 7))
     assert [e["thread_seq"] for e in page["events"]] == list(range(1, 7))
+
+
+async def test_an_event_appended_while_a_resume_waits_for_the_store_comes_once(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    # With a shared store, mark_followed waits for it; the run of another connection of
+    # the user goes on meanwhile. Its event then is live, not replayed too.
+    async def slow_mark_followed(self: UserThreads, thread: object) -> None:
+        await trio.sleep(1.5)  # the run emits one event meanwhile
+
+    monkeypatch.setattr(UserThreads, "mark_followed", slow_mark_followed)
+    async with server(agent_delay_ms=1000, resume_grace_s=30) as srv:
+        async with srv.connect() as first:
+            await first.send(type="user_message", text="a b", client_id="c1")
+            started = await first.expect("agent_started")
+        async with srv.connect() as second:
+            await second.send(
+                type="resume", thread_id=started["thread_id"], after=started["thread_seq"]
+            )
+            rest = await second.until_terminal()
+    seqs = [f["thread_seq"] for f in rest if "thread_seq" in f]
+    assert seqs == list(range(started["thread_seq"] + 1, 7))
+    [resumed] = [f for f in rest if f["type"] == "resumed"]
+    assert resumed["last_seq"] == started["thread_seq"]  # where the log ended at the resume
 
 
 async def test_a_run_nobody_resumes_is_cancelled_after_the_grace(

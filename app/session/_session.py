@@ -380,8 +380,18 @@ class _Session:
                 self._write_queued()
 
     def _write_passed(self) -> None:
+        """PassWrites' call: from its task, so a bug here ends this connection (logged,
+        1011), as it would in one of the connection's own tasks, not the server."""
         self._write_asked = False
-        self._write_queued()
+        try:
+            self._write_queued()
+        except Exception:
+            self._log.exception(
+                "internal error on connection %s",
+                self._connection_id,
+                extra={"connection_id": self._connection_id},
+            )
+            self._request_close(CloseCode.INTERNAL_ERROR, CloseReason.INTERNAL_ERROR)
 
     def _committed(self) -> None:
         self._awaiting_commit = False

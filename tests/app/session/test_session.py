@@ -558,11 +558,13 @@ class WriteCounter(Wrapped):
         self.writes = writes
 
     def write_now(self) -> bool:
-        queue, outbound = self._inner._queue, self._inner._outbound
+        inner = self._inner
+        queue = inner._queue
         if queue:
             self.writes.append(len(queue))
             while queue:  # the client's buffer is unbounded: never blocks
-                outbound.send_nowait(queue.popleft().decode())
+                inner._outbound.send_nowait(queue.popleft().decode())
+                inner._written += 1  # as the queue's own writer counts
         return True
 
 
@@ -581,6 +583,36 @@ async def test_the_frames_of_a_runs_step_leave_in_one_write_after_it(
         # agent_started, three events and agent_completed: together at the next pass,
         # or each at once without PassWrites.
         assert counted == expected
+
+
+class FailingWrites(WriteCounter):
+    """A write path with a bug, once ``failing`` is set."""
+
+    failing = False
+
+    def write_now(self) -> bool:
+        if self.failing:
+            raise RuntimeError("a bug in the write path")
+        return super().write_now()
+
+
+async def test_a_bug_in_a_pass_write_ends_its_connection_not_the_server() -> None:
+    lifecycle = ServerLifecycle(max_connections=10)
+    wrapped: list[FailingWrites] = []
+
+    def wrap(inner: MemoryTransport) -> FailingWrites:
+        wrapped.append(FailingWrites(inner, []))
+        return wrapped[0]
+
+    async with connect(wrap=wrap, writes=True, lifecycle=lifecycle) as conn:
+        wrapped[0].failing = True
+        await conn.client.send_json({"type": "user_message", "text": "x"})
+        closed = await conn.closed()
+        assert (closed.code, closed.reason) == (1011, "internal_error")
+        made: list[int] = []
+        assert lifecycle.writes.later(lambda: made.append(1))  # still running
+        await trio.testing.wait_all_tasks_blocked()
+        assert made == [1]
 
 
 @attrs.frozen

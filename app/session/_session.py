@@ -241,12 +241,7 @@ class _Session:
                     await self._detached()
                 self._cancel()
         except Exception:
-            self._log.exception(
-                "internal error on connection %s",
-                self._connection_id,
-                extra={"connection_id": self._connection_id},
-            )
-            self._request_close(CloseCode.INTERNAL_ERROR, CloseReason.INTERNAL_ERROR)
+            self._internal_error()
         finally:
             self._nursery = None
             for thread in self._followed.values():
@@ -259,6 +254,15 @@ class _Session:
         self._cancelled = True
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
+
+    def _internal_error(self) -> None:
+        """Log the exception being handled (a bug) and close the connection 1011."""
+        self._log.exception(
+            "internal error on connection %s",
+            self._connection_id,
+            extra={"connection_id": self._connection_id},
+        )
+        self._request_close(CloseCode.INTERNAL_ERROR, CloseReason.INTERNAL_ERROR)
 
     def _request_close(self, code: CloseCode, reason: CloseReason) -> None:
         if self._close is None:
@@ -386,12 +390,7 @@ class _Session:
         try:
             self._write_queued()
         except Exception:
-            self._log.exception(
-                "internal error on connection %s",
-                self._connection_id,
-                extra={"connection_id": self._connection_id},
-            )
-            self._request_close(CloseCode.INTERNAL_ERROR, CloseReason.INTERNAL_ERROR)
+            self._internal_error()
 
     def _committed(self) -> None:
         self._awaiting_commit = False
@@ -1018,7 +1017,6 @@ class _Runner:
         "scope",
         "stopped",
         "task",
-        "timed",
         "timeout",
         "timer",
     )
@@ -1033,9 +1031,8 @@ class _Runner:
         self.cancelled = False  # the scope was cancelled (what the run's emit checks)
         self.handed: tuple[StartRun, ThreadLog] | None = None  # the next run, by the reader
         self.deadline = math.inf
-        self.live = False  # the agent runs: a stop cancels the scope
+        self.live = False  # the agent runs: a stop cancels the scope; its deadline is armed
         self.stopped = False  # a stop came before the agent started
-        self.timed = False  # the deadline is armed (or on the scope)
 
     def begin(self, deadline: float) -> None:
         self.deadline, self.stopped = deadline, False
@@ -1051,7 +1048,6 @@ class _Runner:
         """The run's agent starts: from now a stop cancels it (one kept, at once), and
         its deadline is armed."""
         self.live = True
-        self.timed = True
         if not self.timer.arm(self.timeout, self.deadline):
             self.scope.deadline = self.deadline
         if self.stopped:
@@ -1067,9 +1063,8 @@ class _Runner:
 
     def end(self) -> None:
         """The agent is over: stops come too late, and the deadline is disarmed."""
-        self.live = False
-        if self.timed:
-            self.timed = False
+        if self.live:
+            self.live = False
             if self.timeout.armed:
                 self.timeout.armed = False
             else:  # on the scope (or expired: the scope is spent either way)
